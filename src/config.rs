@@ -1,0 +1,559 @@
+//! `invalidator.toml` + `INVALIDATOR_*` environment overrides → a validated [`Config`].
+//!
+//! Loaded once at start; a bad value stops the start with the key it belongs to. Every section has
+//! defaults that work against a local Redis on 127.0.0.1:6379. Secrets (passwords in URLs) are never
+//! printed: use [`redact_url`] for anything logged.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Deserializer};
+
+use crate::rules::{Limits, SafeValues, template::DEFAULT_SAFE_VALUE};
+
+/// The file read when `-c` is not given, if it exists.
+pub const DEFAULT_FILE: &str = "invalidator.toml";
+/// The environment prefix; `__` separates sections (`INVALIDATOR_REDIS__URL`).
+pub const ENV_PREFIX: &str = "INVALIDATOR_";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub rules: RulesConfig,
+    pub redis: RedisConfig,
+    pub kafka: KafkaConfig,
+    pub tags: TagsConfig,
+    pub dedupe: DedupeConfig,
+    pub limits: LimitsConfig,
+    pub cdn: BTreeMap<String, CdnConfig>,
+    pub sweeper: SweeperConfig,
+    pub http: HttpConfig,
+    pub replay: ReplayConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// Directory of rule files (`--rules` overrides it).
+    pub dir: PathBuf,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            dir: PathBuf::from("rules"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` URL of a single Redis (or a primary behind a proxy).
+    pub url: String,
+    /// Redis Cluster seed nodes; when set, `url` is not used.
+    pub cluster: Option<Vec<String>>,
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub response_timeout: Duration,
+    /// How long transient Redis errors are retried before `replay` and `sweep` give up (exit 3).
+    #[serde(deserialize_with = "duration")]
+    pub retry_for: Duration,
+    /// Keys per `UNLINK` command.
+    pub keys_per_command: usize,
+    /// `COUNT` hint of `SCAN`/`SSCAN`.
+    pub scan_count: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379/0".into(),
+            cluster: None,
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(5),
+            retry_for: Duration::from_secs(30),
+            keys_per_command: 256,
+            scan_count: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub group: String,
+    pub topics: Vec<String>,
+    pub dlq_topic: Option<String>,
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            group: "invalidator".into(),
+            topics: vec!["catalog-events".into()],
+            dlq_topic: None,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TagMode {
+    /// `SADD {prefix}{tag} {key}` by writers; invalidation `SSCAN`+`UNLINK`+`SREM`.
+    #[default]
+    Set,
+    /// `INCR {prefix}{tag}`; readers compare versions.
+    Version,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TagsConfig {
+    pub mode: TagMode,
+    pub prefix: String,
+}
+
+impl Default for TagsConfig {
+    fn default() -> Self {
+        TagsConfig {
+            mode: TagMode::Set,
+            prefix: "tag:".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupeConfig {
+    /// Absent: no dedupe.
+    #[serde(deserialize_with = "opt_duration")]
+    pub window: Option<Duration>,
+    /// Prefix of the Redis keys that remember event ids.
+    pub prefix: String,
+}
+
+impl Default for DedupeConfig {
+    fn default() -> Self {
+        DedupeConfig {
+            window: None,
+            prefix: "invalidator:seen:".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_event_bytes: usize,
+    pub max_fanout: usize,
+    pub max_cascade_depth: u32,
+    /// Regex every value taken from an event must match.
+    pub safe_value: String,
+    /// Dead-letter events no rule matches (`no_rule`) instead of counting them as skipped.
+    pub dead_letter_unmatched: bool,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_event_bytes: 1 << 20,
+            max_fanout: 1000,
+            max_cascade_depth: 4,
+            safe_value: DEFAULT_SAFE_VALUE.into(),
+            dead_letter_unmatched: false,
+        }
+    }
+}
+
+/// A CDN target, named by `[cdn.NAME]` and referenced by rules' `purge: - target: NAME`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CdnConfig {
+    /// CloudFront invalidations (batched per distribution).
+    Cloudfront {
+        distribution_id: String,
+        #[serde(default = "one_second", deserialize_with = "duration")]
+        window: Duration,
+        #[serde(default = "default_max_paths")]
+        max_paths: usize,
+        #[serde(default)]
+        collapse_threshold: Option<usize>,
+        #[serde(default)]
+        endpoint_url: Option<String>,
+    },
+    /// HTTP `PURGE` (or another method) of each path on every cache node.
+    Http {
+        urls: Vec<String>,
+        #[serde(default = "purge_method")]
+        method: String,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        #[serde(default = "five_seconds", deserialize_with = "duration")]
+        timeout: Duration,
+        /// Give up on a node after this long of failures (then the run reports an outage).
+        #[serde(default = "thirty_seconds", deserialize_with = "duration")]
+        retry_for: Duration,
+        /// Requests in flight per target.
+        #[serde(default = "default_concurrency")]
+        concurrency: usize,
+    },
+    /// Paths are planned, logged and counted, and sent nowhere (development, staging, dry runs).
+    Log {},
+}
+
+fn one_second() -> Duration {
+    Duration::from_secs(1)
+}
+fn five_seconds() -> Duration {
+    Duration::from_secs(5)
+}
+fn thirty_seconds() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_paths() -> usize {
+    3000
+}
+fn purge_method() -> String {
+    "PURGE".into()
+}
+fn default_concurrency() -> usize {
+    32
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SweeperConfig {
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+}
+
+impl Default for SweeperConfig {
+    fn default() -> Self {
+        SweeperConfig {
+            interval: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayConfig {
+    /// Events per unit of work (planned, coalesced and applied together).
+    pub batch_size: usize,
+    /// Most keys and tags waiting for their `redelete_after`; intake waits when it is reached.
+    pub max_pending_redeletes: usize,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        ReplayConfig {
+            batch_size: 1000,
+            max_pending_redeletes: 100_000,
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Reads `path` (or `invalidator.toml` if it exists, when `path` is `None`) and the environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        match path {
+            Some(p) if !p.exists() => {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    p.display()
+                )));
+            }
+            Some(p) => figment = figment.merge(Toml::file_exact(p)),
+            None if Path::new(DEFAULT_FILE).exists() => {
+                figment = figment.merge(Toml::file_exact(DEFAULT_FILE))
+            }
+            None => {}
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let config: Config = figment.extract().map_err(|e| {
+            ConfigError(
+                e.into_iter()
+                    .map(|e| describe(&e))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML string (tests, embedded defaults), without the environment.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| {
+                ConfigError(
+                    e.into_iter()
+                        .map(|e| describe(&e))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                )
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, msg: String| Err(ConfigError(format!("config key `{key}`: {msg}")));
+        if self.redis.cluster.as_ref().is_some_and(Vec::is_empty) {
+            return bad("redis.cluster", "lists no seed node".into());
+        }
+        for url in std::iter::once(&self.redis.url).chain(self.redis.cluster.iter().flatten()) {
+            if let Err(e) = redis::parse_redis_url(url)
+                .ok_or(())
+                .and_then(|_| redis::Client::open(url.as_str()).map_err(|_| ()))
+            {
+                let _ = e;
+                return bad(
+                    if self.redis.cluster.is_some() {
+                        "redis.cluster"
+                    } else {
+                        "redis.url"
+                    },
+                    format!("`{}` is not a redis:// or rediss:// URL", redact_url(url)),
+                );
+            }
+        }
+        if self.redis.keys_per_command == 0 {
+            return bad("redis.keys_per_command", "must be at least 1".into());
+        }
+        if self.redis.scan_count == 0 {
+            return bad("redis.scan_count", "must be at least 1".into());
+        }
+        if self.limits.max_fanout == 0 {
+            return bad("limits.max_fanout", "must be at least 1".into());
+        }
+        if self.limits.max_event_bytes < 64 {
+            return bad("limits.max_event_bytes", "must be at least 64".into());
+        }
+        if let Err(e) = SafeValues::new(&self.limits.safe_value) {
+            return bad("limits.safe_value", format!("not a regex: {e}"));
+        }
+        if self.tags.prefix.is_empty() {
+            return bad("tags.prefix", "must not be empty".into());
+        }
+        if self.dedupe.window.is_some() && self.dedupe.prefix.is_empty() {
+            return bad("dedupe.prefix", "must not be empty".into());
+        }
+        if self.replay.batch_size == 0 {
+            return bad("replay.batch_size", "must be at least 1".into());
+        }
+        for (name, cdn) in &self.cdn {
+            match cdn {
+                CdnConfig::Cloudfront { .. } => {
+                    return bad(
+                        &format!("cdn.{name}.kind"),
+                        "\"cloudfront\" targets are not available in this build yet; use kind = \"http\" or \"log\"".into(),
+                    );
+                }
+                CdnConfig::Http {
+                    urls,
+                    method,
+                    concurrency,
+                    ..
+                } => {
+                    if urls.is_empty() {
+                        return bad(&format!("cdn.{name}.urls"), "lists no cache node".into());
+                    }
+                    for u in urls {
+                        if reqwest::Url::parse(u)
+                            .map(|u| !matches!(u.scheme(), "http" | "https"))
+                            .unwrap_or(true)
+                        {
+                            return bad(
+                                &format!("cdn.{name}.urls"),
+                                format!("`{u}` is not an http:// or https:// URL"),
+                            );
+                        }
+                    }
+                    if reqwest::Method::from_bytes(method.as_bytes()).is_err() {
+                        return bad(
+                            &format!("cdn.{name}.method"),
+                            format!("`{method}` is not an HTTP method"),
+                        );
+                    }
+                    if *concurrency == 0 {
+                        return bad(
+                            &format!("cdn.{name}.concurrency"),
+                            "must be at least 1".into(),
+                        );
+                    }
+                }
+                CdnConfig::Log {} => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The planning limits of this configuration.
+    pub fn rule_limits(&self) -> Limits {
+        Limits {
+            max_fanout: self.limits.max_fanout,
+            max_cascade_depth: self.limits.max_cascade_depth,
+            safe: SafeValues::new(&self.limits.safe_value).expect("validated at load"),
+        }
+    }
+}
+
+/// One figment error as `config key `a.b`: message (in FILE)`.
+fn describe(e: &figment::Error) -> String {
+    let key = e.path.join(".");
+    let source = e.metadata.as_ref().map(|m| match &m.source {
+        Some(s) => format!(" (from {s})"),
+        None => format!(" (from {})", m.name),
+    });
+    let kind = e.kind.to_string();
+    if key.is_empty() {
+        format!("config: {kind}{}", source.unwrap_or_default())
+    } else {
+        format!("config key `{key}`: {kind}{}", source.unwrap_or_default())
+    }
+}
+
+/// A URL with its password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<invalid URL>".into(),
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`{s}` is not a duration such as 30s, 500ms or 10m: {e}"
+        ))
+    })
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_point_at_local_redis() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.redis.url, "redis://127.0.0.1:6379/0");
+        assert_eq!(c.tags.mode, TagMode::Set);
+        assert_eq!(c.limits.max_fanout, 1000);
+        assert!(c.dedupe.window.is_none());
+        assert_eq!(c.http.listen, "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn spec_example_parses_without_the_cloudfront_target() {
+        let c = Config::from_toml(
+            r#"
+[redis]
+url = "redis://127.0.0.1:6379/0"
+[kafka]
+brokers = "127.0.0.1:9092"
+group = "invalidator"
+topics = ["catalog-events"]
+dlq_topic = "catalog-events.dlq"
+[kafka.properties]
+"session.timeout.ms" = "6000"
+[tags]
+mode = "version"
+prefix = "tag:"
+[dedupe]
+window = "10m"
+[limits]
+max_event_bytes = 1048576
+max_fanout = 1000
+max_cascade_depth = 4
+[cdn.edge]
+kind = "http"
+urls = ["http://10.0.0.5:6081", "http://10.0.0.6:6081"]
+method = "PURGE"
+[sweeper]
+interval = "5m"
+[http]
+listen = "127.0.0.1:9464"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.dedupe.window, Some(Duration::from_secs(600)));
+        assert_eq!(c.tags.mode, TagMode::Version);
+        assert!(matches!(&c.cdn["edge"], CdnConfig::Http { urls, .. } if urls.len() == 2));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::from_toml("[limits]\nmax_fanout = \"many\"")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("limits.max_fanout"), "{e}");
+        let e = Config::from_toml("[redis]\nurll = \"x\"").unwrap_err().0;
+        assert!(e.contains("urll"), "{e}");
+        let e = Config::from_toml("[dedupe]\nwindow = \"soon\"")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("dedupe.window"), "{e}");
+        let e = Config::from_toml("[redis]\nurl = \"http://x\"")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("redis.url"), "{e}");
+        let e = Config::from_toml("[cdn.x]\nkind = \"http\"\nurls = []")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("cdn.x.urls"), "{e}");
+        let e = Config::from_toml("[cdn.x]\nkind = \"cloudfront\"\ndistribution_id = \"E1\"")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("cdn.x.kind"), "{e}");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("redis://user:secret@h:6379/0"),
+            "redis://user:***@h:6379/0"
+        );
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+    }
+}

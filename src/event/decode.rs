@@ -1,0 +1,384 @@
+//! One payload → one [`Event`]. Accepts the native envelope (`type`/`event_type`, `id`/`event_id`,
+//! `time`/`occurred_at`/`timestamp`, `source`, `data`), CloudEvents 1.0 structured JSON (including
+//! `data_base64`), and an SNS notification envelope whose `Message` is one of those.
+
+use base64::Engine as _;
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::Event;
+
+/// Longest accepted event type.
+const MAX_TYPE_LEN: usize = 256;
+/// Longest accepted event id.
+const MAX_ID_LEN: usize = 512;
+
+/// Why a payload is not an event. Permanent: the same bytes always fail the same way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("event is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("an event must be a JSON object, found {0}")]
+    NotAnObject(&'static str),
+    #[error("the event has no `type` (or `event_type`)")]
+    MissingType,
+    #[error("field `{field}`: {reason}")]
+    InvalidField { field: &'static str, reason: String },
+    #[error("envelope: {0}")]
+    InvalidEnvelope(String),
+}
+
+impl DecodeError {
+    /// The stable reason code written to the dead-letter queue.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::InvalidJson(_) => "invalid_json",
+            DecodeError::NotAnObject(_) => "not_an_object",
+            DecodeError::MissingType => "missing_type",
+            DecodeError::InvalidField { .. } => "invalid_field",
+            DecodeError::InvalidEnvelope(_) => "invalid_envelope",
+        }
+    }
+}
+
+/// Decodes one payload. `fallback_id` names the event when the producer gave no id.
+pub fn decode_event(
+    bytes: &[u8],
+    max_bytes: usize,
+    fallback_id: &dyn Fn() -> String,
+) -> Result<Event, DecodeError> {
+    if bytes.len() > max_bytes {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit: max_bytes,
+        });
+    }
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+    decode_value(value, max_bytes, fallback_id)
+}
+
+/// Decodes an already parsed payload (see [`decode_event`]).
+pub fn decode_value(
+    value: Value,
+    max_bytes: usize,
+    fallback_id: &dyn Fn() -> String,
+) -> Result<Event, DecodeError> {
+    let Value::Object(mut obj) = value else {
+        return Err(DecodeError::NotAnObject(kind_name(&value)));
+    };
+    if is_sns_notification(&obj) {
+        let message = match obj.remove("Message") {
+            Some(Value::String(m)) => m,
+            _ => {
+                return Err(DecodeError::InvalidEnvelope(
+                    "SNS notification without a string `Message`".into(),
+                ));
+            }
+        };
+        let message_id = obj
+            .get("MessageId")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let id = message_id.unwrap_or_else(fallback_id);
+        return decode_event(message.as_bytes(), max_bytes, &|| id.clone());
+    }
+    if obj.contains_key("specversion") {
+        return decode_cloudevent(obj, fallback_id);
+    }
+    decode_native(obj, fallback_id)
+}
+
+/// An SNS notification as delivered to SQS (or an HTTP endpoint) without raw message delivery.
+fn is_sns_notification(obj: &Map<String, Value>) -> bool {
+    obj.get("Type").and_then(Value::as_str) == Some("Notification")
+        && obj.contains_key("Message")
+        && obj.contains_key("TopicArn")
+}
+
+fn decode_native(
+    mut obj: Map<String, Value>,
+    fallback_id: &dyn Fn() -> String,
+) -> Result<Event, DecodeError> {
+    let kind = take_type(&mut obj, &["type", "event_type"])?;
+    let id = take_id(&mut obj, &["id", "event_id"])?;
+    let time = take_time(&obj, &["time", "occurred_at", "timestamp"]);
+    let source = take_optional_string(&obj, "source")?;
+    let data = match obj.remove("data") {
+        Some(data) => data,
+        None => {
+            // The whole object is the payload; put back what we took so templates can read it.
+            obj.insert("type".into(), Value::String(kind.clone()));
+            if let Some(id) = &id {
+                obj.insert("id".into(), Value::String(id.clone()));
+            }
+            Value::Object(obj)
+        }
+    };
+    Ok(finish(kind, id, time, source, data, fallback_id))
+}
+
+fn decode_cloudevent(
+    mut obj: Map<String, Value>,
+    fallback_id: &dyn Fn() -> String,
+) -> Result<Event, DecodeError> {
+    match obj.get("specversion").and_then(Value::as_str) {
+        Some(v) if v.starts_with("1.") => {}
+        other => {
+            return Err(DecodeError::InvalidField {
+                field: "specversion",
+                reason: format!("unsupported CloudEvents version {other:?}, expected 1.x"),
+            });
+        }
+    }
+    let kind = take_type(&mut obj, &["type"])?;
+    let id = take_id(&mut obj, &["id"])?;
+    let time = take_time(&obj, &["time"]);
+    let source = take_optional_string(&obj, "source")?;
+    let data = if let Some(data) = obj.remove("data") {
+        data
+    } else if let Some(encoded) = obj.remove("data_base64") {
+        let Value::String(encoded) = encoded else {
+            return Err(DecodeError::InvalidField {
+                field: "data_base64",
+                reason: "must be a string".into(),
+            });
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded.as_bytes())
+            .map_err(|e| DecodeError::InvalidField {
+                field: "data_base64",
+                reason: e.to_string(),
+            })?;
+        serde_json::from_slice(&bytes).map_err(|e| DecodeError::InvalidField {
+            field: "data_base64",
+            reason: format!("not JSON: {e}"),
+        })?
+    } else {
+        Value::Object(Map::new())
+    };
+    Ok(finish(kind, id, time, source, data, fallback_id))
+}
+
+fn finish(
+    kind: String,
+    id: Option<String>,
+    time: Option<OffsetDateTime>,
+    source: Option<String>,
+    data: Value,
+    fallback_id: &dyn Fn() -> String,
+) -> Event {
+    let id_given = id.is_some();
+    Event {
+        id: id.unwrap_or_else(fallback_id),
+        id_given,
+        kind,
+        time,
+        source,
+        data,
+    }
+}
+
+fn take_type(obj: &mut Map<String, Value>, names: &[&str]) -> Result<String, DecodeError> {
+    let Some(value) = names.iter().find_map(|n| obj.get(*n)) else {
+        return Err(DecodeError::MissingType);
+    };
+    match value {
+        Value::String(s) if s.is_empty() => Err(DecodeError::MissingType),
+        Value::String(s) if s.len() > MAX_TYPE_LEN || s.chars().any(char::is_control) => {
+            Err(DecodeError::InvalidField {
+                field: "type",
+                reason: format!("must be at most {MAX_TYPE_LEN} bytes without control characters"),
+            })
+        }
+        Value::String(s) => Ok(s.clone()),
+        other => Err(DecodeError::InvalidField {
+            field: "type",
+            reason: format!("must be a string, found {}", kind_name(other)),
+        }),
+    }
+}
+
+fn take_id(obj: &mut Map<String, Value>, names: &[&str]) -> Result<Option<String>, DecodeError> {
+    let Some(value) = names.iter().find_map(|n| obj.get(*n)) else {
+        return Ok(None);
+    };
+    let id = match value {
+        Value::Null => return Ok(None),
+        Value::String(s) => s.clone(),
+        Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+        other => {
+            return Err(DecodeError::InvalidField {
+                field: "id",
+                reason: format!("must be a string or an integer, found {}", kind_name(other)),
+            });
+        }
+    };
+    if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
+        return Err(DecodeError::InvalidField {
+            field: "id",
+            reason: format!("must be 1 to {MAX_ID_LEN} bytes without control characters"),
+        });
+    }
+    Ok(Some(id))
+}
+
+/// The event time is only used for the freshness metric: an unreadable time must not stop an
+/// invalidation, so it is dropped (the event is still applied).
+fn take_time(obj: &Map<String, Value>, names: &[&str]) -> Option<OffsetDateTime> {
+    let value = names.iter().find_map(|n| obj.get(*n))?;
+    match value {
+        Value::String(s) => OffsetDateTime::parse(s, &Rfc3339).ok(),
+        _ => None,
+    }
+}
+
+fn take_optional_string(
+    obj: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<String>, DecodeError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(DecodeError::InvalidField {
+            field,
+            reason: format!("must be a string, found {}", kind_name(other)),
+        }),
+    }
+}
+
+pub(crate) fn kind_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const MAX: usize = 1 << 20;
+
+    fn decode(s: &str) -> Result<Event, DecodeError> {
+        decode_event(s.as_bytes(), MAX, &|| "fallback".into())
+    }
+
+    #[test]
+    fn native_with_data() {
+        let e = decode(r#"{"type":"price.updated","id":"e1","time":"2026-11-22T10:00:00Z","source":"pricing","data":{"product_id":42}}"#).unwrap();
+        assert_eq!(e.kind, "price.updated");
+        assert_eq!(e.id, "e1");
+        assert!(e.id_given);
+        assert_eq!(e.source.as_deref(), Some("pricing"));
+        assert_eq!(e.time.unwrap().unix_timestamp(), 1_795_341_600);
+        assert_eq!(e.data, json!({"product_id": 42}));
+    }
+
+    #[test]
+    fn native_aliases_and_whole_object_payload() {
+        let e = decode(r#"{"event_type":"inventory.changed","event_id":7,"occurred_at":"2026-11-22T10:00:00+01:00","sku":"A-1"}"#).unwrap();
+        assert_eq!(e.kind, "inventory.changed");
+        assert_eq!(e.id, "7");
+        assert!(e.time.is_some());
+        assert_eq!(e.data["sku"], "A-1");
+        assert_eq!(e.data["type"], "inventory.changed");
+    }
+
+    #[test]
+    fn missing_id_uses_fallback() {
+        let e = decode(r#"{"type":"a"}"#).unwrap();
+        assert_eq!(e.id, "fallback");
+        assert!(!e.id_given);
+    }
+
+    #[test]
+    fn unreadable_time_is_dropped_not_fatal() {
+        let e = decode(r#"{"type":"a","time":"yesterday"}"#).unwrap();
+        assert_eq!(e.time, None);
+    }
+
+    #[test]
+    fn cloudevents_structured() {
+        let e = decode(r#"{"specversion":"1.0","id":"ce-1","source":"/pricing","type":"price.updated","time":"2026-11-22T10:00:00Z","datacontenttype":"application/json","data":{"product_id":"p1"}}"#).unwrap();
+        assert_eq!(e.kind, "price.updated");
+        assert_eq!(e.id, "ce-1");
+        assert_eq!(e.data, json!({"product_id": "p1"}));
+    }
+
+    #[test]
+    fn cloudevents_data_base64() {
+        let e = decode(r#"{"specversion":"1.0","id":"ce-2","source":"s","type":"t","data_base64":"eyJhIjoxfQ=="}"#).unwrap();
+        assert_eq!(e.data, json!({"a": 1}));
+    }
+
+    #[test]
+    fn cloudevents_bad_version() {
+        let err = decode(r#"{"specversion":"0.3","id":"x","type":"t"}"#).unwrap_err();
+        assert_eq!(err.reason(), "invalid_field");
+    }
+
+    #[test]
+    fn sns_envelope_in_sqs_body() {
+        let inner = r#"{"type":"review.updated","data":{"product_id":9}}"#;
+        let body = json!({"Type":"Notification","MessageId":"m-1","TopicArn":"arn:aws:sns:us-east-1:1:t","Message":inner}).to_string();
+        let e = decode(&body).unwrap();
+        assert_eq!(e.kind, "review.updated");
+        assert_eq!(e.id, "m-1", "SNS MessageId names an event without id");
+    }
+
+    #[test]
+    fn errors_have_stable_reasons() {
+        assert_eq!(decode("{").unwrap_err().reason(), "invalid_json");
+        assert_eq!(decode("[1]").unwrap_err().reason(), "not_an_object");
+        assert_eq!(
+            decode(r#"{"data":{}}"#).unwrap_err().reason(),
+            "missing_type"
+        );
+        assert_eq!(
+            decode(r#"{"type":""}"#).unwrap_err().reason(),
+            "missing_type"
+        );
+        assert_eq!(
+            decode(r#"{"type":5}"#).unwrap_err().reason(),
+            "invalid_field"
+        );
+        assert_eq!(
+            decode(r#"{"type":"a","id":1.5}"#).unwrap_err().reason(),
+            "invalid_field"
+        );
+        assert_eq!(
+            decode(r#"{"type":"a","source":3}"#).unwrap_err().reason(),
+            "invalid_field"
+        );
+        assert_eq!(
+            decode(r#"{"Type":"Notification","TopicArn":"x","Message":5}"#)
+                .unwrap_err()
+                .reason(),
+            "invalid_envelope"
+        );
+        let err = decode_event(b"{\"type\":\"a\"}", 5, &|| "x".into()).unwrap_err();
+        assert_eq!(err, DecodeError::TooLarge { size: 12, limit: 5 });
+    }
+
+    #[test]
+    fn non_utf8_is_invalid_json() {
+        let err = decode_event(b"{\"type\":\"\xff\"}", MAX, &|| "x".into()).unwrap_err();
+        assert_eq!(err.reason(), "invalid_json");
+    }
+
+    #[test]
+    fn deep_json_is_rejected_not_a_stack_overflow() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(decode(&deep).unwrap_err().reason(), "invalid_json");
+    }
+}

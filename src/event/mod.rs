@@ -1,0 +1,51 @@
+//! Bytes → [`Event`]: the native envelope with its aliases, CloudEvents 1.0 structured JSON, SNS
+//! notification envelopes, SQS bodies (raw or SNS-enveloped), whole Lambda `SnsEvent`/`SqsEvent`
+//! documents, and our own dead-letter records.
+//!
+//! Everything here is pure: no I/O, no clock, no randomness. Every failure is a [`DecodeError`], which is
+//! permanent by construction (the same bytes always fail the same way) and carries a stable reason code
+//! for the dead-letter queue.
+
+pub(crate) mod decode;
+mod record;
+
+pub use decode::{DecodeError, decode_event, decode_value};
+pub use record::{DlqRecord, Expanded, Position, Record, expand_document};
+
+use serde::Serialize;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+/// One change event, decoded and validated. `data` is what templates and conditions read.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    /// The producer's id, or one derived from the source position when the producer gave none.
+    pub id: String,
+    /// True when `id` came from the producer (only such ids take part in dedupe).
+    #[serde(skip)]
+    pub id_given: bool,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub time: Option<OffsetDateTime>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    pub data: Value,
+}
+
+impl Event {
+    /// An event built by the engine itself (a cascade), not decoded from bytes.
+    pub fn derived(id: String, kind: String, parent: &Event, data: Value) -> Self {
+        Event {
+            id,
+            id_given: false,
+            kind,
+            time: parent.time,
+            source: parent.source.clone(),
+            data,
+        }
+    }
+}

@@ -1,0 +1,4 @@
+pub mod config;
+pub mod event;
+pub mod plan;
+pub mod rules;

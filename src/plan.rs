@@ -1,0 +1,333 @@
+//! The plan of a unit of work: one coalesced, deduplicated set of actions for many events.
+//!
+//! Pure data. Building it does no I/O; `apply/` turns it into effects, `explain` and `--dry-run` print
+//! it. Coalescing is what turns a flash sale of 10,000 price events for one product into one delete
+//! per key and one CDN path. Tags and purges remember which events asked for them, so that a per-tag
+//! or per-path failure dead-letters exactly those events.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indexmap::{IndexMap, IndexSet};
+use serde::Serialize;
+
+/// One rendered action of one rule for one event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    /// `UNLINK key`.
+    Delete { key: String },
+    /// `SCAN MATCH pattern` + `UNLINK` on every primary. The pattern is glob-escaped but its final `*`.
+    DeletePattern { pattern: String },
+    /// Invalidate everything tagged `tag` (set mode: `SSCAN`+`UNLINK`+`SREM`; version mode: `INCR`).
+    Tag { tag: String },
+    /// `PEXPIRE key ttl LT`: shortens the TTL, never lengthens it.
+    Expire {
+        key: String,
+        #[serde(with = "humantime_serde_compat")]
+        ttl: Duration,
+        /// Fraction of `ttl` (0..1) taken off at random at apply time.
+        jitter: f64,
+    },
+    /// A CDN invalidation of `path` on `target`.
+    Purge { target: String, path: String },
+}
+
+impl Action {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Delete { .. } => "delete",
+            Action::DeletePattern { .. } => "delete_pattern",
+            Action::Tag { .. } => "tag",
+            Action::Expire { .. } => "expire",
+            Action::Purge { .. } => "purge",
+        }
+    }
+}
+
+/// Durations serialize as human text ("500ms") in `--json` output.
+mod humantime_serde_compat {
+    use std::time::Duration;
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+/// A TTL to set; coalescing keeps the shortest.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Expire {
+    #[serde(with = "humantime_serde_compat")]
+    pub ttl: Duration,
+    pub jitter: f64,
+}
+
+/// Keys and tags to delete once more after a delay (`redelete_after`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Redelete {
+    pub keys: IndexSet<String>,
+    pub tags: IndexSet<String>,
+}
+
+impl Redelete {
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.tags.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len() + self.tags.len()
+    }
+}
+
+/// Index of an event inside its unit of work.
+pub type Origin = u32;
+
+/// The coalesced actions of a unit of work.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Plan {
+    pub deletes: IndexSet<String>,
+    pub patterns: IndexSet<String>,
+    pub tags: IndexMap<String, Vec<Origin>>,
+    pub expires: IndexMap<String, Expire>,
+    /// target → path → events.
+    pub purges: IndexMap<String, IndexMap<String, Vec<Origin>>>,
+    /// delay → what to delete again then.
+    pub redeletes: BTreeMap<DurationKey, Redelete>,
+}
+
+/// A `Duration` usable as an ordered, serializable map key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DurationKey(pub Duration);
+
+impl Serialize for DurationKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl Plan {
+    /// Adds one action requested by event `origin`.
+    pub fn add(&mut self, origin: Origin, action: &Action) {
+        match action {
+            Action::Delete { key } => {
+                if !self.deletes.contains(key) {
+                    self.deletes.insert(key.clone());
+                }
+            }
+            Action::DeletePattern { pattern } => {
+                if !self.patterns.contains(pattern) {
+                    self.patterns.insert(pattern.clone());
+                }
+            }
+            Action::Tag { tag } => push_origin(self.tags.entry(tag.clone()).or_default(), origin),
+            Action::Expire { key, ttl, jitter } => {
+                let e = self.expires.entry(key.clone()).or_insert(Expire {
+                    ttl: *ttl,
+                    jitter: *jitter,
+                });
+                if *ttl < e.ttl {
+                    *e = Expire {
+                        ttl: *ttl,
+                        jitter: *jitter,
+                    };
+                }
+            }
+            Action::Purge { target, path } => {
+                let paths = self.purges.entry(target.clone()).or_default();
+                push_origin(paths.entry(path.clone()).or_default(), origin);
+            }
+        }
+    }
+
+    /// Schedules the deletes and tags of `actions` again after `after`.
+    pub fn add_redelete(&mut self, after: Duration, actions: &[Action]) {
+        let r = self.redeletes.entry(DurationKey(after)).or_default();
+        for a in actions {
+            match a {
+                Action::Delete { key } => {
+                    r.keys.insert(key.clone());
+                }
+                Action::Tag { tag } => {
+                    r.tags.insert(tag.clone());
+                }
+                _ => {}
+            }
+        }
+        if r.is_empty() {
+            self.redeletes.remove(&DurationKey(after));
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.deletes.is_empty()
+            && self.patterns.is_empty()
+            && self.tags.is_empty()
+            && self.expires.is_empty()
+            && self.purges.is_empty()
+            && self.redeletes.is_empty()
+    }
+
+    /// Number of distinct actions, for logs and metrics.
+    pub fn len(&self) -> usize {
+        self.deletes.len()
+            + self.patterns.len()
+            + self.tags.len()
+            + self.expires.len()
+            + self.purges.values().map(IndexMap::len).sum::<usize>()
+    }
+}
+
+fn push_origin(v: &mut Vec<Origin>, origin: Origin) {
+    if v.last() != Some(&origin) {
+        v.push(origin);
+    }
+}
+
+/// What one rule did for one event (explain output, and the unit of coalescing).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleHit {
+    pub rule: Arc<str>,
+    /// `file:line:column` of the rule.
+    pub at: Arc<str>,
+    pub event_id: String,
+    pub event_type: String,
+    /// 0 for the event itself, 1.. for cascaded events.
+    pub depth: u32,
+    /// False when the rule's `when` condition was false (then `actions` is empty).
+    pub condition: bool,
+    pub actions: Vec<Action>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    pub redelete_after: Option<Duration>,
+}
+
+mod opt_duration {
+    use std::time::Duration;
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// Everything the rules say about one event, cascades included.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EventPlan {
+    pub hits: Vec<RuleHit>,
+    /// Redis sets whose members are needed (`for_each_member_of`) and were not known yet.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// Cascades ended by the depth limit or a cycle (the event is still applied).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl EventPlan {
+    /// True when at least one rule applies (its condition held).
+    pub fn matched(&self) -> bool {
+        self.hits.iter().any(|h| h.condition)
+    }
+
+    /// Adds this event's actions to `plan` as event `origin`.
+    pub fn add_to(&self, plan: &mut Plan, origin: Origin) {
+        for hit in self.hits.iter().filter(|h| h.condition) {
+            for action in &hit.actions {
+                plan.add(origin, action);
+            }
+            if let Some(after) = hit.redelete_after {
+                plan.add_redelete(after, &hit.actions);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalesces_identical_actions_and_keeps_shortest_ttl() {
+        let mut plan = Plan::default();
+        for origin in 0..10_000 {
+            plan.add(
+                origin,
+                &Action::Delete {
+                    key: "price:1".into(),
+                },
+            );
+            plan.add(
+                origin,
+                &Action::Tag {
+                    tag: "product:1".into(),
+                },
+            );
+            plan.add(
+                origin,
+                &Action::Purge {
+                    target: "cdn".into(),
+                    path: "/p/1".into(),
+                },
+            );
+        }
+        plan.add(
+            0,
+            &Action::Expire {
+                key: "r".into(),
+                ttl: Duration::from_secs(30),
+                jitter: 0.0,
+            },
+        );
+        plan.add(
+            1,
+            &Action::Expire {
+                key: "r".into(),
+                ttl: Duration::from_secs(10),
+                jitter: 0.2,
+            },
+        );
+        plan.add(
+            2,
+            &Action::Expire {
+                key: "r".into(),
+                ttl: Duration::from_secs(60),
+                jitter: 0.0,
+            },
+        );
+        assert_eq!(plan.deletes.len(), 1);
+        assert_eq!(plan.tags["product:1"].len(), 10_000);
+        assert_eq!(plan.purges["cdn"].len(), 1);
+        assert_eq!(
+            plan.expires["r"],
+            Expire {
+                ttl: Duration::from_secs(10),
+                jitter: 0.2
+            }
+        );
+        assert_eq!(plan.len(), 4);
+    }
+
+    #[test]
+    fn redelete_keeps_only_keys_and_tags() {
+        let mut plan = Plan::default();
+        plan.add_redelete(
+            Duration::from_millis(500),
+            &[
+                Action::Delete { key: "k".into() },
+                Action::DeletePattern {
+                    pattern: "abc*".into(),
+                },
+                Action::Tag { tag: "t".into() },
+            ],
+        );
+        plan.add_redelete(
+            Duration::from_secs(1),
+            &[Action::Purge {
+                target: "c".into(),
+                path: "/".into(),
+            }],
+        );
+        assert_eq!(plan.redeletes.len(), 1);
+        let r = &plan.redeletes[&DurationKey(Duration::from_millis(500))];
+        assert_eq!(r.len(), 2);
+    }
+}

@@ -1,0 +1,302 @@
+//! Rules: YAML files → a compiled [`RuleSet`] → for each event, an [`EventPlan`](crate::plan::EventPlan).
+//!
+//! Invariants:
+//! - compilation happens once; every error names `file:line:column` and all errors of all files are
+//!   reported together;
+//! - planning is pure: it reads the event, the compiled rules and the set members it is given, never
+//!   Redis; members it does not have are returned as `needs` for the caller to fetch;
+//! - an event value never widens a key, pattern, tag or path (see [`template`]).
+
+mod compile;
+pub mod condition;
+mod planner;
+pub mod raw;
+pub mod template;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use compile::{CompileOptions, compile_files};
+pub use planner::{Members, NoMembers, PlanError};
+pub use template::{SafeValues, Template};
+
+use condition::Condition;
+
+/// Limits applied while planning.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_fanout: usize,
+    pub max_cascade_depth: u32,
+    pub safe: SafeValues,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_fanout: 1000,
+            max_cascade_depth: 4,
+            safe: SafeValues::default(),
+        }
+    }
+}
+
+/// One compile error, printed as `file:line:column: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleError {
+    pub file: String,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
+}
+
+/// All compile errors of a rule set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleErrors(pub Vec<RuleError>);
+
+impl fmt::Display for RuleErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for RuleErrors {}
+
+/// Which event types a rule listens to.
+#[derive(Debug, Clone)]
+pub enum Matcher {
+    Exact(String),
+    Prefix(String),
+    Any,
+}
+
+impl Matcher {
+    fn matches(&self, kind: &str) -> bool {
+        match self {
+            Matcher::Exact(t) => t == kind,
+            Matcher::Prefix(p) => kind.starts_with(p.as_str()),
+            Matcher::Any => true,
+        }
+    }
+}
+
+/// A delete: an exact key or a pattern.
+#[derive(Debug, Clone)]
+pub struct ExpireSpec {
+    pub key: Template,
+    pub ttl: Duration,
+    pub jitter: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PurgeSpec {
+    pub target: String,
+    pub paths: Vec<Template>,
+}
+
+/// Cascade data: the YAML tree with template strings compiled.
+#[derive(Debug, Clone)]
+pub enum DataTemplate {
+    Template(Template),
+    Literal(serde_json::Value),
+    List(Vec<DataTemplate>),
+    Map(Vec<(String, DataTemplate)>),
+}
+
+#[derive(Debug, Clone)]
+pub struct CascadeSpec {
+    pub emit: String,
+    pub data: DataTemplate,
+    pub for_each_member_of: Option<Template>,
+}
+
+/// A compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    pub name: Arc<str>,
+    /// `file:line:column` of the rule.
+    pub at: Arc<str>,
+    pub on: Vec<Matcher>,
+    pub when: Option<Condition>,
+    pub delete: Vec<Template>,
+    pub tags: Vec<Template>,
+    pub expire: Vec<ExpireSpec>,
+    pub cascade: Vec<CascadeSpec>,
+    pub purge: Vec<PurgeSpec>,
+    pub redelete_after: Option<Duration>,
+}
+
+/// A TTL policy enforced by the sweeper.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TtlPolicy {
+    /// A Redis `MATCH` glob, written by the operator.
+    pub pattern: String,
+    pub max_ttl: Duration,
+    pub jitter: f64,
+    pub at: String,
+}
+
+/// The compiled rules of a deployment.
+#[derive(Debug)]
+pub struct RuleSet {
+    pub rules: Vec<Rule>,
+    pub ttl_policies: Vec<TtlPolicy>,
+    pub limits: Limits,
+    /// The files the rules came from.
+    pub files: Vec<PathBuf>,
+    exact: HashMap<String, Vec<usize>>,
+    other: Vec<usize>,
+}
+
+impl RuleSet {
+    fn new(
+        rules: Vec<Rule>,
+        ttl_policies: Vec<TtlPolicy>,
+        limits: Limits,
+        files: Vec<PathBuf>,
+    ) -> Self {
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut other = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            let mut is_other = false;
+            for m in &rule.on {
+                match m {
+                    Matcher::Exact(t) => {
+                        let v = exact.entry(t.clone()).or_default();
+                        if v.last() != Some(&i) {
+                            v.push(i);
+                        }
+                    }
+                    _ => is_other = true,
+                }
+            }
+            if is_other {
+                other.push(i);
+            }
+        }
+        RuleSet {
+            rules,
+            ttl_policies,
+            limits,
+            files,
+            exact,
+            other,
+        }
+    }
+
+    /// Loads and compiles every `*.yaml`/`*.yml` under `dir` (recursively, in path order).
+    pub fn load(dir: &Path, options: &CompileOptions) -> Result<RuleSet, RuleErrors> {
+        let files = rule_files(dir).map_err(|message| {
+            RuleErrors(vec![RuleError {
+                file: dir.display().to_string(),
+                line: 1,
+                column: 1,
+                message,
+            }])
+        })?;
+        let mut sources = Vec::with_capacity(files.len());
+        let mut errors = Vec::new();
+        for f in &files {
+            match std::fs::read_to_string(f) {
+                Ok(text) => sources.push((f.display().to_string(), text)),
+                Err(e) => errors.push(RuleError {
+                    file: f.display().to_string(),
+                    line: 1,
+                    column: 1,
+                    message: format!("cannot read: {e}"),
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(RuleErrors(errors));
+        }
+        let (rules, policies) = compile_files(&sources, options)?;
+        Ok(RuleSet::new(rules, policies, options.limits.clone(), files))
+    }
+
+    /// Compiles rules from in-memory sources `(name, yaml)` (tests, embedded defaults).
+    pub fn from_sources(
+        sources: &[(String, String)],
+        options: &CompileOptions,
+    ) -> Result<RuleSet, RuleErrors> {
+        let (rules, policies) = compile_files(sources, options)?;
+        Ok(RuleSet::new(
+            rules,
+            policies,
+            options.limits.clone(),
+            Vec::new(),
+        ))
+    }
+
+    /// The rules listening to `kind`, in file order.
+    pub fn rules_for(&self, kind: &str) -> impl Iterator<Item = &Rule> {
+        let exact = self.exact.get(kind).map(Vec::as_slice).unwrap_or(&[]);
+        let mut idx: Vec<usize> = exact.to_vec();
+        for &i in &self.other {
+            if self.rules[i].on.iter().any(|m| m.matches(kind)) && !idx.contains(&i) {
+                idx.push(i);
+            }
+        }
+        if !self.other.is_empty() {
+            idx.sort_unstable();
+        }
+        idx.into_iter().map(move |i| &self.rules[i])
+    }
+
+    /// Every CDN target the rules name.
+    pub fn purge_targets(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .rules
+            .iter()
+            .flat_map(|r| r.purge.iter().map(|p| p.target.as_str()))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+/// The rule files of `dir`, sorted.
+fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries =
+            std::fs::read_dir(&d).map_err(|e| format!("cannot read rules directory: {e}"))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| e.to_string())?;
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            ) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    if out.is_empty() {
+        return Err("no *.yaml or *.yml rule files found".into());
+    }
+    Ok(out)
+}

@@ -1,0 +1,316 @@
+//! One event → its [`EventPlan`]: matching rules, conditions, rendered actions and cascades.
+//!
+//! Cascades run through the same rules at depth + 1. A chain ends (with a note, the event still
+//! applied) when it would pass `max_cascade_depth` or emit an event equal to one of its ancestors
+//! (a cycle).
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use super::template::{RenderError, Scope};
+use super::{CascadeSpec, DataTemplate, Rule, RuleSet};
+use crate::event::Event;
+use crate::plan::{Action, EventPlan, RuleHit};
+
+/// Why an event cannot be planned. Permanent for that event.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error("rule `{rule}`: {source}")]
+    Render {
+        rule: String,
+        #[source]
+        source: RenderError,
+    },
+    #[error("rule `{rule}`: {message}")]
+    Condition { rule: String, message: String },
+}
+
+impl PlanError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PlanError::Render { source, .. } => source.reason(),
+            PlanError::Condition { .. } => "condition_error",
+        }
+    }
+}
+
+/// Members of Redis sets, as far as they are known (`for_each_member_of`).
+pub trait Members {
+    /// `None` when the set was not read yet.
+    fn members(&self, set: &str) -> Option<&[String]>;
+}
+
+impl Members for HashMap<String, Vec<String>> {
+    fn members(&self, set: &str) -> Option<&[String]> {
+        self.get(set).map(Vec::as_slice)
+    }
+}
+
+/// Knows no set (explain, first planning pass).
+pub struct NoMembers;
+
+impl Members for NoMembers {
+    fn members(&self, _: &str) -> Option<&[String]> {
+        None
+    }
+}
+
+impl RuleSet {
+    /// Plans one event and its cascades.
+    pub fn plan_event(&self, event: &Event, members: &dyn Members) -> Result<EventPlan, PlanError> {
+        let mut out = EventPlan::default();
+        let mut ancestors = vec![(event.kind.clone(), event.data.clone())];
+        self.plan_into(event, 0, &mut ancestors, members, &mut out)?;
+        out.needs.sort();
+        out.needs.dedup();
+        Ok(out)
+    }
+
+    fn plan_into(
+        &self,
+        event: &Event,
+        depth: u32,
+        ancestors: &mut Vec<(String, Value)>,
+        members: &dyn Members,
+        out: &mut EventPlan,
+    ) -> Result<(), PlanError> {
+        for rule in self.rules_for(&event.kind) {
+            let condition = match &rule.when {
+                None => true,
+                Some(c) => c.eval(event).map_err(|message| PlanError::Condition {
+                    rule: rule.name.to_string(),
+                    message,
+                })?,
+            };
+            let actions = if condition {
+                self.actions(rule, event)
+                    .map_err(|source| PlanError::Render {
+                        rule: rule.name.to_string(),
+                        source,
+                    })?
+            } else {
+                Vec::new()
+            };
+            out.hits.push(RuleHit {
+                rule: rule.name.clone(),
+                at: rule.at.clone(),
+                event_id: event.id.clone(),
+                event_type: event.kind.clone(),
+                depth,
+                condition,
+                actions,
+                redelete_after: rule.redelete_after.filter(|_| condition),
+            });
+            if !condition {
+                continue;
+            }
+            for (n, cascade) in rule.cascade.iter().enumerate() {
+                let children = self
+                    .cascade_events(rule, cascade, event, n, members, out)
+                    .map_err(|source| PlanError::Render {
+                        rule: rule.name.to_string(),
+                        source,
+                    })?;
+                for child in children {
+                    if depth + 1 > self.limits.max_cascade_depth {
+                        out.notes.push(format!(
+                            "rule `{}`: cascade `{}` not followed: max_cascade_depth {} reached",
+                            rule.name, child.kind, self.limits.max_cascade_depth
+                        ));
+                        continue;
+                    }
+                    if ancestors
+                        .iter()
+                        .any(|(k, d)| *k == child.kind && *d == child.data)
+                    {
+                        out.notes.push(format!(
+                            "rule `{}`: cascade `{}` not followed: cycle (the same event is already in this chain)",
+                            rule.name, child.kind
+                        ));
+                        continue;
+                    }
+                    ancestors.push((child.kind.clone(), child.data.clone()));
+                    let r = self.plan_into(&child, depth + 1, ancestors, members, out);
+                    ancestors.pop();
+                    r?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Renders the Redis and CDN actions of one rule for one event.
+    fn actions(&self, rule: &Rule, event: &Event) -> Result<Vec<Action>, RenderError> {
+        let scope = Scope { event, item: None };
+        let l = &self.limits;
+        let mut buf = Vec::new();
+        let mut actions = Vec::new();
+        for t in &rule.delete {
+            buf.clear();
+            t.render(scope, &l.safe, l.max_fanout, &mut buf)?;
+            for key in buf.drain(..) {
+                actions.push(if t.is_pattern() {
+                    Action::DeletePattern {
+                        pattern: pattern_of(&key),
+                    }
+                } else {
+                    Action::Delete { key }
+                });
+            }
+        }
+        for t in &rule.tags {
+            buf.clear();
+            t.render(scope, &l.safe, l.max_fanout, &mut buf)?;
+            actions.extend(buf.drain(..).map(|tag| Action::Tag { tag }));
+        }
+        for e in &rule.expire {
+            buf.clear();
+            e.key.render(scope, &l.safe, l.max_fanout, &mut buf)?;
+            actions.extend(buf.drain(..).map(|key| Action::Expire {
+                key,
+                ttl: e.ttl,
+                jitter: e.jitter,
+            }));
+        }
+        for p in &rule.purge {
+            for t in &p.paths {
+                buf.clear();
+                t.render(scope, &l.safe, l.max_fanout, &mut buf)?;
+                actions.extend(buf.drain(..).map(|path| Action::Purge {
+                    target: p.target.clone(),
+                    path,
+                }));
+            }
+        }
+        Ok(actions)
+    }
+
+    /// The events one cascade emits for `event`.
+    fn cascade_events(
+        &self,
+        rule: &Rule,
+        cascade: &CascadeSpec,
+        event: &Event,
+        n: usize,
+        members: &dyn Members,
+        out: &mut EventPlan,
+    ) -> Result<Vec<Event>, RenderError> {
+        let l = &self.limits;
+        let items: Vec<Option<String>> = match &cascade.for_each_member_of {
+            None => vec![None],
+            Some(set) => {
+                let mut items = Vec::new();
+                for key in set.render_one(Scope { event, item: None }, &l.safe, l.max_fanout)? {
+                    match members.members(&key) {
+                        Some(m) => items.extend(m.iter().cloned().map(Some)),
+                        None => out.needs.push(key),
+                    }
+                }
+                if items.len() > l.max_fanout {
+                    return Err(RenderError::FanoutExceeded {
+                        template: set.source().to_owned(),
+                        count: items.len() as u128,
+                        limit: l.max_fanout,
+                    });
+                }
+                items
+            }
+        };
+        let mut children = Vec::new();
+        for item in &items {
+            let scope = Scope {
+                event,
+                item: item.as_deref(),
+            };
+            for data in render_data(&cascade.data, scope, self)? {
+                let id = format!("{}>{}#{}.{}", event.id, rule.name, n, children.len());
+                children.push(Event::derived(id, cascade.emit.clone(), event, data));
+                if children.len() > l.max_fanout {
+                    return Err(RenderError::FanoutExceeded {
+                        template: format!("cascade {}", cascade.emit),
+                        count: children.len() as u128,
+                        limit: l.max_fanout,
+                    });
+                }
+            }
+        }
+        Ok(children)
+    }
+}
+
+/// A pattern delete's `MATCH` pattern: the rendered key glob-escaped, with its final `*` kept.
+fn pattern_of(key: &str) -> String {
+    let prefix = key.strip_suffix('*').unwrap_or(key);
+    let mut p = super::template::glob_escape(prefix);
+    p.push('*');
+    p
+}
+
+/// Renders cascade data; `[]` fan-outs in any string give one data object per combination.
+fn render_data(
+    t: &DataTemplate,
+    scope: Scope<'_>,
+    rules: &RuleSet,
+) -> Result<Vec<Value>, RenderError> {
+    let l = &rules.limits;
+    Ok(match t {
+        DataTemplate::Literal(v) => vec![v.clone()],
+        DataTemplate::Template(t) if t.single_var() => t.render_value(scope, &l.safe)?,
+        DataTemplate::Template(t) => t
+            .render_one(scope, &l.safe, l.max_fanout)?
+            .into_iter()
+            .map(Value::String)
+            .collect(),
+        DataTemplate::List(items) => {
+            let parts = items
+                .iter()
+                .map(|i| render_data(i, scope, rules))
+                .collect::<Result<Vec<_>, _>>()?;
+            product(parts, l.max_fanout)?
+                .into_iter()
+                .map(Value::Array)
+                .collect()
+        }
+        DataTemplate::Map(fields) => {
+            let parts = fields
+                .iter()
+                .map(|(_, v)| render_data(v, scope, rules))
+                .collect::<Result<Vec<_>, _>>()?;
+            product(parts, l.max_fanout)?
+                .into_iter()
+                .map(|values| {
+                    Value::Object(fields.iter().map(|(k, _)| k.clone()).zip(values).collect())
+                })
+                .collect()
+        }
+    })
+}
+
+/// The cartesian product of `parts`, at most `max` combinations.
+fn product(parts: Vec<Vec<Value>>, max: usize) -> Result<Vec<Vec<Value>>, RenderError> {
+    let total = parts
+        .iter()
+        .fold(1u128, |acc, p| acc.saturating_mul(p.len() as u128));
+    if total > max as u128 {
+        return Err(RenderError::FanoutExceeded {
+            template: "cascade data".into(),
+            count: total,
+            limit: max,
+        });
+    }
+    let mut out: Vec<Vec<Value>> = vec![Vec::with_capacity(parts.len())];
+    for part in parts {
+        out = out
+            .into_iter()
+            .flat_map(|prefix| {
+                part.iter().map(move |v| {
+                    let mut p = prefix.clone();
+                    p.push(v.clone());
+                    p
+                })
+            })
+            .collect();
+    }
+    Ok(out)
+}
