@@ -334,17 +334,14 @@ impl Config {
             return bad("redis.cluster", "lists no seed node".into());
         }
         for url in std::iter::once(&self.redis.url).chain(self.redis.cluster.iter().flatten()) {
-            if let Err(e) = redis::parse_redis_url(url)
-                .ok_or(())
-                .and_then(|_| redis::Client::open(url.as_str()).map_err(|_| ()))
-            {
-                let _ = e;
+            if redis::Client::open(url.as_str()).is_err() {
+                let key = if self.redis.cluster.is_some() {
+                    "redis.cluster"
+                } else {
+                    "redis.url"
+                };
                 return bad(
-                    if self.redis.cluster.is_some() {
-                        "redis.cluster"
-                    } else {
-                        "redis.url"
-                    },
+                    key,
                     format!("`{}` is not a redis:// or rediss:// URL", redact_url(url)),
                 );
             }

@@ -1,1 +1,358 @@
-fn main() {}
+//! The `invalidator` command line: one function per subcommand.
+//! Exit status: 0 all applied or skipped, 1 some dead-lettered, 2 usage/config/rules error,
+//! 3 infrastructure unavailable.
+
+use std::io::{self, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use invalidator::apply::cdn::CdnTargets;
+use invalidator::apply::redis::Redis;
+use invalidator::config::Config;
+use invalidator::engine::{self, Engine};
+use invalidator::event::{Expanded, Position, decode_value, expand_document};
+use invalidator::explain;
+use invalidator::replay::{self, ReplayOptions};
+use invalidator::rules::{CompileOptions, RuleSet};
+
+#[derive(Parser)]
+#[command(
+    name = "invalidator",
+    version,
+    about = "Keeps caches honest: catalog change events → Redis deletes, tag invalidations, cascades and CDN purges."
+)]
+struct Cli {
+    /// Config file (default: ./invalidator.toml if it exists). Every key can be overridden by
+    /// INVALIDATOR_SECTION__KEY environment variables.
+    #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Rules directory (default: [rules] dir, "rules").
+    #[arg(long = "rules", global = true, value_name = "DIR")]
+    rules: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay events from files (JSON Lines, Lambda SNS/SQS event files, DLQ files) or stdin (-).
+    Replay {
+        /// Plan and show; write nothing (Redis is only read for dedupe and cascade sets).
+        #[arg(long)]
+        dry_run: bool,
+        /// Where dead-lettered events go (JSON Lines; default dlq-<time>.jsonl, created only if needed).
+        #[arg(long, value_name = "FILE")]
+        dlq: Option<PathBuf>,
+        /// At most N events per second.
+        #[arg(long, value_name = "N")]
+        rate: Option<f64>,
+        /// Input files; `-` reads stdin.
+        #[arg(required = true, value_name = "FILE")]
+        inputs: Vec<String>,
+    },
+    /// Show what one event would invalidate; touches nothing.
+    Explain {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// The event as JSON, a file holding it, or `-` for stdin.
+        #[arg(value_name = "EVENT_JSON")]
+        event: String,
+    },
+    /// Rule file commands.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+    /// One pass of the TTL safety net: shorten TTLs over the `ttl_policies`.
+    Sweep {
+        /// Report keys over policy; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Compile the rules and report every error as file:line:column; starts nothing.
+    Check {
+        /// Rules directory (default: --rules, then [rules] dir).
+        dir: Option<PathBuf>,
+    },
+}
+
+/// An error with its exit status.
+struct Exit(u8, anyhow::Error);
+
+fn usage(e: impl Into<anyhow::Error>) -> Exit {
+    Exit(2, e.into())
+}
+
+fn unavailable(e: impl Into<anyhow::Error>) -> Exit {
+    Exit(3, e.into())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(Exit(code, e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<u8, Exit> {
+    match &cli.command {
+        Command::Replay {
+            dry_run,
+            dlq,
+            rate,
+            inputs,
+        } => {
+            let options = ReplayOptions {
+                inputs: inputs.clone(),
+                dry_run: *dry_run,
+                dlq: dlq.clone(),
+                rate: *rate,
+                progress: true,
+            };
+            cmd_replay(&cli, options).await
+        }
+        Command::Explain { json, event } => cmd_explain(&cli, event, *json),
+        Command::Rules {
+            command: RulesCommand::Check { dir },
+        } => cmd_rules_check(&cli, dir.as_deref()),
+        Command::Sweep { dry_run } => cmd_sweep(&cli, *dry_run).await,
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "warn,invalidator=info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
+    match format {
+        LogFormat::Human => builder.with_ansi(io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config, Exit> {
+    Config::load(cli.config.as_deref()).map_err(usage)
+}
+
+fn load_rules(
+    cli: &Cli,
+    config: &Config,
+    dir: Option<&Path>,
+    check_targets: bool,
+) -> Result<RuleSet, Exit> {
+    let dir = dir.or(cli.rules.as_deref()).unwrap_or(&config.rules.dir);
+    let options = CompileOptions {
+        limits: config.rule_limits(),
+        cdn_targets: check_targets.then(|| config.cdn.keys().cloned().collect()),
+    };
+    RuleSet::load(dir, &options).map_err(|e| {
+        usage(anyhow::anyhow!("{e}"))
+            .with_context(format!("rules in {} do not compile", dir.display()))
+    })
+}
+
+impl Exit {
+    fn with_context(self, c: String) -> Exit {
+        Exit(self.0, self.1.context(c))
+    }
+}
+
+async fn build_engine(cli: &Cli) -> Result<Engine, Exit> {
+    let config = load_config(cli)?;
+    let rules = load_rules(cli, &config, None, true)?;
+    let cdn = CdnTargets::from_config(&config.cdn).map_err(|e| usage(anyhow::anyhow!(e)))?;
+    let redis = Redis::connect(&config.redis, Some(config.redis.retry_for))
+        .await
+        .map_err(unavailable)?;
+    Ok(Engine {
+        rules: Arc::new(rules),
+        redis,
+        cdn,
+        config,
+    })
+}
+
+async fn cmd_replay(cli: &Cli, options: ReplayOptions) -> Result<u8, Exit> {
+    let engine = build_engine(cli).await?;
+    if let Some(dlq) = &options.dlq
+        && options.inputs.iter().any(|i| Path::new(i) == dlq)
+    {
+        return Err(usage(anyhow::anyhow!(
+            "--dlq {} is also an input: write dead letters to another file",
+            dlq.display()
+        )));
+    }
+    if let Some(r) = options.rate
+        && !(r > 0.0 && r.is_finite())
+    {
+        return Err(usage(anyhow::anyhow!(
+            "--rate must be a positive number of events per second"
+        )));
+    }
+    tracing::info!(redis = %engine.redis.describe(), rules = engine.rules.rules.len(), "replaying");
+    let summary = replay::replay(&engine, &options)
+        .await
+        .map_err(|e| match e {
+            replay::ReplayError::Dlq(..) => Exit(3, e.into()),
+            _ => usage(e),
+        })?;
+    let _ = summary.print(&mut io::stdout().lock(), options.dry_run);
+    Ok(summary.exit_code() as u8)
+}
+
+fn cmd_explain(cli: &Cli, arg: &str, json: bool) -> Result<u8, Exit> {
+    let config = load_config(cli)?;
+    // Explain also works where the CDN targets are not configured: it shows, it does not purge.
+    let rules = load_rules(cli, &config, None, false)?;
+    let text = if arg == "-" {
+        let mut s = String::new();
+        io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the event from stdin")
+            .map_err(usage)?;
+        s
+    } else if arg.trim_start().starts_with('{') {
+        arg.to_owned()
+    } else {
+        std::fs::read_to_string(arg)
+            .with_context(|| format!("{arg} is neither JSON nor a readable file"))
+            .map_err(usage)?
+    };
+    let expanded = expand_document(
+        text.into_bytes(),
+        Position {
+            file: Some("explain".into()),
+            ..Position::default()
+        },
+        config.limits.max_event_bytes,
+    );
+    let mut out = io::stdout().lock();
+    let mut code = 0;
+    for item in expanded {
+        let (value, record) = match item {
+            Expanded::Parsed { value, record } => (Ok(value), record),
+            Expanded::Raw(record) => (
+                serde_json::from_slice(&record.payload)
+                    .map_err(|e| invalidator::event::DecodeError::InvalidJson(e.to_string())),
+                record,
+            ),
+            Expanded::Failed { record, error } => (Err(error), record),
+        };
+        let decoded = value.and_then(|v| {
+            decode_value(v, config.limits.max_event_bytes, &|| {
+                record.position.fallback_id()
+            })
+        });
+        let result = match decoded {
+            Ok(event) => match engine::explain(&rules, &event) {
+                Ok((event_plan, plan)) => explain::Explained::Plan {
+                    event,
+                    event_plan,
+                    plan,
+                },
+                Err(e) => explain::Explained::DeadLetter {
+                    reason: e.reason(),
+                    error: e.to_string(),
+                },
+            },
+            Err(e) => explain::Explained::DeadLetter {
+                reason: e.reason(),
+                error: e.to_string(),
+            },
+        };
+        if matches!(result, explain::Explained::DeadLetter { .. }) {
+            code = 1;
+        }
+        let written = if json {
+            serde_json::to_writer_pretty(&mut out, &result.to_json(&config))
+                .map_err(io::Error::from)
+                .and_then(|_| writeln!(out))
+        } else {
+            result.write_human(&mut out, &config)
+        };
+        written.context("writing to stdout").map_err(usage)?;
+    }
+    Ok(code)
+}
+
+fn cmd_rules_check(cli: &Cli, dir: Option<&Path>) -> Result<u8, Exit> {
+    let config = load_config(cli)?;
+    // Targets are checked when a config file says which exist.
+    let has_config = cli.config.is_some() || Path::new(invalidator::config::DEFAULT_FILE).exists();
+    let rules = load_rules(cli, &config, dir, has_config)?;
+    for w in explain::warnings(&rules) {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "ok: {} rules and {} ttl policies in {} files",
+        rules.rules.len(),
+        rules.ttl_policies.len(),
+        rules.files.len()
+    );
+    Ok(0)
+}
+
+async fn cmd_sweep(cli: &Cli, dry_run: bool) -> Result<u8, Exit> {
+    let config = load_config(cli)?;
+    let rules = load_rules(cli, &config, None, false)?;
+    if rules.ttl_policies.is_empty() {
+        println!("no ttl_policies in the rules: nothing to sweep");
+        return Ok(0);
+    }
+    let redis = Redis::connect(&config.redis, Some(config.redis.retry_for))
+        .await
+        .map_err(unavailable)?;
+    let mut out = io::stdout().lock();
+    for policy in &rules.ttl_policies {
+        let report = redis.sweep(policy, dry_run).await.map_err(unavailable)?;
+        let _ = writeln!(
+            out,
+            "{} (max_ttl {}): scanned {}, over policy {}, {} {}",
+            policy.pattern,
+            humantime::format_duration(policy.max_ttl),
+            report.scanned,
+            report.over_policy,
+            if dry_run { "would fix" } else { "fixed" },
+            if dry_run {
+                report.over_policy
+            } else {
+                report.fixed
+            },
+        );
+    }
+    Ok(0)
+}

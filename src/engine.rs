@@ -1,0 +1,386 @@
+//! The unit of work shared by every mode: records in, one outcome per record out.
+//!
+//! `decode → dedupe → plan (with set lookups) → coalesce → Redis → CDN → remember ids`.
+//!
+//! Invariants:
+//! - every input ends in exactly one [`Outcome`]: applied, skipped, duplicate or dead-lettered;
+//! - a per-event permanent error dead-letters that event only, with a stable reason code;
+//! - an outage (Redis or CDN unreachable after retries) fails the whole unit with
+//!   [`EngineError::Unavailable`] and nothing in it is reported as done: the caller must not
+//!   acknowledge any of its records;
+//! - Redis is invalidated before the CDN, so a CDN refetch never finds a stale Redis copy.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+
+use crate::apply::cdn::{CdnError, CdnTargets, PurgeReport};
+use crate::apply::redis::{ApplyReport, Redis, RedisError};
+use crate::config::{Config, TagMode};
+use crate::event::{DecodeError, Event, Expanded, Record, decode_event, decode_value};
+use crate::plan::{EventPlan, Plan, Redelete};
+use crate::rules::{NoMembers, RuleSet};
+use crate::telemetry;
+
+/// What became of one input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Applied,
+    /// No rule matched, or every matching rule's condition was false.
+    Skipped,
+    /// Its id was seen within the dedupe window (or earlier in the same unit).
+    Duplicate,
+    DeadLettered {
+        reason: &'static str,
+        error: String,
+    },
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Skipped => "skipped",
+            Outcome::Duplicate => "duplicate",
+            Outcome::DeadLettered { .. } => "dead_lettered",
+        }
+    }
+
+    fn dead(reason: &'static str, error: impl Into<String>) -> Self {
+        Outcome::DeadLettered {
+            reason,
+            error: error.into(),
+        }
+    }
+}
+
+/// One input and what became of it.
+#[derive(Debug)]
+pub struct Item {
+    pub record: Record,
+    /// Id and type, when the payload decoded.
+    pub event: Option<(String, String)>,
+    pub outcome: Outcome,
+}
+
+/// The result of a unit of work.
+#[derive(Debug, Default)]
+pub struct UnitResult {
+    pub items: Vec<Item>,
+    /// The coalesced plan (applied, or only shown in a dry run).
+    pub plan: Plan,
+    pub redis: ApplyReport,
+    pub cdn: PurgeReport,
+    /// Per-event plans, kept only when asked for (`--dry-run` output).
+    pub event_plans: Vec<Option<EventPlan>>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error(transparent)]
+    Cdn(#[from] CdnError),
+}
+
+/// Shared, immutable state: compiled rules, clients, settings. Built once at start.
+pub struct Engine {
+    pub rules: Arc<RuleSet>,
+    pub redis: Redis,
+    pub cdn: CdnTargets,
+    pub config: Config,
+}
+
+impl Engine {
+    /// Processes one unit. With `dry_run`, Redis is only read (dedupe, set members), nothing is
+    /// written and nothing is purged.
+    pub async fn process(
+        &self,
+        inputs: Vec<Expanded>,
+        dry_run: bool,
+        keep_plans: bool,
+    ) -> Result<UnitResult, EngineError> {
+        let max = self.config.limits.max_event_bytes;
+        let mut items = Vec::with_capacity(inputs.len());
+        let mut events: Vec<Option<Event>> = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let (record, decoded) = match input {
+                Expanded::Parsed { value, record } => {
+                    let fallback = || record.position.fallback_id();
+                    let d = decode_value(value, max, &fallback);
+                    (record, d)
+                }
+                Expanded::Raw(record) => {
+                    let fallback = || record.position.fallback_id();
+                    let d = decode_event(&record.payload, max, &fallback);
+                    (record, d)
+                }
+                Expanded::Failed { record, error } => (record, Err(error)),
+            };
+            match decoded {
+                Ok(e) => {
+                    items.push(Item {
+                        record,
+                        event: Some((e.id.clone(), e.kind.clone())),
+                        outcome: Outcome::Skipped,
+                    });
+                    events.push(Some(e));
+                }
+                Err(e) => {
+                    items.push(Item {
+                        record,
+                        event: None,
+                        outcome: decode_outcome(&e),
+                    });
+                    events.push(None);
+                }
+            }
+        }
+
+        self.dedupe(&mut items, &mut events).await?;
+        let plans = self.plan(&mut items, &events).await?;
+
+        let mut plan = Plan::default();
+        for (i, p) in plans.iter().enumerate() {
+            let Some(p) = p else { continue };
+            if !matches!(items[i].outcome, Outcome::Skipped) {
+                continue;
+            }
+            if p.matched() {
+                p.add_to(&mut plan, i as u32);
+                items[i].outcome = Outcome::Applied;
+            } else if self.config.limits.dead_letter_unmatched && p.hits.is_empty() {
+                items[i].outcome = Outcome::dead("no_rule", "no rule matches this event type");
+            }
+            for _ in &p.notes {
+                telemetry::cascade_ended();
+            }
+        }
+
+        let mut result = UnitResult {
+            plan,
+            ..UnitResult::default()
+        };
+        if !dry_run {
+            result.redis = self
+                .redis
+                .apply(
+                    &result.plan,
+                    self.config.tags.mode,
+                    &self.config.tags.prefix,
+                )
+                .await?;
+            for (tag, error) in &result.redis.tag_failures {
+                for &o in &result.plan.tags[tag] {
+                    items[o as usize].outcome =
+                        Outcome::dead("redis_wrongtype", format!("tag `{tag}`: {error}"));
+                }
+            }
+            result.cdn = self.cdn.purge(&result.plan.purges).await?;
+            for r in &result.cdn.rejected {
+                for &o in &r.origins {
+                    items[o as usize].outcome = Outcome::dead(
+                        "cdn_rejected",
+                        format!("{} {}: {}", r.target, r.path, r.error),
+                    );
+                }
+            }
+            self.remember(&items, &events).await?;
+            self.record_metrics(&items, &events, &result);
+        }
+        if keep_plans {
+            result.event_plans = plans;
+        }
+        result.items = items;
+        Ok(result)
+    }
+
+    /// Marks events whose id was seen within the window (or earlier in this unit) as duplicates.
+    async fn dedupe(
+        &self,
+        items: &mut [Item],
+        events: &mut [Option<Event>],
+    ) -> Result<(), EngineError> {
+        let Some(_) = self.config.dedupe.window else {
+            return Ok(());
+        };
+        let mut in_unit = HashSet::new();
+        let mut candidates: Vec<usize> = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            let Some(e) = e else { continue };
+            if !e.id_given {
+                continue;
+            }
+            if !in_unit.insert(e.id.as_str()) {
+                items[i].outcome = Outcome::Duplicate;
+            } else {
+                candidates.push(i);
+            }
+        }
+        let ids: Vec<&str> = candidates
+            .iter()
+            .map(|&i| events[i].as_ref().map_or("", |e| e.id.as_str()))
+            .collect();
+        let seen = self.redis.seen(&self.config.dedupe.prefix, &ids).await?;
+        for (&i, seen) in candidates.iter().zip(seen) {
+            if seen {
+                items[i].outcome = Outcome::Duplicate;
+            }
+        }
+        for (i, item) in items.iter().enumerate() {
+            if item.outcome == Outcome::Duplicate {
+                events[i] = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Plans every event, reading the sets of `for_each_member_of` cascades from Redis in rounds
+    /// (one pipelined round per cascade level).
+    async fn plan(
+        &self,
+        items: &mut [Item],
+        events: &[Option<Event>],
+    ) -> Result<Vec<Option<EventPlan>>, EngineError> {
+        let mut members: HashMap<String, Vec<String>> = HashMap::new();
+        let mut failed_sets: HashMap<String, String> = HashMap::new();
+        let mut plans: Vec<Option<EventPlan>> = vec![None; events.len()];
+        let mut todo: Vec<usize> = (0..events.len()).filter(|&i| events[i].is_some()).collect();
+        let rounds = self.rules.limits.max_cascade_depth as usize + 2;
+        for round in 0..rounds {
+            let mut needs: Vec<String> = Vec::new();
+            let mut again = Vec::new();
+            for &i in &todo {
+                let event = events[i].as_ref().expect("todo holds decoded events");
+                match self.rules.plan_event(event, &members) {
+                    Ok(p) => {
+                        if let Some(set) = p.needs.iter().find(|s| failed_sets.contains_key(*s)) {
+                            items[i].outcome =
+                                Outcome::dead("redis_wrongtype", failed_sets[set].clone());
+                            plans[i] = None;
+                            continue;
+                        }
+                        if !p.needs.is_empty() && round + 1 < rounds {
+                            needs.extend(p.needs.iter().cloned());
+                            again.push(i);
+                        }
+                        plans[i] = Some(p);
+                    }
+                    Err(e) => {
+                        items[i].outcome = Outcome::DeadLettered {
+                            reason: e.reason(),
+                            error: e.to_string(),
+                        };
+                        plans[i] = None;
+                    }
+                }
+            }
+            if again.is_empty() {
+                break;
+            }
+            needs.sort();
+            needs.dedup();
+            for (set, result) in self.redis.members(&needs).await? {
+                match result {
+                    Ok(m) => {
+                        members.insert(set, m);
+                    }
+                    Err(e) => {
+                        failed_sets.insert(set, e);
+                    }
+                }
+            }
+            todo = again;
+        }
+        Ok(plans)
+    }
+
+    async fn remember(&self, items: &[Item], events: &[Option<Event>]) -> Result<(), EngineError> {
+        let Some(window) = self.config.dedupe.window else {
+            return Ok(());
+        };
+        let ids: Vec<&str> = items
+            .iter()
+            .zip(events)
+            .filter(|(item, _)| item.outcome == Outcome::Applied)
+            .filter_map(|(_, e)| e.as_ref().filter(|e| e.id_given).map(|e| e.id.as_str()))
+            .collect();
+        if !ids.is_empty() {
+            self.redis
+                .remember(&self.config.dedupe.prefix, &ids, window)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn record_metrics(&self, items: &[Item], events: &[Option<Event>], result: &UnitResult) {
+        let now = OffsetDateTime::now_utc();
+        for (item, event) in items.iter().zip(events) {
+            let kind = match &item.event {
+                Some((_, k)) if self.rules.rules_for(k).next().is_some() => k.as_str(),
+                _ => "other",
+            };
+            telemetry::event(kind, item.outcome.label());
+            if let Outcome::DeadLettered { reason, .. } = &item.outcome {
+                telemetry::dead_lettered(reason);
+            }
+            if item.outcome == Outcome::Applied
+                && let Some(t) = event.as_ref().and_then(|e| e.time)
+                && let Ok(age) = std::time::Duration::try_from(now - t)
+            {
+                telemetry::event_age(age);
+            }
+        }
+        let p = &result.plan;
+        telemetry::actions("delete", p.deletes.len() as u64);
+        telemetry::actions("delete_pattern", p.patterns.len() as u64);
+        telemetry::actions("tag", p.tags.len() as u64);
+        telemetry::actions("expire", p.expires.len() as u64);
+        telemetry::actions("purge", p.purges.values().map(|v| v.len() as u64).sum());
+        telemetry::keys_removed(result.redis.keys_removed);
+        for (target, paths) in &p.purges {
+            telemetry::cdn_paths(target, paths.len() as u64);
+        }
+    }
+
+    /// Deletes the keys and tags of a due `redelete_after` once more.
+    pub async fn redelete(&self, r: &Redelete) -> Result<ApplyReport, EngineError> {
+        let mut plan = Plan::default();
+        for k in &r.keys {
+            plan.deletes.insert(k.clone());
+        }
+        for t in &r.tags {
+            plan.tags.insert(t.clone(), Vec::new());
+        }
+        let report = self
+            .redis
+            .apply(&plan, self.config.tags.mode, &self.config.tags.prefix)
+            .await?;
+        telemetry::keys_removed(report.keys_removed);
+        Ok(report)
+    }
+
+    /// The tag mode, for display.
+    pub fn tag_mode(&self) -> TagMode {
+        self.config.tags.mode
+    }
+}
+
+fn decode_outcome(e: &DecodeError) -> Outcome {
+    Outcome::DeadLettered {
+        reason: e.reason(),
+        error: e.to_string(),
+    }
+}
+
+/// Plans a single event without touching anything (`explain`).
+pub fn explain(
+    rules: &RuleSet,
+    event: &Event,
+) -> Result<(EventPlan, Plan), crate::rules::PlanError> {
+    let p = rules.plan_event(event, &NoMembers)?;
+    let mut plan = Plan::default();
+    p.add_to(&mut plan, 0);
+    Ok((p, plan))
+}

@@ -1,0 +1,434 @@
+//! `invalidator replay`: files (or stdin) → units of work → Redis and CDNs, with a DLQ file.
+//!
+//! Reading and JSON parsing run on their own thread and hand over bounded batches (at most two
+//! waiting), so memory stays constant whatever the input size. Each batch is one unit of work:
+//! planned, coalesced and applied together. Dead-lettered records are written and synced to the DLQ
+//! file before they are counted. Pending `redelete_after`s are bounded and all run before exit.
+//! If Redis or a CDN stays unreachable, the replay stops and reports how many events were not applied
+//! (exit status 3); nothing is dead-lettered for an outage.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufReader, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::mpsc;
+
+use crate::apply::dlq::DlqFile;
+use crate::engine::{Engine, EngineError, Outcome, UnitResult};
+use crate::event::{DlqRecord, Expanded};
+use crate::plan::Redelete;
+use crate::source::files::InputReader;
+
+/// What to replay and how.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// Files; `-` is stdin.
+    pub inputs: Vec<String>,
+    pub dry_run: bool,
+    /// DLQ file; default `dlq-<time>.jsonl`, created only if something is dead-lettered.
+    pub dlq: Option<PathBuf>,
+    /// Events per second, at most.
+    pub rate: Option<f64>,
+    /// Show a progress bar (only on a terminal).
+    pub progress: bool,
+}
+
+/// The summary printed at the end.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Summary {
+    pub events: u64,
+    pub applied: u64,
+    pub skipped: u64,
+    pub duplicate: u64,
+    pub dead_lettered: u64,
+    /// Events read but not applied because a dependency was unavailable.
+    pub not_applied: u64,
+    pub keys_removed: u64,
+    pub expires_set: u64,
+    pub tags_invalidated: u64,
+    pub paths_purged: u64,
+    pub paths_logged: u64,
+    pub redeletes: u64,
+    /// Actions planned (for `--dry-run`).
+    pub actions_planned: u64,
+    pub seconds: f64,
+    pub dlq: Option<PathBuf>,
+    /// The outage that stopped the replay, if any.
+    pub unavailable: Option<String>,
+}
+
+impl Summary {
+    pub fn print(&self, out: &mut dyn Write, dry_run: bool) -> io::Result<()> {
+        let rate = if self.seconds > 0.0 {
+            self.events as f64 / self.seconds
+        } else {
+            0.0
+        };
+        writeln!(
+            out,
+            "{}events:         {}",
+            if dry_run { "[dry run] " } else { "" },
+            self.events
+        )?;
+        writeln!(out, "  applied:       {}", self.applied)?;
+        writeln!(out, "  skipped:       {}", self.skipped)?;
+        writeln!(out, "  duplicate:     {}", self.duplicate)?;
+        writeln!(out, "  dead-lettered: {}", self.dead_lettered)?;
+        if self.not_applied > 0 {
+            writeln!(
+                out,
+                "  NOT applied:   {} (dependency unavailable; replay again)",
+                self.not_applied
+            )?;
+        }
+        if dry_run {
+            writeln!(
+                out,
+                "actions planned: {} (nothing written)",
+                self.actions_planned
+            )?;
+        } else {
+            writeln!(out, "keys removed:    {}", self.keys_removed)?;
+            writeln!(out, "TTLs shortened:  {}", self.expires_set)?;
+            writeln!(out, "tags:            {}", self.tags_invalidated)?;
+            writeln!(out, "paths purged:    {}", self.paths_purged)?;
+            if self.paths_logged > 0 {
+                writeln!(
+                    out,
+                    "paths logged:    {} (log targets, not sent)",
+                    self.paths_logged
+                )?;
+            }
+            if self.redeletes > 0 {
+                writeln!(out, "redeletes:       {}", self.redeletes)?;
+            }
+        }
+        writeln!(
+            out,
+            "seconds:         {:.3} ({rate:.0} events/s)",
+            self.seconds
+        )?;
+        if let Some(p) = &self.dlq {
+            writeln!(out, "dead letters in: {}", p.display())?;
+        }
+        if let Some(u) = &self.unavailable {
+            writeln!(out, "stopped: {u}")?;
+        }
+        Ok(())
+    }
+
+    /// Exit status of SPEC §7: 0 all applied or skipped, 1 some dead-lettered, 3 outage.
+    pub fn exit_code(&self) -> i32 {
+        if self.unavailable.is_some() {
+            3
+        } else if self.dead_lettered > 0 {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+/// Failures that stop a replay before it finishes (besides outages, which end in the summary).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("cannot read {0}: {1}")]
+    Input(String, io::Error),
+    #[error(
+        "cannot write the DLQ file {0}: {1} (dead letters at risk; nothing after them was counted)"
+    )]
+    Dlq(PathBuf, io::Error),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// A batch from the reader thread, or the reader's failure.
+type Batch = Result<Vec<Expanded>, ReplayError>;
+
+/// Redeletes waiting for their time, bounded in size.
+#[derive(Default)]
+struct Redeletes {
+    due: BTreeMap<Instant, Redelete>,
+    pending: usize,
+}
+
+impl Redeletes {
+    fn schedule(&mut self, now: Instant, plan: &crate::plan::Plan) {
+        for (after, r) in &plan.redeletes {
+            let slot = self.due.entry(now + after.0).or_default();
+            slot.keys.extend(r.keys.iter().cloned());
+            slot.tags.extend(r.tags.iter().cloned());
+            self.pending += r.len();
+        }
+    }
+
+    /// Everything due by `now`, merged.
+    fn take_due(&mut self, now: Instant) -> Option<Redelete> {
+        let later = self.due.split_off(&(now + Duration::from_nanos(1)));
+        let due = std::mem::replace(&mut self.due, later);
+        if due.is_empty() {
+            return None;
+        }
+        let mut merged = Redelete::default();
+        for r in due.into_values() {
+            self.pending -= r.len();
+            merged.keys.extend(r.keys);
+            merged.tags.extend(r.tags);
+        }
+        Some(merged)
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.due.keys().next().copied()
+    }
+}
+
+/// Replays `options.inputs` through `engine`.
+pub async fn replay(engine: &Engine, options: &ReplayOptions) -> Result<Summary, ReplayError> {
+    let started = Instant::now();
+    let batch_size = match options.rate {
+        // Small batches keep a low rate smooth (about ten per second).
+        Some(r) => ((r / 10.0).ceil() as usize).clamp(1, engine.config.replay.batch_size),
+        None => engine.config.replay.batch_size,
+    };
+    let consumed = Arc::new(AtomicU64::new(0));
+    let total_bytes: u64 = options
+        .inputs
+        .iter()
+        .filter(|p| *p != "-")
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let bar = progress_bar(
+        options.progress && !options.inputs.iter().any(|p| p == "-"),
+        total_bytes,
+    );
+    let max_bytes = engine.config.limits.max_event_bytes;
+
+    let (tx, mut rx) = mpsc::channel::<Batch>(2);
+    let inputs = options.inputs.clone();
+    let reader_consumed = consumed.clone();
+    let reader =
+        std::thread::spawn(move || read_inputs(inputs, max_bytes, batch_size, reader_consumed, tx));
+
+    let mut summary = Summary::default();
+    let mut dlq = DlqFile::new(options.dlq.clone().unwrap_or_else(default_dlq_path));
+    let mut redeletes = Redeletes::default();
+    let max_pending = engine.config.replay.max_pending_redeletes;
+    let mut outage: Option<EngineError> = None;
+
+    while let Some(batch) = rx.recv().await {
+        let batch = batch?;
+        let n = batch.len() as u64;
+        summary.events += n;
+        if outage.is_some() {
+            summary.not_applied += n;
+            continue;
+        }
+        if let Err(e) = run_redeletes(engine, &mut redeletes, max_pending, &mut summary).await {
+            summary.not_applied += n;
+            outage = Some(e);
+            continue;
+        }
+        match engine.process(batch, options.dry_run, false).await {
+            Ok(unit) => {
+                account(&unit, &mut summary, &mut dlq, options.dry_run, max_bytes)?;
+                if !options.dry_run {
+                    redeletes.schedule(Instant::now(), &unit.plan);
+                }
+            }
+            Err(e) => {
+                summary.not_applied += n;
+                // Keep reading (without applying) so the summary counts every event of the input.
+                outage = Some(e);
+            }
+        }
+        if let Some(rate) = options.rate {
+            let due = Duration::from_secs_f64(summary.events as f64 / rate);
+            let elapsed = started.elapsed();
+            if due > elapsed {
+                tokio::time::sleep(due - elapsed).await;
+            }
+        }
+        bar.set_position(consumed.load(Ordering::Relaxed));
+        bar.set_message(format!(
+            "{} events, {} keys removed",
+            summary.events, summary.keys_removed
+        ));
+    }
+    // The reader ends when the channel closes; its I/O errors came through the channel.
+    let _ = reader.join();
+
+    if outage.is_none() {
+        // Every pending redelete runs before exit.
+        while let Some(at) = redeletes.next_due() {
+            tokio::time::sleep_until(at.into()).await;
+            if let Err(e) = run_redeletes(engine, &mut redeletes, 0, &mut summary).await {
+                outage = Some(e);
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary.unavailable = outage.map(|e| e.to_string());
+    if dlq.written() > 0 {
+        summary.dlq = Some(dlq.path().to_path_buf());
+    }
+    Ok(summary)
+}
+
+/// Runs the due redeletes; with more than `max_pending` waiting, waits for the earliest first.
+async fn run_redeletes(
+    engine: &Engine,
+    r: &mut Redeletes,
+    max_pending: usize,
+    summary: &mut Summary,
+) -> Result<(), EngineError> {
+    loop {
+        if r.pending > max_pending
+            && let Some(at) = r.next_due()
+        {
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let Some(due) = r.take_due(Instant::now()) else {
+            return Ok(());
+        };
+        let report = engine.redelete(&due).await?;
+        summary.redeletes += due.len() as u64;
+        summary.keys_removed += report.keys_removed;
+        if r.pending <= max_pending {
+            return Ok(());
+        }
+    }
+}
+
+/// Counts one unit's outcomes and writes its dead letters durably.
+fn account(
+    unit: &UnitResult,
+    summary: &mut Summary,
+    dlq: &mut DlqFile,
+    dry_run: bool,
+    max_bytes: usize,
+) -> Result<(), ReplayError> {
+    let now = OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default();
+    let mut dead = 0;
+    for item in &unit.items {
+        match &item.outcome {
+            Outcome::Applied => summary.applied += 1,
+            Outcome::Skipped => summary.skipped += 1,
+            Outcome::Duplicate => summary.duplicate += 1,
+            Outcome::DeadLettered { reason, error } => {
+                let mut rec = DlqRecord::new(&item.record, reason, error, now.clone());
+                if let Some((id, kind)) = &item.event {
+                    rec.event_id = Some(id.clone());
+                    rec.event_type = Some(kind.clone());
+                }
+                // The reader keeps only the first `max_bytes` of an over-long line.
+                rec.truncated = *reason == "too_large" && item.record.payload.len() == max_bytes;
+                tracing::warn!(position = %item.record.position, reason, error = %error, "dead-lettered");
+                if !dry_run {
+                    dlq.write(&rec)
+                        .map_err(|e| ReplayError::Dlq(dlq.path().to_path_buf(), e))?;
+                }
+                dead += 1;
+            }
+        }
+    }
+    if dead > 0 && !dry_run {
+        dlq.sync()
+            .map_err(|e| ReplayError::Dlq(dlq.path().to_path_buf(), e))?;
+    }
+    summary.dead_lettered += dead;
+    summary.keys_removed += unit.redis.keys_removed;
+    summary.expires_set += unit.redis.expires_set;
+    summary.tags_invalidated += unit.redis.tags_invalidated;
+    summary.paths_purged += unit.cdn.purged;
+    summary.paths_logged += unit.cdn.logged;
+    summary.actions_planned += unit.plan.len() as u64;
+    Ok(())
+}
+
+/// The reader thread: every input in order, in batches.
+fn read_inputs(
+    inputs: Vec<String>,
+    max_bytes: usize,
+    batch_size: usize,
+    consumed: Arc<AtomicU64>,
+    tx: mpsc::Sender<Batch>,
+) {
+    let mut batch = Vec::with_capacity(batch_size);
+    for input in inputs {
+        let (reader, name): (Box<dyn io::BufRead + Send>, String) = if input == "-" {
+            (
+                Box::new(BufReader::with_capacity(1 << 16, io::stdin())),
+                "stdin".into(),
+            )
+        } else {
+            match File::open(&input) {
+                Ok(f) => (
+                    Box::new(BufReader::with_capacity(1 << 16, f)),
+                    input.clone(),
+                ),
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(ReplayError::Input(input, e)));
+                    return;
+                }
+            }
+        };
+        for item in InputReader::new(reader, &name, max_bytes, consumed.clone()) {
+            match item {
+                Ok(e) => batch.push(e),
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(ReplayError::Input(name, e)));
+                    return;
+                }
+            }
+            if batch.len() >= batch_size {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
+                if tx.blocking_send(Ok(full)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.blocking_send(Ok(batch));
+    }
+}
+
+fn default_dlq_path() -> PathBuf {
+    let now = OffsetDateTime::now_utc();
+    PathBuf::from(format!(
+        "dlq-{:04}{:02}{:02}T{:02}{:02}{:02}Z.jsonl",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    ))
+}
+
+fn progress_bar(enabled: bool, total: u64) -> ProgressBar {
+    if !enabled || !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {bytes}/{total_bytes} {msg} [{elapsed_precise}, eta {eta}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}

@@ -1,0 +1,273 @@
+//! Files and stdin → [`Expanded`] records, in order, in constant memory.
+//!
+//! Accepted inputs: JSON Lines (one event, Lambda event document, or DLQ record per line), or one JSON
+//! document spread over several lines (a Lambda `SnsEvent`/`SqsEvent` file, an array of events, a
+//! single pretty-printed event). A line longer than the event size limit is never held whole in
+//! memory: it is skipped to its end and dead-lettered as `too_large` with its first bytes. Empty lines
+//! are not events. Line numbers are 1-based and count every line.
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, Cursor, Read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::event::{DecodeError, Expanded, Position, Record, expand_document};
+
+/// The largest multi-line JSON document read whole (Lambda event files are far smaller).
+const MAX_DOCUMENT_BYTES: usize = 64 << 20;
+
+enum Mode {
+    Start,
+    Lines,
+    Done,
+}
+
+/// Reads one input (a file or stdin) as [`Expanded`] records.
+pub struct InputReader {
+    reader: Box<dyn BufRead + Send>,
+    name: String,
+    line: u64,
+    max_bytes: usize,
+    mode: Mode,
+    pending: VecDeque<Expanded>,
+    /// Bytes consumed so far, for progress.
+    consumed: Arc<AtomicU64>,
+}
+
+impl InputReader {
+    pub fn new(
+        reader: Box<dyn BufRead + Send>,
+        name: &str,
+        max_bytes: usize,
+        consumed: Arc<AtomicU64>,
+    ) -> Self {
+        InputReader {
+            reader,
+            name: name.to_owned(),
+            line: 0,
+            max_bytes,
+            mode: Mode::Start,
+            pending: VecDeque::new(),
+            consumed,
+        }
+    }
+
+    fn pos_at(&self, line: u64) -> Position {
+        Position::file_line(&self.name, line)
+    }
+
+    /// Reads one line of at most `max_bytes` (without its newline). `None` at the end. A longer line
+    /// is consumed to its end; its first `max_bytes` bytes are returned with `true`.
+    fn read_line(&mut self) -> io::Result<Option<(Vec<u8>, bool)>> {
+        let mut buf = Vec::new();
+        let mut too_long = false;
+        let mut any = false;
+        loop {
+            let available = match self.reader.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if available.is_empty() {
+                break;
+            }
+            any = true;
+            let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+                Some(i) => (&available[..i], Some(i + 1)),
+                None => (available, None),
+            };
+            if !too_long {
+                let room = self.max_bytes + 1 - buf.len().min(self.max_bytes + 1);
+                buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if buf.len() > self.max_bytes {
+                    too_long = true;
+                    buf.truncate(self.max_bytes);
+                }
+            }
+            let used = done.unwrap_or(available.len());
+            self.reader.consume(used);
+            self.consumed.fetch_add(used as u64, Ordering::Relaxed);
+            if done.is_some() {
+                break;
+            }
+        }
+        if !any {
+            return Ok(None);
+        }
+        self.line += 1;
+        if buf.last() == Some(&b'\r') && !too_long {
+            buf.pop();
+        }
+        Ok(Some((buf, too_long)))
+    }
+
+    /// Turns one line into records.
+    fn line_records(&mut self, line: Vec<u8>, too_long: bool) {
+        let pos = self.pos_at(self.line);
+        if too_long {
+            self.pending.push_back(Expanded::Failed {
+                error: DecodeError::TooLarge {
+                    size: self.max_bytes + 1,
+                    limit: self.max_bytes,
+                },
+                record: Record::new(line, pos),
+            });
+            return;
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        self.pending
+            .extend(expand_document(line, pos, self.max_bytes));
+    }
+
+    /// Decides between JSON Lines and one multi-line document from the first non-empty line.
+    fn start(&mut self) -> io::Result<()> {
+        let (first, too_long) = loop {
+            match self.read_line()? {
+                None => {
+                    self.mode = Mode::Done;
+                    return Ok(());
+                }
+                Some((l, t)) if !l.iter().all(u8::is_ascii_whitespace) || t => break (l, t),
+                Some(_) => {}
+            }
+        };
+        let first_line = self.line;
+        let opens_document = first
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{' || *b == b'[');
+        if too_long
+            || serde_json::from_slice::<serde::de::IgnoredAny>(&first).is_ok()
+            || !opens_document
+        {
+            self.mode = Mode::Lines;
+            self.line_records(first, too_long);
+            return Ok(());
+        }
+        // The first line is not a whole JSON value but opens one: try the whole input as a document.
+        let mut doc = first;
+        doc.push(b'\n');
+        let mut rest = Vec::new();
+        let limit = MAX_DOCUMENT_BYTES.saturating_sub(doc.len()) as u64;
+        (&mut self.reader).take(limit + 1).read_to_end(&mut rest)?;
+        self.consumed
+            .fetch_add(rest.len() as u64, Ordering::Relaxed);
+        let small_enough = rest.len() as u64 <= limit;
+        doc.extend_from_slice(&rest);
+        if small_enough && serde_json::from_slice::<serde::de::IgnoredAny>(&doc).is_ok() {
+            self.pending.extend(expand_document(
+                doc,
+                self.pos_at(first_line),
+                self.max_bytes,
+            ));
+            self.mode = Mode::Done;
+            return Ok(());
+        }
+        // Not a document: JSON Lines after all (the first line is broken). Re-read what we buffered.
+        // Bytes re-read from the buffer are counted again; take them off first.
+        self.consumed.fetch_sub(doc.len() as u64, Ordering::Relaxed);
+        let old = std::mem::replace(&mut self.reader, Box::new(io::empty()));
+        self.reader = Box::new(Cursor::new(doc).chain(old));
+        self.line = first_line - 1;
+        self.mode = Mode::Lines;
+        Ok(())
+    }
+}
+
+impl Iterator for InputReader {
+    type Item = io::Result<Expanded>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Some(Ok(e));
+            }
+            match self.mode {
+                Mode::Done => return None,
+                Mode::Start => {
+                    if let Err(e) = self.start() {
+                        self.mode = Mode::Done;
+                        return Some(Err(e));
+                    }
+                }
+                Mode::Lines => match self.read_line() {
+                    Ok(Some((line, too_long))) => self.line_records(line, too_long),
+                    Ok(None) => self.mode = Mode::Done,
+                    Err(e) => {
+                        self.mode = Mode::Done;
+                        return Some(Err(e));
+                    }
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(input: &str, max: usize) -> Vec<Expanded> {
+        let r = InputReader::new(
+            Box::new(Cursor::new(input.as_bytes().to_vec())),
+            "in",
+            max,
+            Arc::default(),
+        );
+        r.map(Result::unwrap).collect()
+    }
+
+    fn positions(items: &[Expanded]) -> Vec<(u64, &'static str)> {
+        items
+            .iter()
+            .map(|e| match e {
+                Expanded::Parsed { record, .. } => (record.position.line.unwrap(), "parsed"),
+                Expanded::Raw(record) => (record.position.line.unwrap(), "raw"),
+                Expanded::Failed { record, error } => {
+                    (record.position.line.unwrap(), error.reason())
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn json_lines_with_bad_lines_and_blanks() {
+        let out = read("{\"type\":\"a\"}\n\n{broken\n{\"type\":\"b\"}\r\n", 1024);
+        assert_eq!(
+            positions(&out),
+            [(1, "parsed"), (3, "invalid_json"), (4, "parsed")]
+        );
+    }
+
+    #[test]
+    fn broken_first_line_is_not_a_document() {
+        let out = read("{\"type\":\n{\"type\":\"b\"}\n", 1024);
+        assert_eq!(positions(&out), [(1, "invalid_json"), (2, "parsed")]);
+    }
+
+    #[test]
+    fn pretty_document() {
+        let doc = include_str!("../../tests/fixtures/sqs-event.json");
+        let out = read(doc, 1 << 20);
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|e| matches!(e, Expanded::Raw(_))));
+    }
+
+    #[test]
+    fn long_line_is_cut_and_dead_lettered_and_the_next_line_survives() {
+        let long = format!("{{\"type\":\"{}\"}}", "x".repeat(10_000));
+        let out = read(&format!("{long}\n{{\"type\":\"b\"}}\n"), 100);
+        assert_eq!(positions(&out), [(1, "too_large"), (2, "parsed")]);
+        let Expanded::Failed { record, .. } = &out[0] else {
+            panic!()
+        };
+        assert_eq!(record.payload.len(), 100);
+    }
+
+    #[test]
+    fn last_line_without_newline() {
+        assert_eq!(positions(&read("{\"type\":\"a\"}", 1024)), [(1, "parsed")]);
+    }
+}
