@@ -110,14 +110,8 @@ fn decode_native(
     let source = take_optional_string(&obj, "source")?;
     let data = match obj.remove("data") {
         Some(data) => data,
-        None => {
-            // The whole object is the payload; put back what we took so templates can read it.
-            obj.insert("type".into(), Value::String(kind.clone()));
-            if let Some(id) = &id {
-                obj.insert("id".into(), Value::String(id.clone()));
-            }
-            Value::Object(obj)
-        }
+        // The whole object is the payload, as the producer wrote it.
+        None => Value::Object(obj),
     };
     Ok(finish(kind, id, time, source, data, fallback_id))
 }
@@ -291,7 +285,10 @@ mod tests {
         assert_eq!(e.id, "7");
         assert!(e.time.is_some());
         assert_eq!(e.data["sku"], "A-1");
-        assert_eq!(e.data["type"], "inventory.changed");
+        assert_eq!(
+            e.data["event_type"], "inventory.changed",
+            "the payload is the object as written"
+        );
     }
 
     #[test]

@@ -161,7 +161,7 @@ impl DlqRecord {
             invalidator_dlq: 1,
             reason: reason.to_owned(),
             error: error.to_owned(),
-            attempts: record.attempts + 1,
+            attempts: record.attempts.saturating_add(1),
             source: record.position.clone(),
             origin: record.origin.clone(),
             time,

@@ -563,7 +563,10 @@ fn parse_var(text: &str) -> Result<Var, (usize, String)> {
             _ => {
                 return Err((
                     i,
-                    format!("unexpected `{}` in `{{{text}}}`", &text[i..i + 1]),
+                    format!(
+                        "unexpected `{}` in `{{{text}}}`",
+                        text[i..].chars().next().unwrap_or('?')
+                    ),
                 ));
             }
         }

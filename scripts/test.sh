@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every test against real services on this machine: the local Redis (started if it is not
+# answering) and a 3-node Redis Cluster on loopback ports 7001-7003 (started by redis-cluster.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ensure_redis() {
+  if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then return; fi
+  if ! command -v redis-server >/dev/null 2>&1; then
+    echo "redis-server not found: installing it from Debian's packages"
+    apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+  fi
+  echo "starting Redis on 127.0.0.1:6379"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+  for _ in $(seq 1 50); do
+    redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  echo "Redis did not start" >&2
+  exit 1
+}
+
+ensure_redis
+bash scripts/redis-cluster.sh start
+cargo test --workspace "$@"
