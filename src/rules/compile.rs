@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_saphyr::{Location, Spanned};
 
 use super::raw::{
-    DataValue, RawCascade, RawExpire, RawFile, RawPurge, RawRule, RawTtlPolicy, TemplateText,
+    DataValue, FLOW_TEMPLATE_HINT, RawCascade, RawExpire, RawFile, RawPurge, RawRule, RawTtlPolicy,
+    TemplateText,
 };
 use super::template::{SyntaxError, Template, TemplateKind};
 use super::{
@@ -39,7 +40,7 @@ impl Ctx<'_> {
         });
     }
 
-    /// An error at byte `offset` inside the scalar that starts at `loc` (skipping an opening quote).
+    /// An error at character `offset` inside the scalar that starts at `loc` (skipping an opening quote).
     fn err_in_scalar(&mut self, loc: &Location, offset: usize, message: impl Into<String>) {
         let quoted = self
             .text
@@ -64,9 +65,12 @@ impl Ctx<'_> {
         match Template::compile(&t.value.0, kind, item) {
             Ok(t) => Some(t),
             Err(SyntaxError { offset, message }) => {
+                // Columns count characters; `offset` is in bytes.
+                let text = &t.value.0;
+                let column = text[..offset.min(text.len())].chars().count();
                 self.err_in_scalar(
                     &t.referenced,
-                    offset,
+                    column,
                     format!("in `{}`: {message}", t.value.0),
                 );
                 None
@@ -135,7 +139,7 @@ pub fn compile_files(
                     file: file.clone(),
                     line: loc.map_or(1, |l| l.line().max(1)),
                     column: loc.map_or(1, |l| l.column().max(1)),
-                    message: parse_message(&e),
+                    message: parse_message(&e, text),
                 });
                 continue;
             }
@@ -176,13 +180,23 @@ pub fn compile_files(
 }
 
 /// The parser's message without its own location and snippet (we print `file:line:column:` first).
-fn parse_message(e: &serde_saphyr::Error) -> String {
+fn parse_message(e: &serde_saphyr::Error, source: &str) -> String {
     let text = e.without_snippet().to_string();
     let first = text.lines().next().unwrap_or("invalid YAML").trim();
     // Drop a trailing " at line N, column M" that the parser may add.
-    match first.rfind(" at line ") {
+    let message = match first.rfind(" at line ") {
         Some(i) => first[..i].trim_end_matches(',').to_owned(),
         None => first.to_owned(),
+    };
+    // An unquoted template in a flow list (`[price:{id}]`) breaks the YAML itself: say why.
+    let line = e
+        .location()
+        .and_then(|l| source.lines().nth(l.line().saturating_sub(1) as usize))
+        .unwrap_or("");
+    if message.contains("flow") && line.contains('{') && !message.contains(FLOW_TEMPLATE_HINT) {
+        format!("{message}: {FLOW_TEMPLATE_HINT}")
+    } else {
+        message
     }
 }
 

@@ -23,7 +23,7 @@ pub struct RawFile {
 pub struct RawRule {
     pub name: Spanned<String>,
     pub on: Spanned<OneOrMany>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present_condition")]
     pub when: Option<Spanned<String>>,
     #[serde(default)]
     pub delete: Vec<Spanned<TemplateText>>,
@@ -73,6 +73,17 @@ pub struct RawTtlPolicy {
     pub max_ttl: Spanned<String>,
     #[serde(default)]
     pub jitter: Option<Spanned<String>>,
+}
+
+/// A `when:` that is written must hold a condition: YAML reads an unquoted `!has(x)` as a tag on an
+/// empty value, which would silently drop the condition.
+fn present_condition<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Spanned<String>>, D::Error> {
+    match Option::<Spanned<String>>::deserialize(d)? {
+        Some(s) if !s.value.trim().is_empty() => Ok(Some(s)),
+        _ => Err(de::Error::custom(
+            "`when` is empty: a condition that starts with `!` must be quoted, e.g. when: \"!has(data.x)\"",
+        )),
+    }
 }
 
 /// `on: price.updated` or `on: [price.updated, price.deleted]`.

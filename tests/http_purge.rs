@@ -1,0 +1,144 @@
+//! HTTP purge targets against real HTTP servers on loopback (wiremock): every node gets the
+//! configured method and headers, refusals are per path, outages are outages, 5xx is retried.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use invalidator::apply::cdn::{CdnError, CdnTargets};
+use invalidator::config::CdnConfig;
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+fn target(urls: Vec<String>, retry_for: Duration) -> CdnTargets {
+    let mut headers = BTreeMap::new();
+    headers.insert("X-Purge-Token".to_string(), "s3cret".to_string());
+    let mut config = BTreeMap::new();
+    config.insert(
+        "edge".to_string(),
+        CdnConfig::Http {
+            urls,
+            method: "PURGE".into(),
+            headers,
+            timeout: Duration::from_secs(2),
+            retry_for,
+            concurrency: 8,
+        },
+    );
+    CdnTargets::from_config(&config).unwrap()
+}
+
+fn purges(paths: &[(&str, Vec<u32>)]) -> IndexMap<String, IndexMap<String, Vec<u32>>> {
+    let mut m = IndexMap::new();
+    m.insert(
+        "edge".to_string(),
+        paths
+            .iter()
+            .map(|(p, o)| (p.to_string(), o.clone()))
+            .collect(),
+    );
+    m
+}
+
+#[tokio::test]
+async fn purges_every_node_with_method_and_headers() {
+    let a = MockServer::start().await;
+    let b = MockServer::start().await;
+    for s in [&a, &b] {
+        Mock::given(method("PURGE"))
+            .and(header("X-Purge-Token", "s3cret"))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(2)
+            .mount(s)
+            .await;
+    }
+    let cdn = target(
+        vec![a.uri(), format!("{}/", b.uri())],
+        Duration::from_secs(2),
+    );
+    let report = cdn
+        .purge(&purges(&[
+            ("/api/products/1", vec![0]),
+            ("/products/1/*", vec![0, 1]),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(report.purged, 2);
+    assert!(report.rejected.is_empty());
+    let seen: Vec<String> = a
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.url.path().to_string())
+        .collect();
+    assert!(seen.contains(&"/api/products/1".to_string()), "{seen:?}");
+    assert!(seen.contains(&"/products/1/*".to_string()), "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_refused_path_is_rejected_with_its_events_and_the_others_pass() {
+    let s = MockServer::start().await;
+    Mock::given(path("/forbidden"))
+        .respond_with(ResponseTemplate::new(403))
+        .mount(&s)
+        .await;
+    Mock::given(path("/not-cached"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&s)
+        .await;
+    Mock::given(path("/ok"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&s)
+        .await;
+    let cdn = target(vec![s.uri()], Duration::from_secs(2));
+    let report = cdn
+        .purge(&purges(&[
+            ("/ok", vec![0]),
+            ("/forbidden", vec![1, 2]),
+            ("/not-cached", vec![3]),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(report.purged, 2, "404 means nothing cached: accepted");
+    assert_eq!(report.rejected.len(), 1);
+    assert_eq!(report.rejected[0].path, "/forbidden");
+    assert_eq!(report.rejected[0].origins, vec![1, 2]);
+    assert!(
+        report.rejected[0].error.contains("403"),
+        "{}",
+        report.rejected[0].error
+    );
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_until_accepted() {
+    let s = MockServer::start().await;
+    Mock::given(method("PURGE"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(2)
+        .mount(&s)
+        .await;
+    Mock::given(method("PURGE"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&s)
+        .await;
+    let cdn = target(vec![s.uri()], Duration::from_secs(5));
+    let report = cdn.purge(&purges(&[("/p", vec![0])])).await.unwrap();
+    assert_eq!(report.purged, 1);
+    assert_eq!(s.received_requests().await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn an_unreachable_node_is_an_outage_not_a_rejection() {
+    // Nothing listens on port 1.
+    let cdn = target(
+        vec!["http://127.0.0.1:1".into()],
+        Duration::from_millis(300),
+    );
+    let err = cdn.purge(&purges(&[("/p", vec![0])])).await.unwrap_err();
+    assert!(
+        matches!(err, CdnError::Unavailable { ref target, .. } if target == "edge"),
+        "{err}"
+    );
+}
