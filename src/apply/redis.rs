@@ -409,9 +409,12 @@ impl Redis {
         .map_err(unavailable)
     }
 
-    /// `SCAN MATCH pattern` + `UNLINK` on every primary; returns the keys removed.
-    pub async fn delete_pattern(&self, pattern: &str) -> Result<u64, RedisError> {
-        let mut removed = 0;
+    /// Calls `f` with every batch of keys matching `pattern`, scanning every primary.
+    async fn scan_matching(
+        &self,
+        pattern: &str,
+        mut f: impl AsyncFnMut(Vec<String>) -> Result<(), RedisError>,
+    ) -> Result<(), RedisError> {
         for mut node in self.nodes().await? {
             let mut cursor = 0u64;
             loop {
@@ -423,9 +426,7 @@ impl Redis {
                     .arg(self.settings.scan_count);
                 let (next, keys) = parse_scan(self.run_on(&mut node, &scan).await?)?;
                 if !keys.is_empty() {
-                    let mut pipe = redis::pipe();
-                    self.push_unlinks(&mut pipe, keys.iter().map(String::as_str));
-                    removed += sum_ints(&self.run(&pipe).await?)?;
+                    f(keys).await?;
                 }
                 cursor = next;
                 if cursor == 0 {
@@ -433,6 +434,19 @@ impl Redis {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// `SCAN MATCH pattern` + `UNLINK` on every primary; returns the keys removed.
+    pub async fn delete_pattern(&self, pattern: &str) -> Result<u64, RedisError> {
+        let mut removed = 0;
+        self.scan_matching(pattern, async |keys| {
+            let mut pipe = redis::pipe();
+            self.push_unlinks(&mut pipe, keys.iter().map(String::as_str));
+            removed += sum_ints(&self.run(&pipe).await?)?;
+            Ok(())
+        })
+        .await?;
         Ok(removed)
     }
 
@@ -500,46 +514,32 @@ impl Redis {
     ) -> Result<SweepReport, RedisError> {
         let mut report = SweepReport::default();
         let max_ms = policy.max_ttl.as_millis() as i64;
-        for mut node in self.nodes().await? {
-            let mut cursor = 0u64;
-            loop {
-                let mut scan = redis::cmd("SCAN");
-                scan.arg(cursor)
-                    .arg("MATCH")
-                    .arg(&policy.pattern)
-                    .arg("COUNT")
-                    .arg(self.settings.scan_count);
-                let (next, keys) = parse_scan(self.run_on(&mut node, &scan).await?)?;
-                report.scanned += keys.len() as u64;
-                if !keys.is_empty() {
-                    let mut pttl = redis::pipe();
-                    for k in &keys {
-                        pttl.cmd("PTTL").arg(k);
-                    }
-                    let ttls = self.run(&pttl).await?;
-                    let mut fix = redis::pipe();
-                    for (k, ttl) in keys.iter().zip(&ttls) {
-                        let ttl = int_signed(ttl)?;
-                        // -1: no TTL; -2: gone since the scan.
-                        if ttl == -1 || ttl > max_ms {
-                            report.over_policy += 1;
-                            let e = Expire {
-                                ttl: policy.max_ttl,
-                                jitter: policy.jitter,
-                            };
-                            fix.cmd("PEXPIRE").arg(k).arg(jittered_ms(&e)).arg("LT");
-                        }
-                    }
-                    if !dry_run && !fix.is_empty() {
-                        report.fixed += sum_ints(&self.run(&fix).await?)?;
-                    }
-                }
-                cursor = next;
-                if cursor == 0 {
-                    break;
+        self.scan_matching(&policy.pattern, async |keys| {
+            report.scanned += keys.len() as u64;
+            let mut pttl = redis::pipe();
+            for k in &keys {
+                pttl.cmd("PTTL").arg(k);
+            }
+            let ttls = self.run(&pttl).await?;
+            let mut fix = redis::pipe();
+            for (k, ttl) in keys.iter().zip(&ttls) {
+                let ttl = int_signed(ttl)?;
+                // -1: no TTL; -2: gone since the scan.
+                if ttl == -1 || ttl > max_ms {
+                    report.over_policy += 1;
+                    let e = Expire {
+                        ttl: policy.max_ttl,
+                        jitter: policy.jitter,
+                    };
+                    fix.cmd("PEXPIRE").arg(k).arg(jittered_ms(&e)).arg("LT");
                 }
             }
-        }
+            if !dry_run && !fix.is_empty() {
+                report.fixed += sum_ints(&self.run(&fix).await?)?;
+            }
+            Ok(())
+        })
+        .await?;
         Ok(report)
     }
 }
