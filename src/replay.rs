@@ -239,7 +239,7 @@ pub async fn replay(engine: &Engine, options: &ReplayOptions) -> Result<Summary,
         }
         match engine.process(batch, options.dry_run, false).await {
             Ok(unit) => {
-                account(&unit, &mut summary, &mut dlq, options.dry_run, max_bytes)?;
+                account(&unit, &mut summary, &mut dlq, options.dry_run)?;
                 if !options.dry_run {
                     redeletes.schedule(Instant::now(), &unit.plan);
                 }
@@ -316,7 +316,6 @@ fn account(
     summary: &mut Summary,
     dlq: &mut DlqFile,
     dry_run: bool,
-    max_bytes: usize,
 ) -> Result<(), ReplayError> {
     let now = OffsetDateTime::now_utc()
         .format(&Rfc3339)
@@ -333,8 +332,6 @@ fn account(
                     rec.event_id = Some(id.clone());
                     rec.event_type = Some(kind.clone());
                 }
-                // The reader keeps only the first `max_bytes` of an over-long line.
-                rec.truncated = *reason == "too_large" && item.record.payload.len() == max_bytes;
                 tracing::warn!(position = %item.record.position, reason, error = %error, "dead-lettered");
                 if !dry_run {
                     dlq.write(&rec)

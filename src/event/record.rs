@@ -92,6 +92,8 @@ pub struct Record {
     pub attempts: u32,
     /// The first position of a payload replayed from a DLQ file.
     pub origin: Option<Position>,
+    /// Only the first bytes of an over-long input line were kept.
+    pub truncated: bool,
 }
 
 impl Record {
@@ -101,6 +103,7 @@ impl Record {
             position,
             attempts: 0,
             origin: None,
+            truncated: false,
         }
     }
 }
@@ -169,7 +172,7 @@ impl DlqRecord {
             event_type: None,
             payload,
             payload_base64,
-            truncated: false,
+            truncated: record.truncated,
         }
     }
 
@@ -228,6 +231,7 @@ fn expand_value(
                         position: position.clone(),
                         attempts: dlq.attempts,
                         origin: Some(dlq.origin.unwrap_or(dlq.source)),
+                        truncated: false,
                     })
                 });
             match result {
@@ -275,6 +279,14 @@ fn expand_value(
                 })
                 .collect()
         }
+        // One event: the limit applies to it (envelopes above are checked per payload).
+        _ if bytes.len() > max_bytes => vec![Expanded::Failed {
+            error: DecodeError::TooLarge {
+                size: bytes.len(),
+                limit: max_bytes,
+            },
+            record: Record::new(bytes, position),
+        }],
         _ => vec![Expanded::Parsed {
             value,
             record: Record::new(bytes, position),

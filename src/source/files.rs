@@ -16,6 +16,13 @@ use crate::event::{DecodeError, Expanded, Position, Record, expand_document};
 /// The largest multi-line JSON document read whole (Lambda event files are far smaller).
 const MAX_DOCUMENT_BYTES: usize = 64 << 20;
 
+/// The longest line read whole: an event of `max_bytes` wrapped in a DLQ record (JSON escaping,
+/// base64) or an SNS envelope is longer than the event itself. The event limit is applied to the
+/// payload once unwrapped.
+fn max_line(max_bytes: usize) -> usize {
+    max_bytes.saturating_mul(8).saturating_add(64 << 10)
+}
+
 enum Mode {
     Start,
     Lines,
@@ -56,8 +63,8 @@ impl InputReader {
         Position::file_line(&self.name, line)
     }
 
-    /// Reads one line of at most `max_bytes` (without its newline). `None` at the end. A longer line
-    /// is consumed to its end; its first `max_bytes` bytes are returned with `true`.
+    /// Reads one line of at most [`max_line`] bytes (without its newline). `None` at the end. A
+    /// longer line is consumed to its end; its first bytes are returned with `true`.
     fn read_line(&mut self) -> io::Result<Option<(Vec<u8>, bool)>> {
         let mut buf = Vec::new();
         let mut too_long = false;
@@ -77,11 +84,12 @@ impl InputReader {
                 None => (available, None),
             };
             if !too_long {
-                let room = self.max_bytes + 1 - buf.len().min(self.max_bytes + 1);
+                let limit = max_line(self.max_bytes);
+                let room = limit + 1 - buf.len().min(limit + 1);
                 buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                if buf.len() > self.max_bytes {
+                if buf.len() > limit {
                     too_long = true;
-                    buf.truncate(self.max_bytes);
+                    buf.truncate(limit);
                 }
             }
             let used = done.unwrap_or(available.len());
@@ -105,12 +113,14 @@ impl InputReader {
     fn line_records(&mut self, line: Vec<u8>, too_long: bool) {
         let pos = self.pos_at(self.line);
         if too_long {
+            let mut record = Record::new(line, pos);
+            record.truncated = true;
             self.pending.push_back(Expanded::Failed {
                 error: DecodeError::TooLarge {
-                    size: self.max_bytes + 1,
+                    size: max_line(self.max_bytes) + 1,
                     limit: self.max_bytes,
                 },
-                record: Record::new(line, pos),
+                record,
             });
             return;
         }
@@ -263,7 +273,20 @@ mod tests {
         let Expanded::Failed { record, .. } = &out[0] else {
             panic!()
         };
-        assert_eq!(record.payload.len(), 100);
+        assert_eq!(
+            record.payload.len(),
+            long.len(),
+            "under the line limit: kept whole"
+        );
+        assert!(!record.truncated);
+        let huge = format!("{{\"type\":\"{}\"}}", "x".repeat(200_000));
+        let out = read(&format!("{huge}\n{{\"type\":\"b\"}}\n"), 100);
+        assert_eq!(positions(&out), [(1, "too_large"), (2, "parsed")]);
+        let Expanded::Failed { record, .. } = &out[0] else {
+            panic!()
+        };
+        assert_eq!(record.payload.len(), max_line(100));
+        assert!(record.truncated);
     }
 
     #[test]
