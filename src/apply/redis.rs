@@ -15,9 +15,16 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use futures::stream::{self, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RetryMethod, Value};
+
+/// One command's reply: a value, or that command's own permanent error.
+type Reply = Result<Value, String>;
+
+/// Commands in flight at once on a Redis Cluster (each sent on its own).
+const CLUSTER_IN_FLIGHT: usize = 64;
 
 use crate::config::{RedisConfig, TagMode, redact_url};
 use crate::plan::{Expire, Plan};
@@ -157,17 +164,44 @@ impl Redis {
         }
     }
 
-    /// Runs a pipeline with retries; errors inside replies are returned as values when
-    /// `keep_errors` (so one `WRONGTYPE` does not fail the others).
-    async fn run(&self, pipe: &Pipeline) -> Result<Vec<Value>, RedisError> {
+    /// Runs a pipeline with retries. A command that fails for a reason no retry fixes (such as
+    /// `WRONGTYPE`) gives an `Err` reply of its own, so it does not fail the others.
+    ///
+    /// Redis Cluster refuses a pipeline whose keys span several slots, so there every command is
+    /// sent on its own, at most [`CLUSTER_IN_FLIGHT`] at a time, replies kept in order.
+    async fn run(&self, pipe: &Pipeline) -> Result<Vec<Reply>, RedisError> {
         if pipe.is_empty() {
             return Ok(Vec::new());
         }
         (|| async {
             match &self.conn {
-                Conn::Single(c) => pipe.query_async::<Vec<Value>>(&mut c.clone()).await,
+                Conn::Single(c) => {
+                    let values = pipe.query_async::<Vec<Value>>(&mut c.clone()).await?;
+                    Ok(values
+                        .into_iter()
+                        .map(|v| match v {
+                            Value::ServerError(e) => Err(format!("{e:?}")),
+                            v => Ok(v),
+                        })
+                        .collect())
+                }
                 Conn::Cluster { conn, .. } => {
-                    pipe.query_async::<Vec<Value>>(&mut conn.clone()).await
+                    let replies: Vec<redis::RedisResult<Value>> = stream::iter(pipe.cmd_iter())
+                        .map(|cmd| {
+                            let mut conn = conn.clone();
+                            async move { cmd.query_async::<Value>(&mut conn).await }
+                        })
+                        .buffered(CLUSTER_IN_FLIGHT)
+                        .collect()
+                        .await;
+                    replies
+                        .into_iter()
+                        .map(|r| match r {
+                            Ok(v) => Ok(Ok(v)),
+                            Err(e) if is_transient(&e) => Err(e),
+                            Err(e) => Ok(Err(e.to_string())),
+                        })
+                        .collect::<redis::RedisResult<Vec<Reply>>>()
                 }
             }
         })
@@ -193,7 +227,7 @@ impl Redis {
 
     /// `PING`, for readiness.
     pub async fn ping(&self) -> Result<(), RedisError> {
-        let mut p = redis::pipe();
+        let mut p = new_pipe();
         p.cmd("PING");
         self.run(&p).await.map(|_| ())
     }
@@ -244,7 +278,7 @@ impl Redis {
         tag_prefix: &str,
     ) -> Result<ApplyReport, RedisError> {
         let mut report = ApplyReport::default();
-        let mut pipe = redis::pipe();
+        let mut pipe = new_pipe();
         let unlinks = self.push_unlinks(&mut pipe, plan.deletes.iter().map(String::as_str));
         for (key, e) in &plan.expires {
             pipe.cmd("PEXPIRE").arg(key).arg(jittered_ms(e)).arg("LT");
@@ -256,7 +290,6 @@ impl Redis {
         for tag in &incr_tags {
             pipe.cmd("INCR").arg(format!("{tag_prefix}{tag}"));
         }
-        pipe.ignore_errors();
         let replies = self.run(&pipe).await?;
         let (unlink_replies, rest) = replies.split_at(unlinks);
         let (expire_replies, incr_replies) = rest.split_at(plan.expires.len());
@@ -264,7 +297,7 @@ impl Redis {
         report.expires_set += sum_ints(expire_replies)?;
         for (tag, reply) in incr_tags.iter().zip(incr_replies) {
             match reply {
-                Value::ServerError(e) => report
+                Err(e) => report
                     .tag_failures
                     .push(((*tag).clone(), format!("INCR {tag_prefix}{tag}: {e:?}"))),
                 _ => report.tags_invalidated += 1,
@@ -296,7 +329,7 @@ impl Redis {
             .map(|t| (t.to_owned(), format!("{prefix}{t}"), 0))
             .collect();
         while !active.is_empty() {
-            let mut scan = redis::pipe();
+            let mut scan = new_pipe();
             for (_, key, cursor) in &active {
                 scan.cmd("SSCAN")
                     .arg(key)
@@ -304,21 +337,20 @@ impl Redis {
                     .arg("COUNT")
                     .arg(self.settings.scan_count);
             }
-            scan.ignore_errors();
             let replies = self.run(&scan).await?;
             let mut next = Vec::new();
-            let mut removal = redis::pipe();
+            let mut removal = new_pipe();
             // Which replies of `removal` are UNLINKs (the others are SREMs).
             let mut is_unlink: Vec<bool> = Vec::new();
             for ((tag, key, _), reply) in active.into_iter().zip(replies) {
                 let (cursor, members) = match reply {
-                    Value::ServerError(e) => {
+                    Err(e) => {
                         report
                             .tag_failures
                             .push((tag, format!("SSCAN {key}: {e:?}")));
                         continue;
                     }
-                    other => parse_scan(other)?,
+                    Ok(other) => parse_scan(other)?,
                 };
                 if !members.is_empty() {
                     let n = self.push_unlinks(&mut removal, members.iter().map(String::as_str));
@@ -352,11 +384,11 @@ impl Redis {
                 Ok(vec![self.node(&client).await?])
             }
             Conn::Cluster { seed, .. } => {
-                let mut p = redis::pipe();
+                let mut p = new_pipe();
                 p.cmd("CLUSTER").arg("SLOTS");
                 let replies = self.run(&p).await?;
                 let mut addrs: Vec<(String, u16)> = Vec::new();
-                if let Some(Value::Array(ranges)) = replies.into_iter().next() {
+                if let Some(Ok(Value::Array(ranges))) = replies.into_iter().next() {
                     for range in ranges {
                         if let Value::Array(parts) = range
                             && let Some(Value::Array(primary)) = parts.get(2)
@@ -441,7 +473,7 @@ impl Redis {
     pub async fn delete_pattern(&self, pattern: &str) -> Result<u64, RedisError> {
         let mut removed = 0;
         self.scan_matching(pattern, async |keys| {
-            let mut pipe = redis::pipe();
+            let mut pipe = new_pipe();
             self.push_unlinks(&mut pipe, keys.iter().map(String::as_str));
             removed += sum_ints(&self.run(&pipe).await?)?;
             Ok(())
@@ -456,19 +488,18 @@ impl Redis {
         &self,
         sets: &[String],
     ) -> Result<HashMap<String, Result<Vec<String>, String>>, RedisError> {
-        let mut pipe = redis::pipe();
+        let mut pipe = new_pipe();
         for s in sets {
             pipe.cmd("SMEMBERS").arg(s);
         }
-        pipe.ignore_errors();
         let replies = self.run(&pipe).await?;
         Ok(sets
             .iter()
             .zip(replies)
             .map(|(s, r)| {
                 let v = match r {
-                    Value::ServerError(e) => Err(format!("SMEMBERS {s}: {e:?}")),
-                    other => strings(other).map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("SMEMBERS {s}: {e}")),
+                    Ok(other) => strings(other).map_err(|e| e.to_string()),
                 };
                 (s.clone(), v)
             })
@@ -477,7 +508,7 @@ impl Redis {
 
     /// Which of `ids` were remembered within the dedupe window.
     pub async fn seen(&self, prefix: &str, ids: &[&str]) -> Result<Vec<bool>, RedisError> {
-        let mut pipe = redis::pipe();
+        let mut pipe = new_pipe();
         for id in ids {
             pipe.cmd("EXISTS").arg(format!("{prefix}{id}"));
         }
@@ -492,7 +523,7 @@ impl Redis {
         ids: &[&str],
         window: Duration,
     ) -> Result<(), RedisError> {
-        let mut pipe = redis::pipe();
+        let mut pipe = new_pipe();
         let ms = window.as_millis().max(1) as u64;
         for id in ids {
             pipe.cmd("SET")
@@ -516,12 +547,12 @@ impl Redis {
         let max_ms = policy.max_ttl.as_millis() as i64;
         self.scan_matching(&policy.pattern, async |keys| {
             report.scanned += keys.len() as u64;
-            let mut pttl = redis::pipe();
+            let mut pttl = new_pipe();
             for k in &keys {
                 pttl.cmd("PTTL").arg(k);
             }
             let ttls = self.run(&pttl).await?;
-            let mut fix = redis::pipe();
+            let mut fix = new_pipe();
             for (k, ttl) in keys.iter().zip(&ttls) {
                 let ttl = int_signed(ttl)?;
                 // -1: no TTL; -2: gone since the scan.
@@ -542,6 +573,13 @@ impl Redis {
         .await?;
         Ok(report)
     }
+}
+
+/// A pipeline whose failed commands give error replies of their own (see [`Redis::run`]).
+fn new_pipe() -> Pipeline {
+    let mut p = redis::pipe();
+    p.ignore_errors();
+    p
 }
 
 /// The TTL to set, in ms: `ttl` minus a random share of up to `jitter` of it (never longer).
@@ -566,21 +604,21 @@ pub fn slot(key: &[u8]) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(hashed) % 16384
 }
 
-fn int(v: &Value) -> Result<u64, RedisError> {
+fn int(v: &Reply) -> Result<u64, RedisError> {
     int_signed(v).map(|n| n.max(0) as u64)
 }
 
-fn int_signed(v: &Value) -> Result<i64, RedisError> {
+fn int_signed(v: &Reply) -> Result<i64, RedisError> {
     match v {
-        Value::Int(n) => Ok(*n),
-        Value::ServerError(e) => Err(RedisError::Unavailable(format!("{e:?}"))),
-        other => Err(RedisError::Unavailable(format!(
+        Ok(Value::Int(n)) => Ok(*n),
+        Err(e) => Err(RedisError::Unavailable(e.clone())),
+        Ok(other) => Err(RedisError::Unavailable(format!(
             "unexpected reply {other:?}"
         ))),
     }
 }
 
-fn sum_ints(values: &[Value]) -> Result<u64, RedisError> {
+fn sum_ints(values: &[Reply]) -> Result<u64, RedisError> {
     values.iter().map(int).sum()
 }
 
