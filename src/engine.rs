@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 
 use crate::apply::cdn::{CdnError, CdnTargets, PurgeReport};
 use crate::apply::redis::{ApplyReport, Redis, RedisError};
-use crate::config::{Config, TagMode};
+use crate::config::Config;
 use crate::event::{DecodeError, Event, Expanded, Record, decode_event, decode_value};
 use crate::plan::{EventPlan, Plan, Redelete};
 use crate::rules::{NoMembers, RuleSet};
@@ -318,7 +318,7 @@ impl Engine {
         let now = OffsetDateTime::now_utc();
         for (item, event) in items.iter().zip(events) {
             let kind = match &item.event {
-                Some((_, k)) if self.rules.rules_for(k).next().is_some() => k.as_str(),
+                Some((_, k)) if self.rules.listens_to(k) => k.as_str(),
                 _ => "other",
             };
             telemetry::event(kind, item.outcome.label());
@@ -359,11 +359,6 @@ impl Engine {
             .await?;
         telemetry::keys_removed(report.keys_removed);
         Ok(report)
-    }
-
-    /// The tag mode, for display.
-    pub fn tag_mode(&self) -> TagMode {
-        self.config.tags.mode
     }
 }
 

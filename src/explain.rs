@@ -25,7 +25,7 @@ pub enum Explained {
 }
 
 impl Explained {
-    pub fn to_json(&self, _config: &Config) -> serde_json::Value {
+    pub fn to_json(&self) -> serde_json::Value {
         match self {
             Explained::Plan {
                 event,
@@ -145,7 +145,7 @@ pub fn warnings(rules: &RuleSet) -> Vec<String> {
     let mut warned = HashSet::new();
     for rule in &rules.rules {
         for c in &rule.cascade {
-            if rules.rules_for(&c.emit).next().is_none() && warned.insert(c.emit.clone()) {
+            if !rules.listens_to(&c.emit) && warned.insert(c.emit.clone()) {
                 out.push(format!(
                     "rule `{}` ({}) emits `{}`, but no rule listens to it",
                     rule.name, rule.at, c.emit

@@ -298,7 +298,7 @@ fn cmd_explain(cli: &Cli, arg: &str, json: bool) -> Result<u8, Exit> {
             code = 1;
         }
         let written = if json {
-            serde_json::to_writer_pretty(&mut out, &result.to_json(&config))
+            serde_json::to_writer_pretty(&mut out, &result.to_json())
                 .map_err(io::Error::from)
                 .and_then(|_| writeln!(out))
         } else {

@@ -261,6 +261,15 @@ impl RuleSet {
         idx.into_iter().map(move |i| &self.rules[i])
     }
 
+    /// True when at least one rule listens to `kind` (no allocation: used per event for metrics).
+    pub fn listens_to(&self, kind: &str) -> bool {
+        self.exact.contains_key(kind)
+            || self
+                .other
+                .iter()
+                .any(|&i| self.rules[i].on.iter().any(|m| m.matches(kind)))
+    }
+
     /// Every CDN target the rules name.
     pub fn purge_targets(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self
