@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test against real services on this machine: the local Redis (started if it is not
-# answering) and a 3-node Redis Cluster on loopback ports 7001-7003 (started by redis-cluster.sh).
+# answering), a 3-node Redis Cluster on loopback ports 7001-7003 (redis-cluster.sh), a Kafka-protocol
+# broker on 127.0.0.1:19092 (tansu.sh; skipped when KAFKA_BROKERS names another) and the AWS emulator
+# moto_server on 127.0.0.1:5055 (moto.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,4 +24,6 @@ ensure_redis() {
 
 ensure_redis
 bash scripts/redis-cluster.sh start
+if [ -z "${KAFKA_BROKERS:-}" ]; then bash scripts/tansu.sh; fi
+bash scripts/moto.sh
 cargo test --workspace "$@"
