@@ -86,11 +86,28 @@ impl Default for RedisConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
+    /// `bootstrap.servers`.
     pub brokers: String,
+    /// `group.id`.
     pub group: String,
     pub topics: Vec<String>,
+    /// Where dead letters go; absent: `<source topic>.dlq` for each source topic.
     pub dlq_topic: Option<String>,
+    /// librdkafka properties, passed as they are to the consumer and the DLQ producer (SASL, TLS,
+    /// `session.timeout.ms`, ...). They win over the worker's own defaults.
     pub properties: BTreeMap<String, String>,
+    /// Most events in one unit of work.
+    pub batch_size: usize,
+    /// Longest wait for a unit to fill once its first event arrived.
+    #[serde(deserialize_with = "duration")]
+    pub batch_wait: Duration,
+    /// Units of work applied concurrently (a CDN batch window can hold one for a while).
+    pub max_in_flight: usize,
+    /// On SIGTERM/SIGINT: how long in-flight units, pending redeletes and the final commit may take.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// Most keys and tags waiting for their `redelete_after`; intake waits when it is reached.
+    pub max_pending_redeletes: usize,
 }
 
 impl Default for KafkaConfig {
@@ -101,6 +118,21 @@ impl Default for KafkaConfig {
             topics: vec!["catalog-events".into()],
             dlq_topic: None,
             properties: BTreeMap::new(),
+            batch_size: 500,
+            batch_wait: Duration::from_millis(5),
+            max_in_flight: 4,
+            shutdown_timeout: Duration::from_secs(30),
+            max_pending_redeletes: 100_000,
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The DLQ topic of events read from `topic`.
+    pub fn dlq_topic_for(&self, topic: &str) -> String {
+        match &self.dlq_topic {
+            Some(t) => t.clone(),
+            None => format!("{topic}.dlq"),
         }
     }
 }
@@ -366,6 +398,32 @@ impl Config {
         }
         if self.dedupe.window.is_some() && self.dedupe.prefix.is_empty() {
             return bad("dedupe.prefix", "must not be empty".into());
+        }
+        if self.kafka.topics.is_empty() || self.kafka.topics.iter().any(|t| t.trim().is_empty()) {
+            return bad("kafka.topics", "must list at least one topic name".into());
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return bad("kafka.brokers", "must not be empty".into());
+        }
+        if self.kafka.group.trim().is_empty() {
+            return bad("kafka.group", "must not be empty".into());
+        }
+        if self
+            .kafka
+            .dlq_topic
+            .as_ref()
+            .is_some_and(|t| self.kafka.topics.contains(t))
+        {
+            return bad(
+                "kafka.dlq_topic",
+                "is also a source topic: dead letters would be consumed again".into(),
+            );
+        }
+        if self.kafka.batch_size == 0 {
+            return bad("kafka.batch_size", "must be at least 1".into());
+        }
+        if self.kafka.max_in_flight == 0 {
+            return bad("kafka.max_in_flight", "must be at least 1".into());
         }
         if self.replay.batch_size == 0 {
             return bad("replay.batch_size", "must be at least 1".into());

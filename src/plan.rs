@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indexmap::{IndexMap, IndexSet};
 use serde::Serialize;
@@ -238,6 +238,53 @@ impl EventPlan {
                 plan.add_redelete(after, &hit.actions);
             }
         }
+    }
+}
+
+/// Redeletes waiting for their time, bounded in size.
+#[derive(Default)]
+pub struct Redeletes {
+    due: BTreeMap<Instant, Redelete>,
+    /// Keys and tags waiting.
+    pub pending: usize,
+}
+
+impl Redeletes {
+    pub fn schedule(&mut self, now: Instant, plan: &Plan) {
+        for (after, r) in &plan.redeletes {
+            let slot = self.due.entry(now + after.0).or_default();
+            slot.keys.extend(r.keys.iter().cloned());
+            slot.tags.extend(r.tags.iter().cloned());
+            self.pending += r.len();
+        }
+    }
+
+    /// Everything due by `now`, merged.
+    pub fn take_due(&mut self, now: Instant) -> Option<Redelete> {
+        let later = self.due.split_off(&(now + Duration::from_nanos(1)));
+        let due = std::mem::replace(&mut self.due, later);
+        if due.is_empty() {
+            return None;
+        }
+        let mut merged = Redelete::default();
+        for r in due.into_values() {
+            self.pending -= r.len();
+            merged.keys.extend(r.keys);
+            merged.tags.extend(r.tags);
+        }
+        Some(merged)
+    }
+
+    /// Puts back a redelete that failed, to try again at `at`.
+    pub fn retry_at(&mut self, at: Instant, r: Redelete) {
+        self.pending += r.len();
+        let slot = self.due.entry(at).or_default();
+        slot.keys.extend(r.keys);
+        slot.tags.extend(r.tags);
+    }
+
+    pub fn next_due(&self) -> Option<Instant> {
+        self.due.keys().next().copied()
     }
 }
 

@@ -7,7 +7,6 @@
 //! If Redis or a CDN stays unreachable, the replay stops and reports how many events were not applied
 //! (exit status 3); nothing is dead-lettered for an outage.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, IsTerminal, Write};
 use std::path::PathBuf;
@@ -23,7 +22,7 @@ use tokio::sync::mpsc;
 use crate::apply::dlq::DlqFile;
 use crate::engine::{Engine, EngineError, Outcome, UnitResult};
 use crate::event::{DlqRecord, Expanded};
-use crate::plan::Redelete;
+use crate::plan::Redeletes;
 use crate::source::files::InputReader;
 
 /// What to replay and how.
@@ -151,44 +150,6 @@ pub enum ReplayError {
 
 /// A batch from the reader thread, or the reader's failure.
 type Batch = Result<Vec<Expanded>, ReplayError>;
-
-/// Redeletes waiting for their time, bounded in size.
-#[derive(Default)]
-struct Redeletes {
-    due: BTreeMap<Instant, Redelete>,
-    pending: usize,
-}
-
-impl Redeletes {
-    fn schedule(&mut self, now: Instant, plan: &crate::plan::Plan) {
-        for (after, r) in &plan.redeletes {
-            let slot = self.due.entry(now + after.0).or_default();
-            slot.keys.extend(r.keys.iter().cloned());
-            slot.tags.extend(r.tags.iter().cloned());
-            self.pending += r.len();
-        }
-    }
-
-    /// Everything due by `now`, merged.
-    fn take_due(&mut self, now: Instant) -> Option<Redelete> {
-        let later = self.due.split_off(&(now + Duration::from_nanos(1)));
-        let due = std::mem::replace(&mut self.due, later);
-        if due.is_empty() {
-            return None;
-        }
-        let mut merged = Redelete::default();
-        for r in due.into_values() {
-            self.pending -= r.len();
-            merged.keys.extend(r.keys);
-            merged.tags.extend(r.tags);
-        }
-        Some(merged)
-    }
-
-    fn next_due(&self) -> Option<Instant> {
-        self.due.keys().next().copied()
-    }
-}
 
 /// Replays `options.inputs` through `engine`.
 pub async fn replay(engine: &Engine, options: &ReplayOptions) -> Result<Summary, ReplayError> {

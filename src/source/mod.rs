@@ -2,3 +2,4 @@
 //! acknowledges them only after the engine applied or dead-lettered them.
 
 pub mod files;
+pub mod kafka;

@@ -1,0 +1,317 @@
+//! Helpers of the Kafka tests: a real Kafka-protocol broker (`KAFKA_BROKERS`, default the Tansu
+//! broker that scripts/tansu.sh starts on 127.0.0.1:19092), random topic and group names, and the
+//! `invalidator run` binary as a child process.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use super::World;
+
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".to_owned())
+}
+
+/// A random name such as `it-5f3a9c1e`.
+pub fn name(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+pub fn create_topic(topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let r = futures::executor::block_on(admin.create_topics(&[new], &AdminOptions::new()))
+        .expect("create_topics");
+    for t in r {
+        t.unwrap_or_else(|(name, e)| panic!("topic {name}: {e}"));
+    }
+}
+
+/// One message to produce.
+#[derive(Clone, Debug, Default)]
+pub struct Msg {
+    pub partition: Option<i32>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Msg {
+    pub fn json(partition: i32, payload: String) -> Msg {
+        Msg {
+            partition: Some(partition),
+            payload: payload.into_bytes(),
+            ..Msg::default()
+        }
+    }
+}
+
+pub fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
+/// Produces every message and waits until the broker acknowledged all of them. Returns each
+/// message's (partition, offset), from the delivery reports: brokers need not number offsets
+/// contiguously, so tests never compute them.
+pub fn produce(topic: &str, msgs: &[Msg]) -> Vec<(i32, i64)> {
+    let p = producer();
+    let mut pending = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &m.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+            .payload(m.payload.as_slice())
+            .headers(headers);
+        if let Some(k) = &m.key {
+            r = r.key(k.as_slice());
+        }
+        if let Some(part) = m.partition {
+            r = r.partition(part);
+        }
+        loop {
+            match p.send_result(r) {
+                Ok(f) => {
+                    pending.push(f);
+                    break;
+                }
+                Err((e, back)) => {
+                    assert!(
+                        matches!(
+                            e,
+                            rdkafka::error::KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull
+                            )
+                        ),
+                        "produce: {e}"
+                    );
+                    std::thread::sleep(Duration::from_millis(10));
+                    r = back;
+                }
+            }
+        }
+    }
+    pending
+        .into_iter()
+        .map(|f| {
+            let d = futures::executor::block_on(f)
+                .expect("delivery report")
+                .unwrap_or_else(|(e, _)| panic!("not delivered: {e}"));
+            (d.partition, d.offset)
+        })
+        .collect()
+}
+
+fn plain_consumer(group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer")
+}
+
+/// The committed offsets of `group` on partitions `0..partitions` (-1001 = none).
+pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let c = plain_consumer(group);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    (0..partitions)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1001,
+        })
+        .collect()
+}
+
+/// The end (high watermark) of each partition.
+pub fn end_offsets(topic: &str, partitions: i32) -> Vec<i64> {
+    let c = plain_consumer(&name("ends"));
+    (0..partitions)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks")
+                .1
+        })
+        .collect()
+}
+
+/// Reads `n` messages of `topic` from the beginning (all partitions), or what came within `wait`.
+pub fn read(topic: &str, partitions: i32, n: usize, wait: Duration) -> Vec<OwnedMessage> {
+    let c = plain_consumer(&name("reader"));
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("offset");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let until = Instant::now() + wait;
+    while out.len() < n && Instant::now() < until {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            out.push(m.detach());
+        }
+    }
+    out
+}
+
+pub fn header<'a>(m: &'a OwnedMessage, key: &str) -> Option<&'a str> {
+    use rdkafka::message::Headers;
+    m.headers()?
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| std::str::from_utf8(h.value?).ok())
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The `[kafka]` and `[http]` sections of a worker of `group` over `topic`.
+pub fn worker_config(group: &str, topic: &str, port: u16, extra_kafka: &str) -> String {
+    format!(
+        "[kafka]\nbrokers = \"{}\"\ngroup = \"{group}\"\ntopics = [\"{topic}\"]\nbatch_wait = \"5ms\"\nshutdown_timeout = \"10s\"\n{extra_kafka}\n\
+         [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+         \"topic.metadata.refresh.interval.ms\" = \"1000\"\n\n[http]\nlisten = \"127.0.0.1:{port}\"\n",
+        brokers()
+    )
+}
+
+/// `invalidator run` as a child process.
+pub struct Worker {
+    pub child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Worker {
+    /// Starts `invalidator run -c CONFIG --rules RULES` in the world's directory, with `config`
+    /// written to `{name}.toml`.
+    pub fn start(world: &World, name: &str, config_text: &str, port: u16) -> Worker {
+        let config = world.path(&format!("{name}.toml"));
+        std::fs::write(&config, config_text).unwrap();
+        let log = world.path(&format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_invalidator"))
+            .current_dir(world.dir.path())
+            .arg("-c")
+            .arg(&config)
+            .arg("--rules")
+            .arg(world.rules_dir())
+            .arg("run")
+            .env("RUST_LOG", "warn,invalidator=info")
+            .env_remove("INVALIDATOR_TEST_REDIS_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start the worker");
+        Worker { child, port, log }
+    }
+
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+        Some((status, body))
+    }
+
+    pub fn ready(&self) -> bool {
+        matches!(self.get("/readyz"), Some((200, _)))
+    }
+
+    pub fn metrics(&self) -> String {
+        self.get("/metrics").map(|(_, b)| b).unwrap_or_default()
+    }
+
+    /// The value of the first sample whose line starts with `prefix` (`name{labels}`), 0 if none.
+    pub fn metric(&self, prefix: &str) -> f64 {
+        metric_value(&self.metrics(), prefix)
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, sig);
+        }
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sums the samples of `text` whose line starts with `prefix`.
+pub fn metric_value(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
