@@ -295,6 +295,8 @@ impl Default for HttpConfig {
 pub struct ReplayConfig {
     /// Events per unit of work (planned, coalesced and applied together).
     pub batch_size: usize,
+    /// Units of work applied concurrently.
+    pub max_in_flight: usize,
     /// Most keys and tags waiting for their `redelete_after`; intake waits when it is reached.
     pub max_pending_redeletes: usize,
 }
@@ -303,6 +305,7 @@ impl Default for ReplayConfig {
     fn default() -> Self {
         ReplayConfig {
             batch_size: 1000,
+            max_in_flight: 4,
             max_pending_redeletes: 100_000,
         }
     }
@@ -427,6 +430,9 @@ impl Config {
         }
         if self.replay.batch_size == 0 {
             return bad("replay.batch_size", "must be at least 1".into());
+        }
+        if self.replay.max_in_flight == 0 {
+            return bad("replay.max_in_flight", "must be at least 1".into());
         }
         for (name, cdn) in &self.cdn {
             match cdn {

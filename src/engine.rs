@@ -11,7 +11,7 @@
 //! - Redis is invalidated before the CDN, so a CDN refetch never finds a stale Redis copy.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use time::OffsetDateTime;
 
@@ -84,15 +84,44 @@ pub enum EngineError {
     Cdn(#[from] CdnError),
 }
 
-/// Shared, immutable state: compiled rules, clients, settings. Built once at start.
+/// Shared state: compiled rules, clients, settings, built once at start; and the event ids of the
+/// units in flight.
 pub struct Engine {
     pub rules: Arc<RuleSet>,
     pub redis: Redis,
     pub cdn: CdnTargets,
     pub config: Config,
+    /// Ids held by units in flight (dedupe between units applied at the same time, before either
+    /// has remembered its ids in Redis).
+    in_flight_ids: Mutex<HashSet<String>>,
+}
+
+/// The ids a unit holds in [`Engine::in_flight_ids`]; released when the unit ends, however it ends.
+struct Held<'a> {
+    ids: Vec<String>,
+    set: &'a Mutex<HashSet<String>>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut set = self.set.lock().expect("in-flight ids lock");
+        for id in &self.ids {
+            set.remove(id);
+        }
+    }
 }
 
 impl Engine {
+    pub fn new(rules: Arc<RuleSet>, redis: Redis, cdn: CdnTargets, config: Config) -> Engine {
+        Engine {
+            rules,
+            redis,
+            cdn,
+            config,
+            in_flight_ids: Mutex::default(),
+        }
+    }
+
     /// Processes one unit. With `dry_run`, Redis is only read (dedupe, set members), nothing is
     /// written and nothing is purged.
     pub async fn process(
@@ -138,7 +167,7 @@ impl Engine {
             }
         }
 
-        self.dedupe(&mut items, &mut events).await?;
+        let _held = self.dedupe(&mut items, &mut events).await?;
         let plans = self.plan(&mut items, &events).await?;
 
         let mut plan = Plan::default();
@@ -196,26 +225,34 @@ impl Engine {
         Ok(result)
     }
 
-    /// Marks events whose id was seen within the window (or earlier in this unit) as duplicates.
+    /// Marks events whose id was seen within the window, earlier in this unit, or in a unit in
+    /// flight as duplicates; the ids of the others are held until this unit ends.
     async fn dedupe(
         &self,
         items: &mut [Item],
         events: &mut [Option<Event>],
-    ) -> Result<(), EngineError> {
+    ) -> Result<Option<Held<'_>>, EngineError> {
         let Some(_) = self.config.dedupe.window else {
-            return Ok(());
+            return Ok(None);
         };
-        let mut in_unit = HashSet::new();
+        let mut held = Held {
+            ids: Vec::new(),
+            set: &self.in_flight_ids,
+        };
         let mut candidates: Vec<usize> = Vec::new();
-        for (i, e) in events.iter().enumerate() {
-            let Some(e) = e else { continue };
-            if !e.id_given {
-                continue;
-            }
-            if !in_unit.insert(e.id.as_str()) {
-                items[i].outcome = Outcome::Duplicate;
-            } else {
-                candidates.push(i);
+        {
+            let mut in_flight = self.in_flight_ids.lock().expect("in-flight ids lock");
+            for (i, e) in events.iter().enumerate() {
+                let Some(e) = e else { continue };
+                if !e.id_given {
+                    continue;
+                }
+                if in_flight.insert(e.id.clone()) {
+                    held.ids.push(e.id.clone());
+                    candidates.push(i);
+                } else {
+                    items[i].outcome = Outcome::Duplicate;
+                }
             }
         }
         let ids: Vec<&str> = candidates
@@ -233,7 +270,7 @@ impl Engine {
                 events[i] = None;
             }
         }
-        Ok(())
+        Ok(Some(held))
     }
 
     /// Plans every event, reading the sets of `for_each_member_of` cascades from Redis in rounds

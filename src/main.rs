@@ -204,12 +204,7 @@ async fn build_engine(cli: &Cli) -> Result<Engine, Exit> {
     let redis = Redis::connect(&config.redis, Some(config.redis.retry_for))
         .await
         .map_err(unavailable)?;
-    Ok(Engine {
-        rules: Arc::new(rules),
-        redis,
-        cdn,
-        config,
-    })
+    Ok(Engine::new(Arc::new(rules), redis, cdn, config))
 }
 
 /// How long one attempt of a unit retries Redis in `run` before the worker reports an outage (and
@@ -279,12 +274,7 @@ async fn cmd_run(cli: &Cli) -> Result<u8, Exit> {
     };
     health.set_redis_ok(true);
     tracing::info!(redis = %redis.describe(), rules = rules.rules.len(), listen = %config.http.listen, "starting");
-    let engine = Arc::new(Engine {
-        rules: Arc::new(rules),
-        redis,
-        cdn,
-        config,
-    });
+    let engine = Arc::new(Engine::new(Arc::new(rules), redis, cdn, config));
     // The Redis watch and the sweeper run beside the worker (on its task) and end with it.
     let report = tokio::select! {
         r = worker::run(engine.clone(), health.clone(), stopped()) => r.map_err(usage)?,
@@ -371,7 +361,7 @@ async fn cmd_replay(cli: &Cli, options: ReplayOptions) -> Result<u8, Exit> {
         )));
     }
     tracing::info!(redis = %engine.redis.describe(), rules = engine.rules.rules.len(), "replaying");
-    let summary = replay::replay(&engine, &options)
+    let summary = replay::replay(Arc::new(engine), &options)
         .await
         .map_err(|e| match e {
             replay::ReplayError::Dlq(..) => Exit(3, e.into()),

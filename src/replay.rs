@@ -2,7 +2,9 @@
 //!
 //! Reading and JSON parsing run on their own thread and hand over bounded batches (at most two
 //! waiting), so memory stays constant whatever the input size. Each batch is one unit of work:
-//! planned, coalesced and applied together. Dead-lettered records are written and synced to the DLQ
+//! planned, coalesced and applied together, on its own task; up to `[replay] max_in_flight` units
+//! run at once (planning one overlaps the Redis and CDN round trips of others) and are accounted in
+//! input order. Dead-lettered records are written and synced to the DLQ
 //! file before they are counted. Pending `redelete_after`s are bounded and all run before exit.
 //! If Redis or a CDN stays unreachable, the replay stops and reports how many events were not applied
 //! (exit status 3); nothing is dead-lettered for an outage.
@@ -14,6 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -151,14 +155,18 @@ pub enum ReplayError {
 /// A batch from the reader thread, or the reader's failure.
 type Batch = Result<Vec<Expanded>, ReplayError>;
 
+/// A unit of work running on its own task: its size, and the engine's result.
+type Running = tokio::task::JoinHandle<(u64, Result<UnitResult, EngineError>)>;
+
 /// Replays `options.inputs` through `engine`.
-pub async fn replay(engine: &Engine, options: &ReplayOptions) -> Result<Summary, ReplayError> {
+pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summary, ReplayError> {
     let started = Instant::now();
     let batch_size = match options.rate {
         // Small batches keep a low rate smooth (about ten per second).
         Some(r) => ((r / 10.0).ceil() as usize).clamp(1, engine.config.replay.batch_size),
         None => engine.config.replay.batch_size,
     };
+    let max_in_flight = engine.config.replay.max_in_flight;
     let consumed = Arc::new(AtomicU64::new(0));
     let total_bytes: u64 = options
         .inputs
@@ -184,54 +192,88 @@ pub async fn replay(engine: &Engine, options: &ReplayOptions) -> Result<Summary,
     let mut redeletes = Redeletes::default();
     let max_pending = engine.config.replay.max_pending_redeletes;
     let mut outage: Option<EngineError> = None;
+    // Units run on their own tasks (planning of one overlaps the I/O of another, on every core) and
+    // are accounted in input order, so the DLQ file and the summary read as the input does.
+    let mut in_flight: FuturesOrdered<Running> = FuturesOrdered::new();
+    let mut reading = true;
+    let mut read_error = None;
 
-    while let Some(batch) = rx.recv().await {
-        let batch = batch?;
-        let n = batch.len() as u64;
-        summary.events += n;
-        if outage.is_some() {
-            summary.not_applied += n;
-            continue;
-        }
-        if let Err(e) = run_redeletes(engine, &mut redeletes, max_pending, &mut summary).await {
-            summary.not_applied += n;
-            outage = Some(e);
-            continue;
-        }
-        match engine.process(batch, options.dry_run, false).await {
-            Ok(unit) => {
-                account(&unit, &mut summary, &mut dlq, options.dry_run)?;
-                if !options.dry_run {
-                    redeletes.schedule(Instant::now(), &unit.plan);
+    while reading || !in_flight.is_empty() {
+        tokio::select! {
+            biased;
+            Some(done) = in_flight.next() => {
+                let (n, result) = done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                match result {
+                    Ok(unit) => {
+                        account(&unit, &mut summary, &mut dlq, options.dry_run)?;
+                        if !options.dry_run {
+                            redeletes.schedule(Instant::now(), &unit.plan);
+                        }
+                    }
+                    Err(e) => {
+                        summary.not_applied += n;
+                        // Keep reading (without applying) so the summary counts every event.
+                        outage.get_or_insert(e);
+                    }
+                }
+                bar.set_position(consumed.load(Ordering::Relaxed));
+                bar.set_message(format!(
+                    "{} events, {} keys removed",
+                    summary.events, summary.keys_removed
+                ));
+            }
+            batch = rx.recv(), if reading && in_flight.len() < max_in_flight => {
+                let batch = match batch {
+                    Some(Ok(batch)) => batch,
+                    Some(Err(e)) => {
+                        // Units already running finish and are accounted first.
+                        read_error = Some(e);
+                        reading = false;
+                        continue;
+                    }
+                    None => {
+                        reading = false;
+                        continue;
+                    }
+                };
+                let n = batch.len() as u64;
+                summary.events += n;
+                if outage.is_some() {
+                    summary.not_applied += n;
+                    continue;
+                }
+                if let Err(e) = run_redeletes(&engine, &mut redeletes, max_pending, &mut summary).await {
+                    summary.not_applied += n;
+                    outage = Some(e);
+                    continue;
+                }
+                let engine = engine.clone();
+                let dry_run = options.dry_run;
+                in_flight.push_back(tokio::spawn(async move {
+                    (n, engine.process(batch, dry_run, false).await)
+                }));
+                if let Some(rate) = options.rate {
+                    let due = Duration::from_secs_f64(summary.events as f64 / rate);
+                    let elapsed = started.elapsed();
+                    if due > elapsed {
+                        tokio::time::sleep(due - elapsed).await;
+                    }
                 }
             }
-            Err(e) => {
-                summary.not_applied += n;
-                // Keep reading (without applying) so the summary counts every event of the input.
-                outage = Some(e);
-            }
         }
-        if let Some(rate) = options.rate {
-            let due = Duration::from_secs_f64(summary.events as f64 / rate);
-            let elapsed = started.elapsed();
-            if due > elapsed {
-                tokio::time::sleep(due - elapsed).await;
-            }
-        }
-        bar.set_position(consumed.load(Ordering::Relaxed));
-        bar.set_message(format!(
-            "{} events, {} keys removed",
-            summary.events, summary.keys_removed
-        ));
     }
     // The reader ends when the channel closes; its I/O errors came through the channel.
+    drop(rx);
     let _ = reader.join();
+    if let Some(e) = read_error {
+        return Err(e);
+    }
 
     if outage.is_none() {
         // Every pending redelete runs before exit.
         while let Some(at) = redeletes.next_due() {
             tokio::time::sleep_until(at.into()).await;
-            if let Err(e) = run_redeletes(engine, &mut redeletes, 0, &mut summary).await {
+            if let Err(e) = run_redeletes(&engine, &mut redeletes, 0, &mut summary).await {
                 outage = Some(e);
                 break;
             }

@@ -186,11 +186,15 @@ impl Redis {
                         .collect())
                 }
                 Conn::Cluster { conn, .. } => {
-                    let replies: Vec<redis::RedisResult<Value>> = stream::iter(pipe.cmd_iter())
+                    // Built before the stream so the future stays `Send` for any caller.
+                    let queries: Vec<_> = pipe
+                        .cmd_iter()
                         .map(|cmd| {
                             let mut conn = conn.clone();
                             async move { cmd.query_async::<Value>(&mut conn).await }
                         })
+                        .collect();
+                    let replies: Vec<redis::RedisResult<Value>> = stream::iter(queries)
                         .buffered(CLUSTER_IN_FLIGHT)
                         .collect()
                         .await;
@@ -304,12 +308,8 @@ impl Redis {
             }
         }
         if tag_mode == TagMode::Set && !plan.tags.is_empty() {
-            self.invalidate_tag_sets(
-                plan.tags.keys().map(String::as_str),
-                tag_prefix,
-                &mut report,
-            )
-            .await?;
+            self.invalidate_tag_sets(plan.tags.keys(), tag_prefix, &mut report)
+                .await?;
         }
         for pattern in &plan.patterns {
             report.keys_removed += self.delete_pattern(pattern).await?;
@@ -319,9 +319,9 @@ impl Redis {
 
     /// Set mode: rounds of `SSCAN` over every tag, then `UNLINK` of the members found and `SREM` of
     /// exactly those members, until every cursor is back at 0.
-    async fn invalidate_tag_sets<'a>(
+    async fn invalidate_tag_sets(
         &self,
-        tags: impl Iterator<Item = &'a str>,
+        tags: impl Iterator<Item = &String>,
         prefix: &str,
         report: &mut ApplyReport,
     ) -> Result<(), RedisError> {
@@ -441,44 +441,47 @@ impl Redis {
         .map_err(unavailable)
     }
 
-    /// Calls `f` with every batch of keys matching `pattern`, scanning every primary.
-    async fn scan_matching(
-        &self,
-        pattern: &str,
-        mut f: impl AsyncFnMut(Vec<String>) -> Result<(), RedisError>,
-    ) -> Result<(), RedisError> {
-        for mut node in self.nodes().await? {
-            let mut cursor = 0u64;
-            loop {
-                let mut scan = redis::cmd("SCAN");
-                scan.arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(self.settings.scan_count);
-                let (next, keys) = parse_scan(self.run_on(&mut node, &scan).await?)?;
-                if !keys.is_empty() {
-                    f(keys).await?;
-                }
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
+    /// Starts a `SCAN MATCH pattern` over every primary; batches come from [`Redis::scan_next`].
+    async fn scan(&self, pattern: &str) -> Result<Scan, RedisError> {
+        let mut nodes = self.nodes().await?;
+        nodes.reverse();
+        Ok(Scan {
+            nodes,
+            cursor: 0,
+            pattern: pattern.to_owned(),
+        })
+    }
+
+    /// The next non-empty batch of keys of `scan`, or `None` when every primary was scanned.
+    async fn scan_next(&self, scan: &mut Scan) -> Result<Option<Vec<String>>, RedisError> {
+        while let Some(node) = scan.nodes.last_mut() {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(scan.cursor)
+                .arg("MATCH")
+                .arg(&scan.pattern)
+                .arg("COUNT")
+                .arg(self.settings.scan_count);
+            let (next, keys) = parse_scan(self.run_on(node, &cmd).await?)?;
+            scan.cursor = next;
+            if next == 0 {
+                scan.nodes.pop();
+            }
+            if !keys.is_empty() {
+                return Ok(Some(keys));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// `SCAN MATCH pattern` + `UNLINK` on every primary; returns the keys removed.
     pub async fn delete_pattern(&self, pattern: &str) -> Result<u64, RedisError> {
         let mut removed = 0;
-        self.scan_matching(pattern, async |keys| {
+        let mut scan = self.scan(pattern).await?;
+        while let Some(keys) = self.scan_next(&mut scan).await? {
             let mut pipe = new_pipe();
             self.push_unlinks(&mut pipe, keys.iter().map(String::as_str));
             removed += sum_ints(&self.run(&pipe).await?)?;
-            Ok(())
-        })
-        .await?;
+        }
         Ok(removed)
     }
 
@@ -545,7 +548,8 @@ impl Redis {
     ) -> Result<SweepReport, RedisError> {
         let mut report = SweepReport::default();
         let max_ms = policy.max_ttl.as_millis() as i64;
-        self.scan_matching(&policy.pattern, async |keys| {
+        let mut scan = self.scan(&policy.pattern).await?;
+        while let Some(keys) = self.scan_next(&mut scan).await? {
             report.scanned += keys.len() as u64;
             let mut pttl = new_pipe();
             for k in &keys {
@@ -568,11 +572,16 @@ impl Redis {
             if !dry_run && !fix.is_empty() {
                 report.fixed += sum_ints(&self.run(&fix).await?)?;
             }
-            Ok(())
-        })
-        .await?;
+        }
         Ok(report)
     }
+}
+
+/// A `SCAN` in progress: the primaries left (the current one last) and its cursor.
+struct Scan {
+    nodes: Vec<MultiplexedConnection>,
+    cursor: u64,
+    pattern: String,
 }
 
 /// A pipeline whose failed commands give error replies of their own (see [`Redis::run`]).

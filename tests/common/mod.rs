@@ -127,12 +127,7 @@ impl World {
         let redis = Redis::connect(&config.redis, Some(config.redis.retry_for))
             .await
             .expect("connect");
-        Engine {
-            rules: Arc::new(rules),
-            redis,
-            cdn,
-            config,
-        }
+        Engine::new(Arc::new(rules), redis, cdn, config)
     }
 
     /// Replays `lines` through the library; the DLQ goes to `dlq.jsonl` in the temp dir.
@@ -150,7 +145,9 @@ impl World {
             rate: None,
             progress: false,
         };
-        replay::replay(&engine, &options).await.expect("replay")
+        replay::replay(Arc::new(engine), &options)
+            .await
+            .expect("replay")
     }
 
     /// The DLQ records written so far (`dlq.jsonl`), as JSON.

@@ -72,10 +72,11 @@ impl HttpPurger {
         paths: impl Iterator<Item = &'a str>,
     ) -> Result<Vec<Result<(), String>>, CdnError> {
         let paths: Vec<&str> = paths.collect();
-        let requests = paths
+        let requests: Vec<(usize, String)> = paths
             .iter()
             .enumerate()
-            .flat_map(|(i, p)| self.urls.iter().map(move |u| (i, format!("{u}{p}"))));
+            .flat_map(|(i, p)| self.urls.iter().map(move |u| (i, format!("{u}{p}"))))
+            .collect();
         let results: Vec<(usize, Result<(), Failure>)> = stream::iter(requests)
             .map(|(i, url)| async move { (i, self.send_with_retry(&url).await) })
             .buffer_unordered(self.concurrency)
