@@ -10,7 +10,8 @@
 //! 4. measures the physical limit with `redis-benchmark -P 64 ... UNLINK/DEL key:__rand_int__` on
 //!    DB 8 and prints our keys/s as a ratio of it.
 //!
-//! Only Redis DB 8 is ever written; DB 0 is never touched.
+//! Only Redis DB 8 is ever written; DB 0 is never touched. `--generate-only FILE` writes the events
+//! and exits (to profile a replay by hand).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -419,6 +420,7 @@ fn main() {
     let mut n_events: u64 = 1_000_000;
     let mut products: u64 = 300_000;
     let mut skip_build = false;
+    let mut generate_only: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -435,8 +437,15 @@ fn main() {
                     .expect("--products N")
             }
             "--skip-build" => skip_build = true,
+            // Only write the events (for profiling a replay by hand), then exit.
+            "--generate-only" => generate_only = args.next().map(PathBuf::from),
             _ => {} // `cargo bench` passes --bench
         }
+    }
+    if let Some(path) = generate_only {
+        let counts = generate_events(&path, n_events, products).unwrap();
+        println!("wrote {n_events} events to {}: {counts:?}", path.display());
+        return;
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let target = std::env::var_os("CARGO_TARGET_DIR")

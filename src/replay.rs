@@ -25,9 +25,9 @@ use tokio::sync::mpsc;
 
 use crate::apply::dlq::DlqFile;
 use crate::engine::{Engine, EngineError, Outcome, UnitResult};
-use crate::event::{DlqRecord, Expanded};
+use crate::event::DlqRecord;
 use crate::plan::Redeletes;
-use crate::source::files::InputReader;
+use crate::source::files::{Input, InputReader, expand_all};
 
 /// What to replay and how.
 #[derive(Debug, Clone)]
@@ -153,7 +153,7 @@ pub enum ReplayError {
 }
 
 /// A batch from the reader thread, or the reader's failure.
-type Batch = Result<Vec<Expanded>, ReplayError>;
+type Batch = Result<Vec<Input>, ReplayError>;
 
 /// A unit of work running on its own task: its size, and the engine's result.
 type Running = tokio::task::JoinHandle<(u64, Result<UnitResult, EngineError>)>;
@@ -197,12 +197,15 @@ pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summ
     let mut in_flight: FuturesOrdered<Running> = FuturesOrdered::new();
     let mut reading = true;
     let mut read_error = None;
+    // Events let through so far, for `--rate`.
+    let mut paced = 0u64;
 
     while reading || !in_flight.is_empty() {
         tokio::select! {
             biased;
             Some(done) = in_flight.next() => {
                 let (n, result) = done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                summary.events += n;
                 match result {
                     Ok(unit) => {
                         account(&unit, &mut summary, &mut dlq, options.dry_run)?;
@@ -236,24 +239,38 @@ pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summ
                         continue;
                     }
                 };
-                let n = batch.len() as u64;
-                summary.events += n;
                 if outage.is_some() {
+                    // Counted, not applied.
+                    let n = expand_all(batch, max_bytes).len() as u64;
+                    summary.events += n;
                     summary.not_applied += n;
                     continue;
                 }
                 if let Err(e) = run_redeletes(&engine, &mut redeletes, max_pending, &mut summary).await {
+                    let n = expand_all(batch, max_bytes).len() as u64;
+                    summary.events += n;
                     summary.not_applied += n;
                     outage = Some(e);
                     continue;
                 }
+                // JSON lines are parsed on the unit's task, beside the reading; a paced replay
+                // parses here to count what it lets through.
+                let batch = match options.rate {
+                    Some(_) => {
+                        let events = expand_all(batch, max_bytes);
+                        paced += events.len() as u64;
+                        events.into_iter().map(Input::Ready).collect()
+                    }
+                    None => batch,
+                };
                 let engine = engine.clone();
                 let dry_run = options.dry_run;
                 in_flight.push_back(tokio::spawn(async move {
-                    (n, engine.process(batch, dry_run, false).await)
+                    let events = expand_all(batch, max_bytes);
+                    (events.len() as u64, engine.process(events, dry_run, false).await)
                 }));
                 if let Some(rate) = options.rate {
-                    let due = Duration::from_secs_f64(summary.events as f64 / rate);
+                    let due = Duration::from_secs_f64(paced as f64 / rate);
                     let elapsed = started.elapsed();
                     if due > elapsed {
                         tokio::time::sleep(due - elapsed).await;

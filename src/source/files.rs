@@ -1,4 +1,5 @@
-//! Files and stdin → [`Expanded`] records, in order, in constant memory.
+//! Files and stdin → [`Input`]s (records, or JSON lines to expand into records), in order, in
+//! constant memory.
 //!
 //! Accepted inputs: JSON Lines (one event, Lambda event document, or DLQ record per line), or one JSON
 //! document spread over several lines (a Lambda `SnsEvent`/`SqsEvent` file, an array of events, a
@@ -23,20 +24,51 @@ fn max_line(max_bytes: usize) -> usize {
     max_bytes.saturating_mul(8).saturating_add(64 << 10)
 }
 
+/// One item of an input: a record ready for the engine, or a JSON line still to be parsed and
+/// expanded (a line may hold an event, a Lambda event document or a DLQ record). Parsing is left to
+/// the caller so that it can run beside the reading, on every core.
+#[derive(Debug)]
+pub enum Input {
+    Ready(Expanded),
+    Line(Record),
+}
+
+impl Input {
+    /// The records this item holds.
+    pub fn expand(self, max_bytes: usize) -> Vec<Expanded> {
+        match self {
+            Input::Ready(e) => vec![e],
+            Input::Line(r) => expand_document(r.payload, r.position, max_bytes),
+        }
+    }
+}
+
+/// Every record of `inputs`, in order.
+pub fn expand_all(inputs: Vec<Input>, max_bytes: usize) -> Vec<Expanded> {
+    let mut out = Vec::with_capacity(inputs.len());
+    for i in inputs {
+        match i {
+            Input::Ready(e) => out.push(e),
+            line => out.extend(line.expand(max_bytes)),
+        }
+    }
+    out
+}
+
 enum Mode {
     Start,
     Lines,
     Done,
 }
 
-/// Reads one input (a file or stdin) as [`Expanded`] records.
+/// Reads one input (a file or stdin) as [`Input`]s.
 pub struct InputReader {
     reader: Box<dyn BufRead + Send>,
     name: String,
     line: u64,
     max_bytes: usize,
     mode: Mode,
-    pending: VecDeque<Expanded>,
+    pending: VecDeque<Input>,
     /// Bytes consumed so far, for progress.
     consumed: Arc<AtomicU64>,
 }
@@ -115,20 +147,19 @@ impl InputReader {
         if too_long {
             let mut record = Record::new(line, pos);
             record.truncated = true;
-            self.pending.push_back(Expanded::Failed {
+            self.pending.push_back(Input::Ready(Expanded::Failed {
                 error: DecodeError::TooLarge {
                     size: max_line(self.max_bytes) + 1,
                     limit: self.max_bytes,
                 },
                 record,
-            });
+            }));
             return;
         }
         if line.iter().all(u8::is_ascii_whitespace) {
             return;
         }
-        self.pending
-            .extend(expand_document(line, pos, self.max_bytes));
+        self.pending.push_back(Input::Line(Record::new(line, pos)));
     }
 
     /// Decides between JSON Lines and one multi-line document from the first non-empty line.
@@ -167,11 +198,11 @@ impl InputReader {
         let small_enough = rest.len() as u64 <= limit;
         doc.extend_from_slice(&rest);
         if small_enough && serde_json::from_slice::<serde::de::IgnoredAny>(&doc).is_ok() {
-            self.pending.extend(expand_document(
-                doc,
-                self.pos_at(first_line),
-                self.max_bytes,
-            ));
+            self.pending.extend(
+                expand_document(doc, self.pos_at(first_line), self.max_bytes)
+                    .into_iter()
+                    .map(Input::Ready),
+            );
             self.mode = Mode::Done;
             return Ok(());
         }
@@ -187,7 +218,7 @@ impl InputReader {
 }
 
 impl Iterator for InputReader {
-    type Item = io::Result<Expanded>;
+    type Item = io::Result<Input>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -226,7 +257,7 @@ mod tests {
             max,
             Arc::default(),
         );
-        r.map(Result::unwrap).collect()
+        expand_all(r.map(Result::unwrap).collect(), max)
     }
 
     fn positions(items: &[Expanded]) -> Vec<(u64, &'static str)> {
