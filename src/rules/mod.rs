@@ -249,16 +249,23 @@ impl RuleSet {
     /// The rules listening to `kind`, in file order.
     pub fn rules_for(&self, kind: &str) -> impl Iterator<Item = &Rule> {
         let exact = self.exact.get(kind).map(Vec::as_slice).unwrap_or(&[]);
-        let mut idx: Vec<usize> = exact.to_vec();
-        for &i in &self.other {
-            if self.rules[i].on.iter().any(|m| m.matches(kind)) && !idx.contains(&i) {
-                idx.push(i);
+        // Without prefix globs (the usual case) the exact list is the answer, with no allocation.
+        let merged = (!self.other.is_empty()).then(|| {
+            let mut idx = exact.to_vec();
+            for &i in &self.other {
+                if self.rules[i].on.iter().any(|m| m.matches(kind)) && !idx.contains(&i) {
+                    idx.push(i);
+                }
             }
-        }
-        if !self.other.is_empty() {
             idx.sort_unstable();
-        }
-        idx.into_iter().map(move |i| &self.rules[i])
+            idx
+        });
+        let exact = merged.is_none().then_some(exact.iter().copied());
+        exact
+            .into_iter()
+            .flatten()
+            .chain(merged.into_iter().flatten())
+            .map(move |i| &self.rules[i])
     }
 
     /// True when at least one rule listens to `kind` (no allocation: used per event for metrics).

@@ -56,12 +56,35 @@ impl Members for NoMembers {
     }
 }
 
+/// An event and the events whose cascades led to it (borrowed: nothing is copied per event).
+struct Chain<'a> {
+    event: &'a Event,
+    parent: Option<&'a Chain<'a>>,
+}
+
+impl Chain<'_> {
+    /// True when `e` (type and data) is this event or one of its ancestors: a cycle.
+    fn contains(&self, e: &Event) -> bool {
+        let mut link = Some(self);
+        while let Some(l) = link {
+            if l.event.kind == e.kind && l.event.data == e.data {
+                return true;
+            }
+            link = l.parent;
+        }
+        false
+    }
+}
+
 impl RuleSet {
     /// Plans one event and its cascades.
     pub fn plan_event(&self, event: &Event, members: &dyn Members) -> Result<EventPlan, PlanError> {
         let mut out = EventPlan::default();
-        let mut ancestors = vec![(event.kind.clone(), event.data.clone())];
-        self.plan_into(event, 0, &mut ancestors, members, &mut out)?;
+        let chain = Chain {
+            event,
+            parent: None,
+        };
+        self.plan_into(&chain, 0, members, &mut out)?;
         out.needs.sort();
         out.needs.dedup();
         Ok(out)
@@ -69,12 +92,12 @@ impl RuleSet {
 
     fn plan_into(
         &self,
-        event: &Event,
+        chain: &Chain<'_>,
         depth: u32,
-        ancestors: &mut Vec<(String, Value)>,
         members: &dyn Members,
         out: &mut EventPlan,
     ) -> Result<(), PlanError> {
+        let event = chain.event;
         for rule in self.rules_for(&event.kind) {
             let condition = match &rule.when {
                 None => true,
@@ -120,20 +143,18 @@ impl RuleSet {
                         ));
                         continue;
                     }
-                    if ancestors
-                        .iter()
-                        .any(|(k, d)| *k == child.kind && *d == child.data)
-                    {
+                    if chain.contains(&child) {
                         out.notes.push(format!(
                             "rule `{}`: cascade `{}` not followed: cycle (the same event is already in this chain)",
                             rule.name, child.kind
                         ));
                         continue;
                     }
-                    ancestors.push((child.kind.clone(), child.data.clone()));
-                    let r = self.plan_into(&child, depth + 1, ancestors, members, out);
-                    ancestors.pop();
-                    r?;
+                    let link = Chain {
+                        event: &child,
+                        parent: Some(chain),
+                    };
+                    self.plan_into(&link, depth + 1, members, out)?;
                 }
             }
         }
