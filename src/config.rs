@@ -98,7 +98,8 @@ pub struct KafkaConfig {
     pub properties: BTreeMap<String, String>,
     /// Most events in one unit of work.
     pub batch_size: usize,
-    /// Longest wait for a unit to fill once its first event arrived.
+    /// How long a unit may wait for more events once what the consumer had fetched is taken in
+    /// (0: go at once; a backlog fills units to `batch_size` anyway).
     #[serde(deserialize_with = "duration")]
     pub batch_wait: Duration,
     /// Units of work applied concurrently (a CDN batch window can hold one for a while).
@@ -119,7 +120,7 @@ impl Default for KafkaConfig {
             dlq_topic: None,
             properties: BTreeMap::new(),
             batch_size: 500,
-            batch_wait: Duration::from_millis(5),
+            batch_wait: Duration::ZERO,
             max_in_flight: 4,
             shutdown_timeout: Duration::from_secs(30),
             max_pending_redeletes: 100_000,

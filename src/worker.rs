@@ -20,8 +20,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use time::OffsetDateTime;
@@ -107,12 +107,7 @@ pub async fn run(
             batch_started = (!batch.is_empty()).then(Instant::now);
             report.units += 1;
             report.events += unit.len() as u64;
-            in_flight.push(process_unit(
-                engine.clone(),
-                dlq.clone(),
-                health.clone(),
-                unit,
-            ));
+            in_flight.push(spawn_unit(&engine, &dlq, &health, unit));
             continue;
         }
 
@@ -124,26 +119,38 @@ pub async fn run(
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            Some(done) = in_flight.next() => finish(&consumer, &shared, &mut redeletes, done),
+            Some(done) = in_flight.next() => finish(&consumer, &shared, &mut redeletes, joined(done)),
             () = sleep_until(batch_deadline), if batch_deadline.is_some() && in_flight.len() < k.max_in_flight => {}
             () = sleep_until(redelete_at), if redelete_at.is_some() => {
                 run_redeletes(&engine, &mut redeletes).await;
             }
-            m = consumer.recv(), if recv_allowed => match m {
-                Ok(m) => {
-                    let input = Input::from_message(&m, max_bytes);
-                    shared
-                        .watermarks
-                        .lock()
-                        .expect("watermarks lock")
-                        .begin(input.topic(), input.partition(), input.offset());
-                    if batch.is_empty() {
-                        batch_started = Some(Instant::now());
+            m = consumer.recv(), if recv_allowed => {
+                let mut next = Some(m);
+                // Then what librdkafka already holds, without waiting: a backlog fills whole
+                // units, a trickle goes out at once (after `batch_wait`, default 0).
+                while let Some(m) = next {
+                    match m {
+                        Ok(m) => {
+                            let input = Input::from_message(&m, max_bytes);
+                            shared
+                                .watermarks
+                                .lock()
+                                .expect("watermarks lock")
+                                .begin(input.topic(), input.partition(), input.offset());
+                            if batch.is_empty() {
+                                batch_started = Some(Instant::now());
+                            }
+                            batch.push(input);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "Kafka consumer error"),
                     }
-                    batch.push(input);
+                    next = if batch.len() < k.batch_size {
+                        consumer.recv().now_or_never()
+                    } else {
+                        None
+                    };
                 }
-                Err(e) => tracing::warn!(error = %e, "Kafka consumer error"),
-            },
+            }
             _ = tick.tick() => {}
         }
     }
@@ -162,17 +169,12 @@ pub async fn run(
         let unit: Vec<Input> = batch.drain(..n).collect();
         report.units += 1;
         report.events += unit.len() as u64;
-        in_flight.push(process_unit(
-            engine.clone(),
-            dlq.clone(),
-            health.clone(),
-            unit,
-        ));
+        in_flight.push(spawn_unit(&engine, &dlq, &health, unit));
     }
     let mut clean = true;
     loop {
         match tokio::time::timeout_at(deadline, in_flight.next()).await {
-            Ok(Some(done)) => finish(&consumer, &shared, &mut redeletes, done),
+            Ok(Some(done)) => finish(&consumer, &shared, &mut redeletes, joined(done)),
             Ok(None) => break,
             Err(_) => {
                 tracing::error!(
@@ -183,6 +185,9 @@ pub async fn run(
                 break;
             }
         }
+    }
+    for unit in in_flight.iter() {
+        unit.abort();
     }
     drop(in_flight);
     if clean && redeletes.pending > 0 {
@@ -287,6 +292,26 @@ async fn run_redeletes(engine: &Engine, redeletes: &mut Redeletes) {
         tracing::warn!(error = %e, keys = due.len(), "redelete failed; trying again in 1s");
         redeletes.retry_at(Instant::now() + Duration::from_secs(1), due);
     }
+}
+
+/// Runs a unit on its own task, so that units in flight plan on every core.
+fn spawn_unit(
+    engine: &Arc<Engine>,
+    dlq: &Arc<DlqProducer>,
+    health: &Arc<Health>,
+    unit: Vec<Input>,
+) -> tokio::task::JoinHandle<Done> {
+    tokio::spawn(process_unit(
+        engine.clone(),
+        dlq.clone(),
+        health.clone(),
+        unit,
+    ))
+}
+
+/// A unit's result; a panic in it is a bug, raised here.
+fn joined(r: Result<Done, tokio::task::JoinError>) -> Done {
+    r.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 fn retry_backoff() -> impl Iterator<Item = Duration> {
