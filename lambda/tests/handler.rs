@@ -161,7 +161,7 @@ async fn sns_poison_goes_to_the_queue_or_fails_the_invocation() {
     assert_eq!(dead.len(), 1);
     assert_eq!(
         dead[0].body().unwrap(),
-        r#"{"type":"price.updated","id":"sns-poison","data":{"product_id":"a b","old_price":2,"new_price":1}}"#
+        r#"{"type":"price.updated","id":"sns-poison","data":{"product_id":"a b","old_price":2,"new_price":1,"category_ids":["shoes"]}}"#
     );
     assert_eq!(
         attr(&dead[0], "invalidator.reason").as_deref(),
