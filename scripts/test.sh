@@ -2,7 +2,8 @@
 # Runs every test against real services on this machine: the local Redis (started if it is not
 # answering), a 3-node Redis Cluster on loopback ports 7001-7003 (redis-cluster.sh), a Kafka-protocol
 # broker on 127.0.0.1:19092 (tansu.sh; skipped when KAFKA_BROKERS names another) and the AWS emulator
-# moto_server on 127.0.0.1:5055 (moto.sh).
+# moto_server on 127.0.0.1:5055 (moto.sh); cargo-lambda (its Lambda runtime API emulator runs the
+# Lambda tests) is installed from PyPI when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +23,16 @@ ensure_redis() {
   exit 1
 }
 
+ensure_cargo_lambda() {
+  if cargo lambda --version >/dev/null 2>&1; then return; fi
+  echo "cargo-lambda not found: installing it from PyPI"
+  python3 -m pip install -q --no-deps 'cargo-lambda==1.9.2'
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+  cargo lambda --version
+}
+
 ensure_redis
+ensure_cargo_lambda
 bash scripts/redis-cluster.sh start
 if [ -z "${KAFKA_BROKERS:-}" ]; then bash scripts/tansu.sh; fi
 bash scripts/moto.sh

@@ -32,6 +32,7 @@ pub struct Config {
     pub sweeper: SweeperConfig,
     pub http: HttpConfig,
     pub replay: ReplayConfig,
+    pub lambda: LambdaConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -312,6 +313,36 @@ impl Default for ReplayConfig {
     }
 }
 
+/// The AWS Lambda adapter (`invalidator-lambda`); ignored by the other modes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LambdaConfig {
+    /// SQS queue URL that receives poison messages (payload as the body, reason and metadata as
+    /// message attributes). Absent: see the Lambda section of the README.
+    pub dlq_url: Option<String>,
+    /// Longest an invocation waits for the `redelete_after`s of its events before it returns (the
+    /// sandbox is frozen after that); later ones are run at that point, early rather than never.
+    #[serde(deserialize_with = "duration")]
+    pub max_redelete_wait: Duration,
+    /// Time kept free before the invocation deadline: work still running then is abandoned and
+    /// reported as a transient failure, so the answer reaches Lambda before it times out.
+    #[serde(deserialize_with = "duration")]
+    pub deadline_margin: Duration,
+    /// CloudWatch namespace of the metrics written as EMF.
+    pub metrics_namespace: String,
+}
+
+impl Default for LambdaConfig {
+    fn default() -> Self {
+        LambdaConfig {
+            dlq_url: None,
+            max_redelete_wait: Duration::from_secs(1),
+            deadline_margin: Duration::from_secs(1),
+            metrics_namespace: "invalidator".into(),
+        }
+    }
+}
+
 /// A configuration that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -428,6 +459,21 @@ impl Config {
         }
         if self.kafka.max_in_flight == 0 {
             return bad("kafka.max_in_flight", "must be at least 1".into());
+        }
+        if let Some(url) = &self.lambda.dlq_url
+            && reqwest::Url::parse(url)
+                .map(|u| !matches!(u.scheme(), "http" | "https"))
+                .unwrap_or(true)
+        {
+            return bad(
+                "lambda.dlq_url",
+                format!(
+                    "`{url}` is not an SQS queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)"
+                ),
+            );
+        }
+        if self.lambda.metrics_namespace.trim().is_empty() {
+            return bad("lambda.metrics_namespace", "must not be empty".into());
         }
         if self.replay.batch_size == 0 {
             return bad("replay.batch_size", "must be at least 1".into());
@@ -604,6 +650,14 @@ listen = "127.0.0.1:9464"
             .unwrap_err()
             .0;
         assert!(e.contains("cdn.x.urls"), "{e}");
+        let e = Config::from_toml("[lambda]\ndlq_url = \"my-queue\"")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("lambda.dlq_url"), "{e}");
+        let e = Config::from_toml("[lambda]\nmax_redelete_wait = \"soon\"")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("lambda.max_redelete_wait"), "{e}");
         let e = Config::from_toml("[cdn.x]\nkind = \"cloudfront\"\ndistribution_id = \"E1\"")
             .unwrap_err()
             .0;

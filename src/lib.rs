@@ -26,4 +26,5 @@ pub mod replay;
 pub mod rules;
 pub mod source;
 pub mod telemetry;
+#[cfg(feature = "kafka")]
 pub mod worker;

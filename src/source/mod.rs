@@ -2,4 +2,5 @@
 //! acknowledges them only after the engine applied or dead-lettered them.
 
 pub mod files;
+#[cfg(feature = "kafka")]
 pub mod kafka;

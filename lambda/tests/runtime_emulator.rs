@@ -1,0 +1,279 @@
+//! The real binary behind the real Lambda runtime API emulator: `cargo lambda watch` serves the
+//! runtime API (`--only-lambda-apis`), the `invalidator-lambda` binary that `cargo test` built
+//! polls it like on AWS, and `cargo lambda invoke -F` sends the SNS and SQS fixtures. Keys are
+//! checked in Redis, the partial batch response in the answer, the poison messages in moto's SQS.
+//!
+//! Needs `cargo lambda` (`pip install --no-deps cargo-lambda`; `scripts/test.sh` and `.ci/run`
+//! install it) besides Redis and moto_server.
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{World, attr, conn, drain, queue, sqs};
+use serde_json::Value;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cargo_lambda() -> Command {
+    let mut c = Command::new("cargo");
+    c.arg("lambda");
+    c
+}
+
+/// `cargo lambda watch --only-lambda-apis` on `port`.
+fn emulator(port: u16) -> Proc {
+    let version = cargo_lambda().arg("--version").output();
+    assert!(
+        matches!(&version, Ok(o) if o.status.success()),
+        "`cargo lambda` is needed: pip install --no-deps cargo-lambda (scripts/test.sh does it)"
+    );
+    let child = cargo_lambda()
+        .args(["watch", "--only-lambda-apis", "--ignore-changes"])
+        .args(["-A", "127.0.0.1", "-P", &port.to_string()])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cargo lambda watch");
+    let p = Proc(child);
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "cargo lambda watch did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p
+}
+
+/// The function, polling the emulator on `port` with the given `INVALIDATOR_*` settings; its
+/// stdout (JSON logs and EMF) goes to `log`.
+fn function(port: u16, dir: &Path, env: &[(&str, String)], log: &Path) -> Proc {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_invalidator-lambda"));
+    c.current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "AWS_LAMBDA_RUNTIME_API",
+            format!("http://127.0.0.1:{port}/.rt"),
+        )
+        .env("AWS_LAMBDA_FUNCTION_NAME", "_")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_ENDPOINT_URL_SQS", common::moto_url())
+        .stdout(std::fs::File::create(log).unwrap())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    Proc(c.spawn().expect("the invalidator-lambda binary"))
+}
+
+fn invoke(port: u16, event: &Path) -> Output {
+    cargo_lambda()
+        .args(["invoke", "-A", "127.0.0.1", "-P", &port.to_string()])
+        .arg("-F")
+        .arg(event)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cargo lambda invoke")
+}
+
+fn response(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "invoke failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let text = text.trim();
+    if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+}
+
+fn failures(v: &Value) -> Vec<String> {
+    v["batchItemFailures"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a partial batch response: {v}"))
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn fixture_path(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sns_and_sqs_events_through_the_runtime_api_emulator() {
+    let w = World::new();
+    let mut c = conn();
+    let sqs = sqs().await;
+    let dlq = queue(&sqs, "inv-emu-dlq").await;
+    let env = |dlq: &str| {
+        vec![
+            (
+                "INVALIDATOR_RULES__DIR",
+                w.rules_dir().display().to_string(),
+            ),
+            ("INVALIDATOR_REDIS__URL", common::redis_url()),
+            ("INVALIDATOR_TAGS__PREFIX", format!("{}tag:", w.p)),
+            ("INVALIDATOR_DEDUPE__PREFIX", format!("{}seen:", w.p)),
+            ("INVALIDATOR_CDN__LOGCDN__KIND", "log".to_string()),
+            ("INVALIDATOR_LAMBDA__DLQ_URL", dlq.to_string()),
+        ]
+    };
+    let port = free_port();
+    let _emulator = emulator(port);
+    let log = w.dir.path().join("function.log");
+
+    w.set(
+        &mut c,
+        &[
+            "P:price:2101",
+            "P:product:2101",
+            "P:price:2001",
+            "P:product:2001",
+            "P:inventory:SKU-2002",
+            "P:review:2003",
+            "P:price:2004",
+            "P:product:2004",
+            "P:product:2007",
+            "P:review:2009",
+            "P:product:2006",
+        ],
+    );
+    {
+        let _f = function(port, w.dir.path(), &env(&dlq), &log);
+        // Direct SNS subscription: success is an empty (null) answer.
+        let out = invoke(port, &fixture_path("sns-price.json"));
+        assert_eq!(response(&out), Value::Null);
+        assert!(!w.exists(&mut c, "P:price:2101"));
+        assert!(!w.exists(&mut c, "P:product:2101"));
+
+        // SQS: 8 applied or skipped, 2 poison dead-lettered and acknowledged.
+        let out = invoke(port, &fixture_path("sqs-batch.json"));
+        assert_eq!(failures(&response(&out)), Vec::<String>::new());
+        for k in [
+            "P:price:2001",
+            "P:product:2001",
+            "P:inventory:SKU-2002",
+            "P:review:2003",
+            "P:price:2004",
+            "P:product:2004",
+            "P:product:2007",
+            "P:review:2009",
+        ] {
+            assert!(!w.exists(&mut c, k), "{k}");
+        }
+        assert!(w.exists(&mut c, "P:product:2006"));
+
+        // SNS poison: dead-lettered, the invocation succeeds.
+        let out = invoke(port, &fixture_path("sns-poison.json"));
+        assert_eq!(response(&out), Value::Null);
+    }
+    let dead = drain(&sqs, &dlq).await;
+    let mut reasons: Vec<(String, String)> = dead
+        .iter()
+        .map(|m| {
+            (
+                attr(m, "invalidator.source.message_id").unwrap(),
+                attr(m, "invalidator.reason").unwrap(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec![
+            (
+                "0b8f7a6e-1c2d-5e3f-8a9b-0c1d2e3f4a5b".to_string(),
+                "unsafe_value".to_string()
+            ),
+            (
+                "3f3f6a52-0f4e-4a7e-9b2b-4c1f0d8e0a05".to_string(),
+                "invalid_json".to_string()
+            ),
+            (
+                "3f3f6a52-0f4e-4a7e-9b2b-4c1f0d8e0a06".to_string(),
+                "unsafe_value".to_string()
+            ),
+        ]
+    );
+
+    // The function's stdout: JSON log lines and EMF documents.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not JSON: {l}")))
+        .collect();
+    let done: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "batch done")
+        .collect();
+    assert_eq!(done.len(), 3, "{text}");
+    assert_eq!(done[1]["source"], "sqs");
+    assert_eq!(done[1]["applied"], 7);
+    assert_eq!(done[1]["dead_lettered"], 2);
+    assert!(
+        lines.iter().any(
+            |l| l["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "invalidator"
+                && l["invalidator_events_total"].is_number()
+        ),
+        "EMF metrics on stdout:\n{text}"
+    );
+    let init = lines.iter().find(|l| l["message"] == "init done").unwrap();
+    assert!(init["init_ms"].as_f64().unwrap() > 0.0);
+
+    // A dead-letter queue that refuses: exactly the poison messages are reported failed.
+    let missing = format!(
+        "{}/123456789012/no-such-queue-{:08x}",
+        common::moto_url(),
+        rand::random::<u32>()
+    );
+    let _f = function(port, w.dir.path(), &env(&missing), &log);
+    let out = invoke(port, &fixture_path("sqs-batch.json"));
+    assert_eq!(
+        failures(&response(&out)),
+        vec![
+            "3f3f6a52-0f4e-4a7e-9b2b-4c1f0d8e0a05".to_string(),
+            "3f3f6a52-0f4e-4a7e-9b2b-4c1f0d8e0a06".to_string()
+        ]
+    );
+    // And a direct SNS poison message fails its invocation (Lambda retries it).
+    let out = invoke(port, &fixture_path("sns-poison.json"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Invalidator.NotDone"), "{err}");
+}
