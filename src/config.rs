@@ -95,7 +95,10 @@ pub struct KafkaConfig {
     /// Where dead letters go; absent: `<source topic>.dlq` for each source topic.
     pub dlq_topic: Option<String>,
     /// librdkafka properties, passed as they are to the consumer and the DLQ producer (SASL, TLS,
-    /// `session.timeout.ms`, ...). They win over the worker's own defaults.
+    /// `session.timeout.ms`, ...). They win over the worker's own defaults. Numbers and booleans
+    /// are taken as their text; `_` in a name stands for `.` (librdkafka names have none), so that
+    /// a secret can come from the environment: `INVALIDATOR_KAFKA__PROPERTIES__SASL_PASSWORD`.
+    #[serde(deserialize_with = "kafka_properties")]
     pub properties: BTreeMap<String, String>,
     /// Most events in one unit of work.
     pub batch_size: usize,
@@ -574,6 +577,30 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     })
 }
 
+fn kafka_properties<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        String(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    let raw = BTreeMap::<String, Text>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Text::String(s) => s,
+                Text::Int(i) => i.to_string(),
+                Text::Float(f) => f.to_string(),
+                Text::Bool(b) => b.to_string(),
+            };
+            (k.replace('_', "."), v)
+        })
+        .collect())
+}
+
 fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
 }
@@ -662,6 +689,20 @@ listen = "127.0.0.1:9464"
             .unwrap_err()
             .0;
         assert!(e.contains("cdn.x.kind"), "{e}");
+    }
+
+    #[test]
+    fn kafka_properties_take_numbers_and_underscored_names() {
+        let c = Config::from_toml(
+            "[kafka.properties]\n\"session.timeout.ms\" = 6000\nsasl_password = \"s\"\n\
+             \"enable.idempotence\" = true\n",
+        )
+        .unwrap();
+        let p = &c.kafka.properties;
+        assert_eq!(p["session.timeout.ms"], "6000");
+        assert_eq!(p["sasl.password"], "s");
+        assert_eq!(p["enable.idempotence"], "true");
+        assert_eq!(p.len(), 3);
     }
 
     #[test]
