@@ -487,3 +487,60 @@ async fn replay_summary_shows_the_cloudfront_figures() {
     );
     assert_eq!(invalidations(&cf, &distribution).await.len(), 1);
 }
+
+/// The worker, a CloudFront target with a window longer than the shutdown deadline, and SIGTERM:
+/// the waiting batch is sent at once, the offsets are committed, the exit is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_shutdown_sends_the_waiting_batch_instead_of_waiting_out_the_window() {
+    use common::kafka::{
+        Msg, Worker, committed, create_topic, free_port, name, produce, wait_until, worker_config,
+    };
+    let cf = cloudfront(&moto_url());
+    let distribution = create_distribution(&cf).await;
+    let mut w = World::new();
+    w.rules("price.yaml", PRICE_RULES);
+    w.extra_config = cf_target("cf", &distribution, &moto_url(), "window = \"5m\"");
+    let topic = name("cf");
+    let group = name("g");
+    create_topic(&topic, 1);
+    let msgs: Vec<Msg> = (0..20)
+        .map(|i| Msg::json(0, price_event(i, &format!("p{}", i % 4))))
+        .collect();
+    let last = produce(&topic, &msgs)
+        .iter()
+        .map(|(_, o)| *o)
+        .max()
+        .unwrap();
+    let port = free_port();
+    let config = format!(
+        "{}\n{}",
+        w.config_text(),
+        worker_config(&group, &topic, port, "")
+    );
+    let mut worker = Worker::start_env(&w, "worker", &config, port, common::aws::CHILD_ENV);
+    let pending = "invalidator_cdn_pending_paths{target=\"cf\"}";
+    assert!(
+        wait_until(Duration::from_secs(30), || worker.metric(pending) == 4.0),
+        "4 paths wait for the 5-minute window:\n{}",
+        worker.logs()
+    );
+    assert!(invalidations(&cf, &distribution).await.is_empty());
+    assert_eq!(
+        committed(&group, &topic, 1),
+        vec![-1001],
+        "nothing committed yet"
+    );
+
+    worker.signal(libc::SIGTERM);
+    let status = worker
+        .wait(Duration::from_secs(20))
+        .expect("exits before the deadline");
+    assert!(status.success(), "{status:?}\n{}", worker.logs());
+    let sent = invalidations(&cf, &distribution).await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].2.len(), 4);
+    assert!(
+        committed(&group, &topic, 1)[0] > last,
+        "committed past the last event"
+    );
+}
