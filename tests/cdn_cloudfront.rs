@@ -544,3 +544,25 @@ async fn worker_shutdown_sends_the_waiting_batch_instead_of_waiting_out_the_wind
         "committed past the last event"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_keeps_units_in_flight_that_share_one_window() {
+    let cf = cloudfront(&moto_url());
+    let distribution = create_distribution(&cf).await;
+    let mut w = World::new();
+    w.rules("price.yaml", PRICE_RULES);
+    w.extra_config = cf_target("cf", &distribution, &moto_url(), "window = \"2s\"")
+        + "[replay]\nbatch_size = 1000\nmax_in_flight = 10\n";
+    let lines: Vec<String> = (0..10_000)
+        .map(|i| price_event(i, &format!("p{}", i % 100)))
+        .collect();
+    let summary = w.replay_lines(&lines, false).await;
+    assert_eq!(summary.applied, 10_000);
+    let sent = invalidations(&cf, &distribution).await;
+    assert_eq!(sent.len(), 1, "{} requests", sent.len());
+    assert_eq!(sent[0].2.len(), 100);
+    let (_, stats) = &summary.cdn[0];
+    assert_eq!(stats.requests, 1);
+    assert_eq!(stats.paths_sent, 100);
+    assert_eq!(stats.paths_requested, 1000, "10 units × 100 paths");
+}
