@@ -81,12 +81,13 @@ async fn ten_thousand_price_events_from_concurrent_units_are_one_invalidation_pe
             "      - target: cf\n        paths:\n          - /api/products/{product_id}\n      - target: cf-collapse\n        paths:\n          - /api/products/{product_id}\n",
         ),
     );
-    w.extra_config = cf_target("cf", &plain, &moto_url(), "window = \"2s\"")
+    // A window long enough for 10,000 events to be planned by a debug build on a busy machine.
+    w.extra_config = cf_target("cf", &plain, &moto_url(), "window = \"5s\"")
         + &cf_target(
             "cf-collapse",
             &collapsing,
             &moto_url(),
-            "window = \"2s\"\ncollapse_threshold = 50",
+            "window = \"5s\"\ncollapse_threshold = 50",
         );
     let engine = Arc::new(w.engine().await);
 
@@ -222,6 +223,15 @@ fn aws_error(status: u16, code: &str) -> ResponseTemplate {
     ResponseTemplate::new(status).set_body_raw(error_xml(code, "test"), "text/xml")
 }
 
+/// Waits until the stub answered its first request, and a little more for the batcher to read
+/// the answer: the retry then waits at least 200 ms (the first backoff step).
+async fn first_answered(s: &MockServer) {
+    while s.received_requests().await.unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(40)).await;
+}
+
 async fn requests(s: &MockServer) -> Vec<(Vec<String>, String)> {
     s.received_requests()
         .await
@@ -287,7 +297,7 @@ async fn paths_that_arrive_while_a_batch_is_throttled_merge_into_it() {
     let first = engine.process(inputs(&[price_event(1, "a")]), false, false);
     // The first batch is refused at once and waits at least 200 ms for its retry.
     let second = async {
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        first_answered(&s).await;
         engine
             .process(inputs(&[price_event(2, "b")]), false, false)
             .await
@@ -319,7 +329,7 @@ async fn a_request_with_an_unknown_outcome_is_retried_unchanged() {
     let engine = Arc::new(w.engine().await);
     let first = engine.process(inputs(&[price_event(1, "a")]), false, false);
     let second = async {
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        first_answered(&s).await;
         engine
             .process(inputs(&[price_event(2, "b")]), false, false)
             .await
@@ -551,7 +561,7 @@ async fn a_replay_keeps_units_in_flight_that_share_one_window() {
     let distribution = create_distribution(&cf).await;
     let mut w = World::new();
     w.rules("price.yaml", PRICE_RULES);
-    w.extra_config = cf_target("cf", &distribution, &moto_url(), "window = \"2s\"")
+    w.extra_config = cf_target("cf", &distribution, &moto_url(), "window = \"5s\"")
         + "[replay]\nbatch_size = 1000\nmax_in_flight = 10\n";
     let lines: Vec<String> = (0..10_000)
         .map(|i| price_event(i, &format!("p{}", i % 100)))
