@@ -29,6 +29,7 @@ pub struct Config {
     pub dedupe: DedupeConfig,
     pub limits: LimitsConfig,
     pub cdn: BTreeMap<String, CdnConfig>,
+    pub notify: NotifyConfig,
     pub sweeper: SweeperConfig,
     pub http: HttpConfig,
     pub replay: ReplayConfig,
@@ -215,17 +216,31 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum CdnConfig {
-    /// CloudFront invalidations (batched per distribution).
+    /// CloudFront invalidations, batched per distribution (see `apply::cdn::cloudfront`).
     Cloudfront {
         distribution_id: String,
+        /// How long paths are gathered, from the first one, before one `CreateInvalidation`.
         #[serde(default = "one_second", deserialize_with = "duration")]
         window: Duration,
+        /// Most paths in one request (CloudFront: 3,000 paths in progress per distribution).
         #[serde(default = "default_max_paths")]
         max_paths: usize,
+        /// Most wildcard paths in one request (CloudFront: 15 wildcard paths in progress).
+        #[serde(default = "default_max_wildcards")]
+        max_wildcards: usize,
+        /// More than this many sibling paths under one parent in a batch become `parent/*`.
         #[serde(default)]
         collapse_threshold: Option<usize>,
+        /// An emulator's URL (tests); absent: the real CloudFront endpoint.
         #[serde(default)]
         endpoint_url: Option<String>,
+        /// Longest wait for one `CreateInvalidation` answer (then retried unchanged).
+        #[serde(default = "ten_seconds", deserialize_with = "duration")]
+        timeout: Duration,
+        /// How long a batch is retried (throttling, outage) before its events' units fail with
+        /// "CDN unavailable" (the worker then retries the unit; replay stops with exit status 3).
+        #[serde(default = "thirty_seconds", deserialize_with = "duration")]
+        retry_for: Duration,
     },
     /// HTTP `PURGE` (or another method) of each path on every cache node.
     Http {
@@ -247,8 +262,57 @@ pub enum CdnConfig {
     Log {},
 }
 
+impl CdnConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CdnConfig::Cloudfront { .. } => "cloudfront",
+            CdnConfig::Http { .. } => "http",
+            CdnConfig::Log {} => "log",
+        }
+    }
+}
+
+/// `[notify]`: `invalidation.completed` notices for cache warmers (SNS and/or Kafka).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// SNS topic; its region is taken from the ARN unless `region` is set.
+    pub sns_topic_arn: Option<String>,
+    /// Kafka topic, written with the `[kafka]` brokers and properties.
+    pub kafka_topic: Option<String>,
+    /// An SNS emulator's URL (tests); absent: the real SNS endpoint.
+    pub endpoint_url: Option<String>,
+    /// SNS region, when it must differ from the one in the ARN.
+    pub region: Option<String>,
+    /// How long one unit's notices are retried before they are dropped (and counted): notices are
+    /// a warming hint, they never hold back acknowledgement longer than this.
+    #[serde(deserialize_with = "duration")]
+    pub retry_for: Duration,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            sns_topic_arn: None,
+            kafka_topic: None,
+            endpoint_url: None,
+            region: None,
+            retry_for: Duration::from_secs(5),
+        }
+    }
+}
+
+impl NotifyConfig {
+    pub fn enabled(&self) -> bool {
+        self.sns_topic_arn.is_some() || self.kafka_topic.is_some()
+    }
+}
+
 fn one_second() -> Duration {
     Duration::from_secs(1)
+}
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
 }
 fn five_seconds() -> Duration {
     Duration::from_secs(5)
@@ -258,6 +322,9 @@ fn thirty_seconds() -> Duration {
 }
 fn default_max_paths() -> usize {
     3000
+}
+fn default_max_wildcards() -> usize {
+    15
 }
 fn purge_method() -> String {
     "PURGE".into()
@@ -486,11 +553,51 @@ impl Config {
         }
         for (name, cdn) in &self.cdn {
             match cdn {
-                CdnConfig::Cloudfront { .. } => {
-                    return bad(
-                        &format!("cdn.{name}.kind"),
-                        "\"cloudfront\" targets are not available in this build yet; use kind = \"http\" or \"log\"".into(),
-                    );
+                CdnConfig::Cloudfront {
+                    distribution_id,
+                    window,
+                    max_paths,
+                    max_wildcards,
+                    collapse_threshold,
+                    endpoint_url,
+                    timeout,
+                    ..
+                } => {
+                    let key = |k: &str| format!("cdn.{name}.{k}");
+                    if distribution_id.is_empty()
+                        || !distribution_id.chars().all(|c| c.is_ascii_alphanumeric())
+                    {
+                        return bad(
+                            &key("distribution_id"),
+                            format!(
+                                "`{distribution_id}` is not a CloudFront distribution id (letters and digits, e.g. E2EXAMPLE)"
+                            ),
+                        );
+                    }
+                    if *window > Duration::from_secs(300) {
+                        return bad(&key("window"), "must be at most 5m".into());
+                    }
+                    if !(1..=3000).contains(max_paths) {
+                        return bad(
+                            &key("max_paths"),
+                            "must be between 1 and 3000 (CloudFront allows 3,000 paths in progress per distribution)".into(),
+                        );
+                    }
+                    if !(1..=15).contains(max_wildcards) {
+                        return bad(
+                            &key("max_wildcards"),
+                            "must be between 1 and 15 (CloudFront allows 15 wildcard paths in progress per distribution)".into(),
+                        );
+                    }
+                    if *collapse_threshold == Some(0) {
+                        return bad(&key("collapse_threshold"), "must be at least 1".into());
+                    }
+                    if let Some(u) = endpoint_url {
+                        check_http_url(&key("endpoint_url"), u)?;
+                    }
+                    if timeout.is_zero() {
+                        return bad(&key("timeout"), "must be more than 0s".into());
+                    }
                 }
                 CdnConfig::Http {
                     urls,
@@ -528,7 +635,42 @@ impl Config {
                 CdnConfig::Log {} => {}
             }
         }
+        let n = &self.notify;
+        if let Some(arn) = &n.sns_topic_arn
+            && sns_region(arn).is_none()
+        {
+            return bad(
+                "notify.sns_topic_arn",
+                format!("`{arn}` is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)"),
+            );
+        }
+        if let Some(t) = &n.kafka_topic {
+            if t.trim().is_empty() {
+                return bad("notify.kafka_topic", "must not be empty".into());
+            }
+            if self.kafka.topics.contains(t) {
+                return bad(
+                    "notify.kafka_topic",
+                    "is also a source topic: notices would be consumed as events".into(),
+                );
+            }
+        }
+        if let Some(u) = &n.endpoint_url {
+            check_http_url("notify.endpoint_url", u)?;
+        }
+        if n.region.as_ref().is_some_and(|r| r.trim().is_empty()) {
+            return bad("notify.region", "must not be empty".into());
+        }
         Ok(())
+    }
+
+    /// True when a CloudFront target or an SNS topic needs the AWS configuration.
+    pub fn needs_aws(&self) -> bool {
+        self.notify.sns_topic_arn.is_some()
+            || self
+                .cdn
+                .values()
+                .any(|c| matches!(c, CdnConfig::Cloudfront { .. }))
     }
 
     /// The planning limits of this configuration.
@@ -538,6 +680,34 @@ impl Config {
             max_cascade_depth: self.limits.max_cascade_depth,
             safe: SafeValues::new(&self.limits.safe_value).expect("validated at load"),
         }
+    }
+}
+
+fn check_http_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    if reqwest::Url::parse(url)
+        .map(|u| !matches!(u.scheme(), "http" | "https"))
+        .unwrap_or(true)
+    {
+        return Err(ConfigError(format!(
+            "config key `{key}`: `{url}` is not an http:// or https:// URL"
+        )));
+    }
+    Ok(())
+}
+
+/// The region of an SNS topic ARN (`arn:PARTITION:sns:REGION:ACCOUNT:NAME`).
+pub fn sns_region(arn: &str) -> Option<&str> {
+    let parts: Vec<&str> = arn.split(':').collect();
+    match parts.as_slice() {
+        ["arn", partition, "sns", region, account, name]
+            if partition.starts_with("aws")
+                && !region.is_empty()
+                && !account.is_empty()
+                && !name.is_empty() =>
+        {
+            Some(region)
+        }
+        _ => None,
     }
 }
 
@@ -620,7 +790,7 @@ mod tests {
     }
 
     #[test]
-    fn spec_example_parses_without_the_cloudfront_target() {
+    fn spec_example_parses() {
         let c = Config::from_toml(
             r#"
 [redis]
@@ -641,10 +811,19 @@ window = "10m"
 max_event_bytes = 1048576
 max_fanout = 1000
 max_cascade_depth = 4
+[cdn.catalog-cdn]
+kind = "cloudfront"
+distribution_id = "E2EXAMPLE"
+window = "1s"
+max_paths = 3000
+collapse_threshold = 50
 [cdn.edge]
 kind = "http"
 urls = ["http://10.0.0.5:6081", "http://10.0.0.6:6081"]
 method = "PURGE"
+[notify]
+sns_topic_arn = "arn:aws:sns:us-east-1:123456789012:invalidations"
+kafka_topic = "invalidations"
 [sweeper]
 interval = "5m"
 [http]
@@ -655,6 +834,11 @@ listen = "127.0.0.1:9464"
         assert_eq!(c.dedupe.window, Some(Duration::from_secs(600)));
         assert_eq!(c.tags.mode, TagMode::Version);
         assert!(matches!(&c.cdn["edge"], CdnConfig::Http { urls, .. } if urls.len() == 2));
+        assert!(matches!(
+            &c.cdn["catalog-cdn"],
+            CdnConfig::Cloudfront { max_paths: 3000, max_wildcards: 15, collapse_threshold: Some(50), window, .. }
+                if *window == Duration::from_secs(1)
+        ));
     }
 
     #[test]
@@ -685,10 +869,65 @@ listen = "127.0.0.1:9464"
             .unwrap_err()
             .0;
         assert!(e.contains("lambda.max_redelete_wait"), "{e}");
-        let e = Config::from_toml("[cdn.x]\nkind = \"cloudfront\"\ndistribution_id = \"E1\"")
+        let cf = |extra: &str| {
+            Config::from_toml(&format!(
+                "[cdn.x]\nkind = \"cloudfront\"\ndistribution_id = \"E1\"\n{extra}"
+            ))
+        };
+        assert!(cf("").is_ok());
+        for (extra, key) in [
+            ("max_paths = 3001", "cdn.x.max_paths"),
+            ("max_paths = 0", "cdn.x.max_paths"),
+            ("max_wildcards = 16", "cdn.x.max_wildcards"),
+            ("collapse_threshold = 0", "cdn.x.collapse_threshold"),
+            ("window = \"10m\"", "cdn.x.window"),
+            // Parse errors inside a `kind`-tagged table name the table (serde buffers it).
+            (
+                "window = \"soon\"",
+                "config key `cdn.x`: `soon` is not a duration",
+            ),
+            ("endpoint_url = \"ftp://x\"", "cdn.x.endpoint_url"),
+            ("timeout = \"0s\"", "cdn.x.timeout"),
+            (
+                "retry_for = \"never\"",
+                "config key `cdn.x`: `never` is not a duration",
+            ),
+        ] {
+            let e = cf(extra).unwrap_err().0;
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        let e = Config::from_toml("[cdn.x]\nkind = \"cloudfront\"\ndistribution_id = \"E 1\"")
             .unwrap_err()
             .0;
-        assert!(e.contains("cdn.x.kind"), "{e}");
+        assert!(e.contains("cdn.x.distribution_id"), "{e}");
+        for (text, key) in [
+            ("sns_topic_arn = \"topic\"", "notify.sns_topic_arn"),
+            ("kafka_topic = \"catalog-events\"", "notify.kafka_topic"),
+            ("endpoint_url = \"nope\"", "notify.endpoint_url"),
+            ("retry_for = \"x\"", "notify.retry_for"),
+            ("topic = \"x\"", "topic"),
+        ] {
+            let e = Config::from_toml(&format!("[notify]\n{text}"))
+                .unwrap_err()
+                .0;
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn notify_region_comes_from_the_arn() {
+        assert_eq!(
+            sns_region("arn:aws:sns:eu-west-1:123456789012:invalidations"),
+            Some("eu-west-1")
+        );
+        assert_eq!(sns_region("arn:aws:sqs:eu-west-1:1:q"), None);
+        let c = Config::from_toml(
+            "[notify]\nsns_topic_arn = \"arn:aws:sns:us-east-1:123456789012:inv\"\nkafka_topic = \"invalidations\"",
+        )
+        .unwrap();
+        assert!(c.notify.enabled());
+        assert!(c.needs_aws());
+        assert!(!Config::from_toml("").unwrap().needs_aws());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The unit of work shared by every mode: records in, one outcome per record out.
 //!
-//! `decode → dedupe → plan (with set lookups) → coalesce → Redis → CDN → remember ids`.
+//! `decode → dedupe → plan (with set lookups) → coalesce → Redis → CDN → remember ids → notices`.
 //!
 //! Invariants:
 //! - every input ends in exactly one [`Outcome`]: applied, skipped, duplicate or dead-lettered;
@@ -8,7 +8,12 @@
 //! - an outage (Redis or CDN unreachable after retries) fails the whole unit with
 //!   [`EngineError::Unavailable`] and nothing in it is reported as done: the caller must not
 //!   acknowledge any of its records;
-//! - Redis is invalidated before the CDN, so a CDN refetch never finds a stale Redis copy.
+//! - Redis is invalidated before the CDN, so a CDN refetch never finds a stale Redis copy;
+//! - a unit resolves only when its CDN paths were accepted: on a CloudFront target that is when
+//!   the batch window holding them was sent and accepted, so several units in flight share one
+//!   `CreateInvalidation`;
+//! - completion notices (`[notify]`) go out after all that, for applied events only, and never
+//!   fail the unit (see [`crate::apply::notify`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -16,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
 
 use crate::apply::cdn::{CdnError, CdnTargets, PurgeReport};
+use crate::apply::notify::{self, Notice, NoticeReport, Notifier};
 use crate::apply::redis::{ApplyReport, Redis, RedisError};
 use crate::config::Config;
 use crate::event::{DecodeError, Event, Expanded, Record, decode_event, decode_value};
@@ -72,6 +78,7 @@ pub struct UnitResult {
     pub plan: Plan,
     pub redis: ApplyReport,
     pub cdn: PurgeReport,
+    pub notices: NoticeReport,
     /// Per-event plans, kept only when asked for (`--dry-run` output).
     pub event_plans: Vec<Option<EventPlan>>,
 }
@@ -90,6 +97,7 @@ pub struct Engine {
     pub rules: Arc<RuleSet>,
     pub redis: Redis,
     pub cdn: CdnTargets,
+    pub notify: Notifier,
     pub config: Config,
     /// Ids held by units in flight (dedupe between units applied at the same time, before either
     /// has remembered its ids in Redis).
@@ -112,14 +120,43 @@ impl Drop for Held<'_> {
 }
 
 impl Engine {
+    /// An engine without completion notices (see [`Engine::build`] for one made from the whole
+    /// configuration).
     pub fn new(rules: Arc<RuleSet>, redis: Redis, cdn: CdnTargets, config: Config) -> Engine {
         Engine {
             rules,
             redis,
             cdn,
+            notify: Notifier::disabled(),
             config,
             in_flight_ids: Mutex::default(),
         }
+    }
+
+    /// Builds the CDN targets and the notifier of `config` (loading the AWS configuration from
+    /// the standard chain when a CloudFront target or an SNS topic needs it) around `rules` and
+    /// `redis`. A configuration error names the key.
+    pub async fn build(config: Config, rules: RuleSet, redis: Redis) -> Result<Engine, String> {
+        let aws = if config.needs_aws() {
+            Some(crate::apply::aws::load().await)
+        } else {
+            None
+        };
+        Engine::build_with(config, rules, redis, aws.as_ref())
+    }
+
+    /// [`Engine::build`] with a given AWS configuration (emulators, tests).
+    pub fn build_with(
+        config: Config,
+        rules: RuleSet,
+        redis: Redis,
+        aws: Option<&aws_config::SdkConfig>,
+    ) -> Result<Engine, String> {
+        let cdn = CdnTargets::from_config(&config.cdn, aws)?;
+        let notify = Notifier::from_config(&config, aws)?;
+        let mut engine = Engine::new(Arc::new(rules), redis, cdn, config);
+        engine.notify = notify;
+        Ok(engine)
     }
 
     /// Processes one unit. With `dry_run`, Redis is only read (dedupe, set members), nothing is
@@ -217,6 +254,17 @@ impl Engine {
             }
             self.remember(&items, &events).await?;
             self.record_metrics(&items, &events, &result);
+            if self.notify.enabled() {
+                let at = notify::now_rfc3339();
+                let notices: Vec<Notice> = items
+                    .iter()
+                    .zip(&events)
+                    .zip(&plans)
+                    .filter(|((item, _), _)| item.outcome == Outcome::Applied)
+                    .filter_map(|((_, e), p)| Some(Notice::new(e.as_ref()?, p.as_ref()?, &at)))
+                    .collect();
+                result.notices = self.notify.publish(&notices).await;
+            }
         }
         if keep_plans {
             result.event_plans = plans;

@@ -8,7 +8,9 @@
 //!   → engine: dedupe                  ids seen within the window are not applied again
 //!   → rules::RuleSet::plan_event      Event → EventPlan (conditions, templates, cascades), pure
 //!   → plan::Plan                      all events of a unit coalesced into one set of actions
-//!   → apply (redis, cdn)              the only I/O on targets; transient errors retry with backoff
+//!   → apply (redis, cdn)              the only I/O on targets; transient errors retry with backoff;
+//!                                     CloudFront paths of every unit in flight share one batch window
+//!   → apply::notify                   invalidation.completed notices (SNS, Kafka), best effort
 //!   → ack                             only after the effect, or after the DLQ write
 //! ```
 //!

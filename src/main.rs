@@ -10,7 +10,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use invalidator::apply::cdn::CdnTargets;
 use invalidator::apply::redis::Redis;
 use invalidator::config::Config;
 use invalidator::engine::{self, Engine};
@@ -205,11 +204,12 @@ impl Exit {
 async fn build_engine(cli: &Cli) -> Result<Engine, Exit> {
     let config = load_config(cli)?;
     let rules = load_rules(cli, &config, None, true)?;
-    let cdn = CdnTargets::from_config(&config.cdn).map_err(|e| usage(anyhow::anyhow!(e)))?;
     let redis = Redis::connect(&config.redis, Some(config.redis.retry_for))
         .await
         .map_err(unavailable)?;
-    Ok(Engine::new(Arc::new(rules), redis, cdn, config))
+    Engine::build(config, rules, redis)
+        .await
+        .map_err(|e| usage(anyhow::anyhow!(e)))
 }
 
 /// How long one attempt of a unit retries Redis in `run` before the worker reports an outage (and
@@ -219,7 +219,6 @@ const WORKER_REDIS_RETRY: std::time::Duration = std::time::Duration::from_secs(2
 async fn cmd_run(cli: &Cli) -> Result<u8, Exit> {
     let config = load_config(cli)?;
     let rules = load_rules(cli, &config, None, true)?;
-    let cdn = CdnTargets::from_config(&config.cdn).map_err(|e| usage(anyhow::anyhow!(e)))?;
     let metrics = telemetry::install_prometheus().map_err(|e| usage(anyhow::anyhow!(e)))?;
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
@@ -279,7 +278,11 @@ async fn cmd_run(cli: &Cli) -> Result<u8, Exit> {
     };
     health.set_redis_ok(true);
     tracing::info!(redis = %redis.describe(), rules = rules.rules.len(), listen = %config.http.listen, "starting");
-    let engine = Arc::new(Engine::new(Arc::new(rules), redis, cdn, config));
+    let engine = Arc::new(
+        Engine::build(config, rules, redis)
+            .await
+            .map_err(|e| usage(anyhow::anyhow!(e)))?,
+    );
     // The Redis watch and the sweeper run beside the worker (on its task) and end with it.
     let report = tokio::select! {
         r = worker::run(engine.clone(), health.clone(), stopped()) => r.map_err(usage)?,

@@ -7,7 +7,8 @@
 //! input order. Dead-lettered records are written and synced to the DLQ
 //! file before they are counted. Pending `redelete_after`s are bounded and all run before exit.
 //! If Redis or a CDN stays unreachable, the replay stops and reports how many events were not applied
-//! (exit status 3); nothing is dead-lettered for an outage.
+//! (exit status 3); nothing is dead-lettered for an outage. A unit is counted only once its CDN paths
+//! were accepted (CloudFront: its batch window sent and accepted), so nothing is pending at exit.
 
 use std::fs::File;
 use std::io::{self, BufReader, IsTerminal, Write};
@@ -23,6 +24,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::mpsc;
 
+use crate::apply::cdn::CdnStats;
+use crate::apply::cdn::cloudfront::FREE_PATHS_PER_MONTH;
 use crate::apply::dlq::DlqFile;
 use crate::engine::{Engine, EngineError, Outcome, UnitResult};
 use crate::event::DlqRecord;
@@ -59,6 +62,11 @@ pub struct Summary {
     pub paths_purged: u64,
     pub paths_logged: u64,
     pub redeletes: u64,
+    /// What each CDN target did during the replay (CloudFront: requests, paths sent, cost).
+    pub cdn: Vec<(String, CdnStats)>,
+    /// Completion notices sent and dropped (`[notify]`).
+    pub notices_sent: u64,
+    pub notices_dropped: u64,
     /// Actions planned (for `--dry-run`).
     pub actions_planned: u64,
     pub seconds: f64,
@@ -111,6 +119,51 @@ impl Summary {
             }
             if self.redeletes > 0 {
                 writeln!(out, "redeletes:       {}", self.redeletes)?;
+            }
+            for (name, c) in &self.cdn {
+                match c.kind {
+                    "cloudfront" => {
+                        writeln!(
+                            out,
+                            "cloudfront {name}: {} CreateInvalidation, {} paths sent for {} requested",
+                            c.requests, c.paths_sent, c.paths_requested
+                        )?;
+                        if c.collapses > 0 {
+                            writeln!(
+                                out,
+                                "  collapsed:     {} paths into {} wildcards",
+                                c.paths_collapsed, c.collapses
+                            )?;
+                        }
+                        if c.throttles > 0 || c.failed_attempts > 0 {
+                            writeln!(
+                                out,
+                                "  retried:       {} throttled, {} failed attempts",
+                                c.throttles, c.failed_attempts
+                            )?;
+                        }
+                        writeln!(
+                            out,
+                            "  est. cost:     ${:.3} at $0.005/path (${:.3} if the month's {} free paths are unused)",
+                            c.estimated_cost_usd(),
+                            c.paths_sent.saturating_sub(FREE_PATHS_PER_MONTH) as f64 * 0.005,
+                            FREE_PATHS_PER_MONTH
+                        )?;
+                    }
+                    "http" if c.paths_requested > 0 => writeln!(
+                        out,
+                        "http {name}: {} paths purged with {} requests",
+                        c.paths_sent, c.requests
+                    )?,
+                    _ => {}
+                }
+            }
+            if self.notices_sent > 0 || self.notices_dropped > 0 {
+                writeln!(
+                    out,
+                    "notices:         {} sent, {} dropped",
+                    self.notices_sent, self.notices_dropped
+                )?;
             }
         }
         writeln!(
@@ -180,6 +233,7 @@ pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summ
         total_bytes,
     );
     let max_bytes = engine.config.limits.max_event_bytes;
+    let cdn_before = engine.cdn.stats();
 
     let (tx, mut rx) = mpsc::channel::<Batch>(2);
     let inputs = options.inputs.clone();
@@ -297,6 +351,13 @@ pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summ
         }
     }
     bar.finish_and_clear();
+    summary.cdn = engine
+        .cdn
+        .stats()
+        .into_iter()
+        .zip(&cdn_before)
+        .map(|((name, now), (_, before))| (name, now.since(before)))
+        .collect();
     summary.seconds = started.elapsed().as_secs_f64();
     summary.unavailable = outage.map(|e| e.to_string());
     if dlq.written() > 0 {
@@ -371,6 +432,8 @@ fn account(
     summary.tags_invalidated += unit.redis.tags_invalidated;
     summary.paths_purged += unit.cdn.purged;
     summary.paths_logged += unit.cdn.logged;
+    summary.notices_sent += unit.notices.sent;
+    summary.notices_dropped += unit.notices.dropped;
     summary.actions_planned += unit.plan.len() as u64;
     Ok(())
 }

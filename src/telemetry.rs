@@ -6,7 +6,25 @@ use std::time::Duration;
 pub const EVENTS_TOTAL: &str = "invalidator_events_total";
 pub const ACTIONS_TOTAL: &str = "invalidator_actions_total";
 pub const REDIS_KEYS_REMOVED_TOTAL: &str = "invalidator_redis_keys_removed_total";
+/// Paths requested by units of work (after coalescing within each unit), per target.
 pub const CDN_PATHS_TOTAL: &str = "invalidator_cdn_paths_total";
+/// Paths sent in accepted requests (CloudFront: after batching, dedupe, collapse; a wildcard is one).
+pub const CDN_PATHS_SENT_TOTAL: &str = "invalidator_cdn_paths_sent_total";
+/// Requests to a CDN by outcome: accepted, throttled, refused, failed, invalid (CloudFront bisects),
+/// rejected (HTTP: the path was refused).
+pub const CDN_REQUESTS_TOTAL: &str = "invalidator_cdn_requests_total";
+/// Throttled attempts by code (`Throttling`, `TooManyInvalidationsInProgress`, `429`, ...).
+pub const CDN_THROTTLES_TOTAL: &str = "invalidator_cdn_throttles_total";
+/// Sibling paths collapsed into a `parent/*` wildcard (collapses, and the paths they replaced).
+pub const CDN_WILDCARD_COLLAPSES_TOTAL: &str = "invalidator_cdn_wildcard_collapses_total";
+pub const CDN_PATHS_COLLAPSED_TOTAL: &str = "invalidator_cdn_paths_collapsed_total";
+/// CloudFront's charge for the paths sent, at list price ($0.005 a path), before the account's
+/// 1,000 free paths a month. A gauge that only grows (the `metrics` facade's counters are integers).
+pub const CDN_ESTIMATED_COST_USD: &str = "invalidator_cdn_estimated_cost_usd";
+/// Paths waiting on a CloudFront target (in a batch window or a request not yet accepted).
+pub const CDN_PENDING_PATHS: &str = "invalidator_cdn_pending_paths";
+/// `invalidation.completed` notices by sink (sns, kafka) and outcome (sent, dropped).
+pub const NOTICES_TOTAL: &str = "invalidator_notices_total";
 pub const DLQ_TOTAL: &str = "invalidator_dlq_total";
 pub const EVENT_AGE_SECONDS: &str = "invalidator_event_age_seconds";
 pub const CASCADES_ENDED_TOTAL: &str = "invalidator_cascades_ended_total";
@@ -58,6 +76,40 @@ pub fn keys_removed(n: u64) {
 
 pub fn cdn_paths(target: &str, n: u64) {
     metrics::counter!(CDN_PATHS_TOTAL, "target" => target.to_owned()).increment(n);
+}
+
+pub fn cdn_paths_sent(target: &str, n: u64) {
+    metrics::counter!(CDN_PATHS_SENT_TOTAL, "target" => target.to_owned()).increment(n);
+}
+
+pub fn cdn_request(target: &str, outcome: &'static str) {
+    metrics::counter!(CDN_REQUESTS_TOTAL, "target" => target.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+pub fn cdn_throttle(target: &str, code: &str) {
+    metrics::counter!(CDN_THROTTLES_TOTAL, "target" => target.to_owned(), "code" => code.to_owned())
+        .increment(1);
+}
+
+/// One collapse of `paths` siblings into a wildcard.
+pub fn cdn_collapse(target: &str, paths: u64) {
+    metrics::counter!(CDN_WILDCARD_COLLAPSES_TOTAL, "target" => target.to_owned()).increment(1);
+    metrics::counter!(CDN_PATHS_COLLAPSED_TOTAL, "target" => target.to_owned()).increment(paths);
+}
+
+pub fn cdn_cost(target: &str, usd: f64) {
+    metrics::gauge!(CDN_ESTIMATED_COST_USD, "target" => target.to_owned()).increment(usd);
+}
+
+pub fn cdn_pending(target: &str, n: u64) {
+    metrics::gauge!(CDN_PENDING_PATHS, "target" => target.to_owned()).set(n as f64);
+}
+
+pub fn notices(sink: &'static str, outcome: &'static str, n: u64) {
+    if n > 0 {
+        metrics::counter!(NOTICES_TOTAL, "sink" => sink, "outcome" => outcome).increment(n);
+    }
 }
 
 pub fn dead_lettered(reason: &str) {

@@ -11,8 +11,9 @@
 //!   resumes where it stopped;
 //! - bounded memory: at most `max_in_flight` units of `batch_size` events, one filling batch,
 //!   librdkafka's bounded prefetch, and at most `max_pending_redeletes` waiting redeletes;
-//! - shutdown (the `shutdown` future) stops fetching, finishes the in-flight units, runs the pending
-//!   redeletes and commits, within `shutdown_timeout`.
+//! - shutdown (the `shutdown` future) stops fetching, finishes the in-flight units (CloudFront
+//!   batches are sent at once, without waiting for their window), runs the pending redeletes and
+//!   commits, within `shutdown_timeout`; what is still unapplied then is logged and not committed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -158,6 +159,9 @@ pub async fn run(
     // Shutdown: stop fetching, finish what was taken in, run pending redeletes, commit.
     health.set_stopping();
     let deadline = tokio::time::Instant::now() + k.shutdown_timeout;
+    // No CDN batch window may hold the shutdown back: what waits is sent now, and so is every
+    // path the last units submit.
+    engine.cdn.drain().await;
     tracing::info!(
         in_flight = in_flight.len(),
         waiting = batch.len(),
@@ -179,6 +183,7 @@ pub async fn run(
             Err(_) => {
                 tracing::error!(
                     units = in_flight.len(),
+                    cdn_paths_pending = engine.cdn.pending(),
                     "shutdown deadline passed with units not applied; their offsets are not committed"
                 );
                 clean = false;

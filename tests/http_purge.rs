@@ -25,7 +25,7 @@ fn target(urls: Vec<String>, retry_for: Duration) -> CdnTargets {
             concurrency: 8,
         },
     );
-    CdnTargets::from_config(&config).unwrap()
+    CdnTargets::from_config(&config, None).unwrap()
 }
 
 fn purges(paths: &[(&str, Vec<u32>)]) -> IndexMap<String, IndexMap<String, Vec<u32>>> {
@@ -80,7 +80,7 @@ async fn purges_every_node_with_method_and_headers() {
 async fn a_refused_path_is_rejected_with_its_events_and_the_others_pass() {
     let s = MockServer::start().await;
     Mock::given(path("/forbidden"))
-        .respond_with(ResponseTemplate::new(403))
+        .respond_with(ResponseTemplate::new(400))
         .mount(&s)
         .await;
     Mock::given(path("/not-cached"))
@@ -105,7 +105,7 @@ async fn a_refused_path_is_rejected_with_its_events_and_the_others_pass() {
     assert_eq!(report.rejected[0].path, "/forbidden");
     assert_eq!(report.rejected[0].origins, vec![1, 2]);
     assert!(
-        report.rejected[0].error.contains("403"),
+        report.rejected[0].error.contains("400"),
         "{}",
         report.rejected[0].error
     );
@@ -141,4 +141,55 @@ async fn an_unreachable_node_is_an_outage_not_a_rejection() {
         matches!(err, CdnError::Unavailable { ref target, .. } if target == "edge"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_node_that_does_not_allow_purges_is_an_outage_not_a_rejection() {
+    // Varnish answers 405 when the client is not in its purge ACL: every path would fail the
+    // same way, so it is a configuration outage, not a reason to dead-letter the events.
+    let s = MockServer::start().await;
+    Mock::given(method("PURGE"))
+        .respond_with(ResponseTemplate::new(405))
+        .mount(&s)
+        .await;
+    let cdn = target(vec![s.uri()], Duration::from_millis(300));
+    let err = cdn
+        .purge(&purges(&[("/p", vec![0]), ("/q", vec![1])]))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("405"), "{err}");
+    assert!(
+        s.received_requests().await.unwrap().len() > 2,
+        "retried before giving up"
+    );
+    let stats = cdn.stats();
+    assert_eq!(stats[0].1.paths_sent, 0);
+    assert!(stats[0].1.failed_attempts > 2, "{:?}", stats[0].1);
+}
+
+#[tokio::test]
+async fn stats_count_requests_and_paths_per_target() {
+    let a = MockServer::start().await;
+    let b = MockServer::start().await;
+    for s in [&a, &b] {
+        Mock::given(method("PURGE"))
+            .respond_with(ResponseTemplate::new(200))
+            .mount(s)
+            .await;
+    }
+    let cdn = target(vec![a.uri(), b.uri()], Duration::from_secs(2));
+    cdn.purge(&purges(&[
+        ("/x", vec![0]),
+        ("/y", vec![1]),
+        ("/z", vec![2]),
+    ]))
+    .await
+    .unwrap();
+    let (name, s) = &cdn.stats()[0];
+    assert_eq!(name, "edge");
+    assert_eq!(s.kind, "http");
+    assert_eq!(s.paths_requested, 3);
+    assert_eq!(s.paths_sent, 3);
+    assert_eq!(s.requests, 6, "3 paths on 2 nodes");
+    assert_eq!(s.estimated_cost_usd(), 0.0);
 }

@@ -9,9 +9,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use invalidator::apply::cdn::CdnTargets;
 use invalidator::apply::redis::Redis;
-use invalidator::config::Config;
+use invalidator::config::{CdnConfig, Config};
 use invalidator::engine::Engine;
 use invalidator::rules::{CompileOptions, RuleSet};
 use lambda_runtime::LambdaEvent;
@@ -41,6 +40,20 @@ pub enum InitError {
     Redis(String),
 }
 
+/// An invocation is the batch: its CloudFront paths go out as soon as its unit is applied.
+/// Concurrent sandboxes cannot share a window, so waiting for one would only add billed time.
+fn no_cloudfront_window(config: &mut Config) {
+    for (name, cdn) in &mut config.cdn {
+        if let CdnConfig::Cloudfront { window, .. } = cdn
+            && !window.is_zero()
+        {
+            tracing::info!(target_name = %name, window = ?*window,
+                "CloudFront window not used in the Lambda: each invocation sends its own batch");
+            *window = Duration::ZERO;
+        }
+    }
+}
+
 /// Everything built once per sandbox.
 pub struct App {
     pub invalidate: Invalidate,
@@ -61,7 +74,8 @@ impl App {
     }
 
     /// Builds the app from a configuration and the dead-letter queue client (`None`: no DLQ).
-    pub async fn new(config: Config, dlq: Option<SqsDeadLetters>) -> Result<App, InitError> {
+    pub async fn new(mut config: Config, dlq: Option<SqsDeadLetters>) -> Result<App, InitError> {
+        no_cloudfront_window(&mut config);
         let options = CompileOptions {
             limits: config.rule_limits(),
             cdn_targets: Some(config.cdn.keys().cloned().collect()),
@@ -70,7 +84,6 @@ impl App {
             dir: config.rules.dir.display().to_string(),
             error: e.to_string(),
         })?;
-        let cdn = CdnTargets::from_config(&config.cdn).map_err(InitError::Cdn)?;
         let redis = Redis::connect(
             &config.redis,
             Some(config.redis.retry_for.min(INIT_REDIS_WAIT)),
@@ -91,7 +104,10 @@ impl App {
             );
         }
         let margin = config.lambda.deadline_margin;
-        let engine = Engine::new(Arc::new(rules), redis, cdn, config);
+        // CDN targets and completion notices, with the AWS configuration when they need it.
+        let engine = Engine::build(config, rules, redis)
+            .await
+            .map_err(InitError::Cdn)?;
         Ok(App {
             invalidate: Invalidate::new(Arc::new(engine)),
             dlq,
@@ -201,6 +217,21 @@ impl From<HandlerError> for lambda_runtime::Diagnostic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cloudfront_targets_send_at_once_in_the_lambda() {
+        let mut c = Config::from_toml(
+            "[cdn.cf]\nkind = \"cloudfront\"\ndistribution_id = \"E1\"\nwindow = \"2s\"\n\
+             [cdn.edge]\nkind = \"http\"\nurls = [\"http://127.0.0.1:1\"]\n",
+        )
+        .unwrap();
+        no_cloudfront_window(&mut c);
+        assert!(matches!(&c.cdn["cf"], CdnConfig::Cloudfront { window, .. } if window.is_zero()));
+        assert!(
+            matches!(&c.cdn["edge"], CdnConfig::Http { .. }),
+            "others untouched"
+        );
+    }
 
     #[test]
     fn deadline_from_epoch_or_relative_milliseconds() {

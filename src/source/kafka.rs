@@ -78,6 +78,21 @@ fn consumer_only(key: &str) -> bool {
         )
 }
 
+/// A producer with the worker's producer defaults, `overrides`, then the user's
+/// `[kafka.properties]` (those that make sense for a producer). Used by the DLQ topic and the
+/// completion notices.
+pub fn producer(
+    config: &KafkaConfig,
+    overrides: &[(&'static str, String)],
+) -> Result<FutureProducer, ClientError> {
+    let mut defaults = producer_defaults(config);
+    defaults.retain(|(k, _)| !overrides.iter().any(|(o, _)| o == k));
+    defaults.extend(overrides.iter().cloned());
+    client_config(defaults, &config.properties, |k| !consumer_only(k))
+        .create()
+        .map_err(|e| ClientError(e.to_string()))
+}
+
 /// Failures to build the Kafka clients (bad properties): a configuration error.
 #[derive(Debug, thiserror::Error)]
 #[error("config key `kafka.properties`: {0}")]

@@ -232,6 +232,17 @@ impl Worker {
     /// Starts `invalidator run -c CONFIG --rules RULES` in the world's directory, with `config`
     /// written to `{name}.toml`.
     pub fn start(world: &World, name: &str, config_text: &str, port: u16) -> Worker {
+        Worker::start_env(world, name, config_text, port, &[])
+    }
+
+    /// [`Worker::start`] with environment variables for the child.
+    pub fn start_env(
+        world: &World,
+        name: &str,
+        config_text: &str,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> Worker {
         let config = world.path(&format!("{name}.toml"));
         std::fs::write(&config, config_text).unwrap();
         let log = world.path(&format!("{name}.log"));
@@ -244,6 +255,7 @@ impl Worker {
             .arg("run")
             .env("RUST_LOG", "warn,invalidator=info")
             .env_remove("INVALIDATOR_TEST_REDIS_URL")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -6,13 +6,13 @@
 
 #![allow(dead_code)]
 
+pub mod aws;
 pub mod kafka;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use invalidator::apply::cdn::CdnTargets;
 use invalidator::apply::redis::Redis;
 use invalidator::config::Config;
 use invalidator::engine::Engine;
@@ -123,11 +123,12 @@ impl World {
         };
         let rules = RuleSet::load(&self.rules_dir(), &options)
             .unwrap_or_else(|e| panic!("rules must compile:\n{e}"));
-        let cdn = CdnTargets::from_config(&config.cdn).expect("cdn");
         let redis = Redis::connect(&config.redis, Some(config.redis.retry_for))
             .await
             .expect("connect");
-        Engine::new(Arc::new(rules), redis, cdn, config)
+        // AWS targets (CloudFront, SNS) point at moto with static test credentials.
+        let aws = invalidator::apply::aws::emulator("us-east-1");
+        Engine::build_with(config, rules, redis, Some(&aws)).expect("engine")
     }
 
     /// Replays `lines` through the library; the DLQ goes to `dlq.jsonl` in the temp dir.

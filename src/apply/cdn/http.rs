@@ -1,14 +1,25 @@
-//! HTTP purge: `PURGE` (or the configured method) of each path on every cache node, in parallel, with
-//! a timeout per request and retries with backoff for connection errors, timeouts, 5xx and 429.
+//! HTTP purge: `PURGE` (or the configured method, with the configured headers) of each path on
+//! every cache node, in parallel (at most `concurrency` requests at once), with a timeout per
+//! request and retries with exponential backoff and jitter for `retry_for`.
+//!
+//! How answers are read:
+//! - 2xx, and 404 (nothing cached under that path): accepted;
+//! - connection errors, timeouts, 5xx, 408, 429: retried; still failing after `retry_for`, the
+//!   node is unavailable (an outage for the whole unit);
+//! - 401, 403, 405, 407: the node does not let us purge at all (an ACL, a missing `PURGE`
+//!   handler, a token): a configuration outage, retried the same way, never blamed on the events;
+//! - any other 4xx (400, 414, ...): that path is refused; its events dead-letter (`cdn_rejected`).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use futures::stream::{self, StreamExt};
 use reqwest::{Client, Method, StatusCode};
 
-use super::CdnError;
+use super::{CdnError, CdnStats};
+use crate::telemetry;
 
 pub struct HttpPurger {
     name: String,
@@ -17,6 +28,17 @@ pub struct HttpPurger {
     method: Method,
     retry_for: Duration,
     concurrency: usize,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    paths_requested: AtomicU64,
+    paths_sent: AtomicU64,
+    requests: AtomicU64,
+    throttles: AtomicU64,
+    failed_attempts: AtomicU64,
+    rejected: AtomicU64,
 }
 
 /// One request's failure.
@@ -62,7 +84,23 @@ impl HttpPurger {
                 .map_err(|e| format!("cdn.{name}.method: {e}"))?,
             retry_for,
             concurrency,
+            counters: Counters::default(),
         })
+    }
+
+    pub fn stats(&self) -> CdnStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CdnStats {
+            kind: "http",
+            paths_requested: get(&c.paths_requested),
+            paths_sent: get(&c.paths_sent),
+            requests: get(&c.requests),
+            throttles: get(&c.throttles),
+            failed_attempts: get(&c.failed_attempts),
+            rejected: get(&c.rejected),
+            ..CdnStats::default()
+        }
     }
 
     /// Purges `paths` on every node. Per path: `Ok` when every node accepted it, `Err` with the
@@ -82,6 +120,9 @@ impl HttpPurger {
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
+        self.counters
+            .paths_requested
+            .fetch_add(paths.len() as u64, Ordering::Relaxed);
         let mut out: Vec<Result<(), String>> = vec![Ok(()); paths.len()];
         for (i, r) in results {
             match r {
@@ -95,6 +136,13 @@ impl HttpPurger {
                 }
             }
         }
+        let sent = out.iter().filter(|r| r.is_ok()).count() as u64;
+        let rejected = out.len() as u64 - sent;
+        self.counters.paths_sent.fetch_add(sent, Ordering::Relaxed);
+        self.counters
+            .rejected
+            .fetch_add(rejected, Ordering::Relaxed);
+        telemetry::cdn_paths_sent(&self.name, sent);
         Ok(out)
     }
 
@@ -118,28 +166,90 @@ impl HttpPurger {
     }
 
     async fn send(&self, url: &str) -> Result<(), Failure> {
-        let response = self
-            .client
-            .request(self.method.clone(), url)
-            .send()
-            .await
-            .map_err(|e| Failure::Transient(format!("{} {url}: {e}", self.method)))?;
-        let status = response.status();
-        if status.is_success() || status == StatusCode::NOT_FOUND {
-            Ok(())
-        } else if status.is_server_error()
-            || status == StatusCode::TOO_MANY_REQUESTS
-            || status == StatusCode::REQUEST_TIMEOUT
-        {
-            Err(Failure::Transient(format!(
-                "{} {url}: HTTP {status}",
-                self.method
-            )))
-        } else {
-            Err(Failure::Rejected(format!(
-                "{} {url}: HTTP {status}",
-                self.method
-            )))
+        let result = self.client.request(self.method.clone(), url).send().await;
+        let status = match result {
+            Ok(r) => r.status(),
+            Err(e) => {
+                self.count("failed");
+                return Err(Failure::Transient(format!("{} {url}: {e}", self.method)));
+            }
+        };
+        let message = || format!("{} {url}: HTTP {status}", self.method);
+        match classify(status) {
+            Class::Accepted => {
+                self.count("accepted");
+                Ok(())
+            }
+            Class::Throttled => {
+                self.count("throttled");
+                self.counters.throttles.fetch_add(1, Ordering::Relaxed);
+                telemetry::cdn_throttle(&self.name, status.as_str());
+                Err(Failure::Transient(message()))
+            }
+            Class::Transient => {
+                self.count("failed");
+                Err(Failure::Transient(message()))
+            }
+            Class::NotAllowed => {
+                self.count("refused");
+                Err(Failure::Transient(format!(
+                    "{}: the node does not allow this purge (check `method`, `headers` and its ACL)",
+                    message()
+                )))
+            }
+            Class::Rejected => {
+                self.count("rejected");
+                Err(Failure::Rejected(message()))
+            }
         }
+    }
+
+    fn count(&self, outcome: &'static str) {
+        telemetry::cdn_request(&self.name, outcome);
+        let c = match outcome {
+            "accepted" => &self.counters.requests,
+            "rejected" | "throttled" => return,
+            _ => &self.counters.failed_attempts,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Class {
+    Accepted,
+    Throttled,
+    Transient,
+    NotAllowed,
+    Rejected,
+}
+
+fn classify(status: StatusCode) -> Class {
+    match status.as_u16() {
+        200..=299 | 404 => Class::Accepted,
+        429 => Class::Throttled,
+        408 | 500..=599 => Class::Transient,
+        401 | 403 | 405 | 407 => Class::NotAllowed,
+        _ => Class::Rejected,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        let c = |n: u16| classify(StatusCode::from_u16(n).unwrap());
+        assert_eq!(c(200), Class::Accepted);
+        assert_eq!(c(204), Class::Accepted);
+        assert_eq!(c(404), Class::Accepted);
+        assert_eq!(c(429), Class::Throttled);
+        assert_eq!(c(503), Class::Transient);
+        assert_eq!(c(408), Class::Transient);
+        assert_eq!(c(405), Class::NotAllowed);
+        assert_eq!(c(403), Class::NotAllowed);
+        assert_eq!(c(400), Class::Rejected);
+        assert_eq!(c(414), Class::Rejected);
     }
 }

@@ -1,13 +1,18 @@
-//! CDN purges, per configured target (`[cdn.NAME]`).
+//! CDN purges, per configured target (`[cdn.NAME]`): CloudFront ([`cloudfront`]), HTTP `PURGE`
+//! ([`http`]), or `log`.
 //!
-//! A path is acknowledged only when every node of its target accepted it. A target that rejects a
-//! path (a 4xx other than 404/429) makes that path's events dead-letter with `cdn_rejected`; a target
-//! that cannot be reached is an outage ([`CdnError::Unavailable`]), never a per-event error.
+//! A path is acknowledged only when its target accepted it (every node of an HTTP target; an
+//! accepted `CreateInvalidation` for CloudFront). A target that rejects a path makes that path's
+//! events dead-letter with `cdn_rejected`; a target that cannot be reached is an outage
+//! ([`CdnError::Unavailable`]), never a per-event error. Targets are purged concurrently.
 
+pub mod cloudfront;
 pub mod http;
 
 use std::collections::{BTreeMap, HashMap};
 
+use aws_config::SdkConfig;
+use futures::future::try_join_all;
 use indexmap::IndexMap;
 
 use crate::config::CdnConfig;
@@ -39,7 +44,60 @@ pub struct Rejected {
     pub origins: Vec<Origin>,
 }
 
+/// What one target did since start (for summaries; the same figures go to the metrics).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct CdnStats {
+    pub kind: &'static str,
+    /// Paths submitted by units of work (after coalescing within each unit).
+    pub paths_requested: u64,
+    /// Paths sent in accepted requests (CloudFront: after batching, dedupe and collapse; a
+    /// wildcard counts as one).
+    pub paths_sent: u64,
+    /// Accepted requests (CloudFront: `CreateInvalidation` calls; HTTP: node requests).
+    pub requests: u64,
+    /// Attempts refused for throttling (CloudFront: also `TooManyInvalidationsInProgress`).
+    pub throttles: u64,
+    /// Other failed attempts (retried).
+    pub failed_attempts: u64,
+    /// Wildcards made by collapsing siblings, and the paths they replaced.
+    pub collapses: u64,
+    pub paths_collapsed: u64,
+    /// Paths refused (their events dead-lettered).
+    pub rejected: u64,
+    /// Paths waiting (in a window or a request not yet accepted) when the figures were taken.
+    pub pending: u64,
+}
+
+impl CdnStats {
+    /// CloudFront's charge for the paths sent, at list price ($0.005 a path), before the
+    /// account's 1,000 free paths a month (which this process cannot know about).
+    pub fn estimated_cost_usd(&self) -> f64 {
+        if self.kind == "cloudfront" {
+            self.paths_sent as f64 * cloudfront::PRICE_PER_PATH_USD
+        } else {
+            0.0
+        }
+    }
+
+    /// The difference since `before` (the counters only grow; `pending` is taken as is).
+    pub fn since(&self, before: &CdnStats) -> CdnStats {
+        CdnStats {
+            kind: self.kind,
+            paths_requested: self.paths_requested - before.paths_requested,
+            paths_sent: self.paths_sent - before.paths_sent,
+            requests: self.requests - before.requests,
+            throttles: self.throttles - before.throttles,
+            failed_attempts: self.failed_attempts - before.failed_attempts,
+            collapses: self.collapses - before.collapses,
+            paths_collapsed: self.paths_collapsed - before.paths_collapsed,
+            rejected: self.rejected - before.rejected,
+            pending: self.pending,
+        }
+    }
+}
+
 enum Target {
+    CloudFront(cloudfront::CloudFront),
     Http(http::HttpPurger),
     Log,
 }
@@ -51,8 +109,13 @@ pub struct CdnTargets {
 }
 
 impl CdnTargets {
-    /// Builds the clients once. Config validation has already refused unsupported kinds.
-    pub fn from_config(config: &BTreeMap<String, CdnConfig>) -> Result<CdnTargets, String> {
+    /// Builds the clients once and starts the CloudFront batchers (so it needs a tokio runtime
+    /// when a CloudFront target is configured). `aws` is the AWS configuration (the standard
+    /// chain: [`crate::apply::aws::load`]); it is needed only by CloudFront targets.
+    pub fn from_config(
+        config: &BTreeMap<String, CdnConfig>,
+        aws: Option<&SdkConfig>,
+    ) -> Result<CdnTargets, String> {
         let mut targets = HashMap::new();
         for (name, c) in config {
             let t = match c {
@@ -73,10 +136,37 @@ impl CdnTargets {
                     *concurrency,
                 )?),
                 CdnConfig::Log {} => Target::Log,
-                CdnConfig::Cloudfront { .. } => {
-                    return Err(format!(
-                        "cdn.{name}: cloudfront targets are not available in this build"
-                    ));
+                CdnConfig::Cloudfront {
+                    distribution_id,
+                    window,
+                    max_paths,
+                    max_wildcards,
+                    collapse_threshold,
+                    endpoint_url,
+                    timeout,
+                    retry_for,
+                } => {
+                    let Some(aws) = aws else {
+                        return Err(format!(
+                            "cdn.{name}: CloudFront targets need the AWS configuration"
+                        ));
+                    };
+                    Target::CloudFront(cloudfront::CloudFront::start(
+                        cloudfront::Settings {
+                            name: name.clone(),
+                            distribution_id: distribution_id.clone(),
+                            window: *window,
+                            limits: cloudfront::batch::Limits {
+                                max_paths: *max_paths,
+                                max_wildcards: *max_wildcards,
+                                collapse_threshold: *collapse_threshold,
+                            },
+                            endpoint_url: endpoint_url.clone(),
+                            timeout: *timeout,
+                            retry_for: *retry_for,
+                        },
+                        aws,
+                    ))
                 }
             };
             targets.insert(name.clone(), t);
@@ -91,43 +181,98 @@ impl CdnTargets {
         v
     }
 
-    /// Purges every path of `purges` (target → path → events).
+    /// Purges every path of `purges` (target → path → events), every target concurrently.
     pub async fn purge(
         &self,
         purges: &IndexMap<String, IndexMap<String, Vec<Origin>>>,
     ) -> Result<PurgeReport, CdnError> {
+        let parts = try_join_all(
+            purges
+                .iter()
+                .map(|(name, paths)| self.purge_target(name, paths)),
+        )
+        .await?;
         let mut report = PurgeReport::default();
-        for (name, paths) in purges {
-            match self.targets.get(name) {
-                Some(Target::Http(h)) => {
-                    let outcome = h.purge(paths.keys().map(String::as_str)).await?;
-                    for (path, result) in paths.iter().zip(outcome) {
-                        match result {
-                            Ok(()) => report.purged += 1,
-                            Err(error) => report.rejected.push(Rejected {
-                                target: name.clone(),
-                                path: path.0.clone(),
-                                error,
-                                origins: path.1.clone(),
-                            }),
-                        }
-                    }
+        for p in parts {
+            report.purged += p.purged;
+            report.logged += p.logged;
+            report.rejected.extend(p.rejected);
+        }
+        Ok(report)
+    }
+
+    async fn purge_target(
+        &self,
+        name: &str,
+        paths: &IndexMap<String, Vec<Origin>>,
+    ) -> Result<PurgeReport, CdnError> {
+        let mut report = PurgeReport::default();
+        let outcome = match self.targets.get(name) {
+            Some(Target::Http(h)) => h.purge(paths.keys().map(String::as_str)).await?,
+            Some(Target::CloudFront(c)) => c.purge(paths.keys().cloned().collect()).await?,
+            Some(Target::Log) => {
+                for path in paths.keys() {
+                    tracing::debug!(target_name = %name, %path, "purge planned (log target: nothing sent)");
                 }
-                Some(Target::Log) => {
-                    for path in paths.keys() {
-                        tracing::debug!(target_name = %name, %path, "purge planned (log target: nothing sent)");
-                    }
-                    report.logged += paths.len() as u64;
-                }
-                None => {
-                    // Rules are compiled against the configured targets, so this is a bug, not input.
-                    return Err(CdnError::Unavailable {
-                        target: name.clone(),
-                        message: "not configured".into(),
-                    });
-                }
+                report.logged += paths.len() as u64;
+                return Ok(report);
+            }
+            None => {
+                // Rules are compiled against the configured targets, so this is a bug, not input.
+                return Err(CdnError::Unavailable {
+                    target: name.to_owned(),
+                    message: "not configured".into(),
+                });
+            }
+        };
+        for (path, result) in paths.iter().zip(outcome) {
+            match result {
+                Ok(()) => report.purged += 1,
+                Err(error) => report.rejected.push(Rejected {
+                    target: name.to_owned(),
+                    path: path.0.clone(),
+                    error,
+                    origins: path.1.clone(),
+                }),
             }
         }
         Ok(report)
+    }
+
+    /// Shutdown: sends every path still waiting for its batch window now, and every path
+    /// submitted later at once (windows are over for good). The units waiting on them resolve when CloudFront answers, so a window
+    /// never holds a shutdown back.
+    pub async fn drain(&self) {
+        for t in self.targets.values() {
+            if let Target::CloudFront(c) = t {
+                c.drain().await;
+            }
+        }
+    }
+
+    /// Each target's figures since start, by name.
+    pub fn stats(&self) -> Vec<(String, CdnStats)> {
+        let mut v: Vec<(String, CdnStats)> = self
+            .targets
+            .iter()
+            .map(|(name, t)| {
+                let s = match t {
+                    Target::CloudFront(c) => c.stats(),
+                    Target::Http(h) => h.stats(),
+                    Target::Log => CdnStats {
+                        kind: "log",
+                        ..CdnStats::default()
+                    },
+                };
+                (name.clone(), s)
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Paths waiting on CloudFront targets (in a window or a request not accepted yet).
+    pub fn pending(&self) -> u64 {
+        self.stats().iter().map(|(_, s)| s.pending).sum()
     }
 }
