@@ -107,7 +107,9 @@ pub struct KafkaConfig {
     /// (0: go at once; a backlog fills units to `batch_size` anyway).
     #[serde(deserialize_with = "duration")]
     pub batch_wait: Duration,
-    /// Units of work applied concurrently (a CDN batch window can hold one for a while).
+    /// Units of work in flight, each on its own task. A unit keeps its place until its CDN batch
+    /// is accepted (up to a CloudFront `window`), so with CloudFront the worker applies at most
+    /// `max_in_flight × batch_size` events per window.
     pub max_in_flight: usize,
     /// On SIGTERM/SIGINT: how long in-flight units, pending redeletes and the final commit may take.
     #[serde(deserialize_with = "duration")]
@@ -126,7 +128,7 @@ impl Default for KafkaConfig {
             properties: BTreeMap::new(),
             batch_size: 500,
             batch_wait: Duration::ZERO,
-            max_in_flight: 4,
+            max_in_flight: 32,
             shutdown_timeout: Duration::from_secs(30),
             max_pending_redeletes: 100_000,
         }
