@@ -223,6 +223,28 @@ impl Worker {
         Some((status, text.split_once("\r\n\r\n")?.1.to_owned()))
     }
 
+    /// Upper bounds of the buckets of `invalidator_unit_seconds` (intake of a unit to done)
+    /// holding the 50th and 99th percentiles, and the number of units.
+    fn unit_seconds(&self) -> Option<(f64, f64, f64)> {
+        let (_, body) = self.get("/metrics")?;
+        let buckets: Vec<(f64, f64)> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("invalidator_unit_seconds_bucket{le=\""))
+            .filter_map(|l| {
+                let (le, n) = l.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, n.trim().parse().ok()?))
+            })
+            .collect();
+        let total = buckets.last()?.1;
+        let at = |q: f64| buckets.iter().find(|(_, n)| *n >= q * total).map(|b| b.0);
+        Some((at(0.5)?, at(0.99)?, total))
+    }
+
     fn events_done(&self) -> f64 {
         self.get("/metrics")
             .map(|(_, body)| {
@@ -481,6 +503,14 @@ fn latency_bench(
     );
     listener.join().unwrap();
     if let Some(w) = worker {
+        if let Some((p50, p99, units)) = w.unit_seconds() {
+            println!(
+                "the worker's own share (invalidator_unit_seconds, unit intake to done, {units} units): \
+                 p50 ≤ {:.0} ms, p99 ≤ {:.0} ms (histogram bucket bounds)",
+                p50 * 1000.0,
+                p99 * 1000.0
+            );
+        }
         w.stop();
         let _ = redis_cli(&[
             "CONFIG",

@@ -12,6 +12,8 @@
 //! - a unit resolves only when its CDN paths were accepted: on a CloudFront target that is when
 //!   the batch window holding them was sent and accepted, so several units in flight share one
 //!   `CreateInvalidation`;
+//! - memory: at most 2 × cores units are decoded, planned and applied to Redis at once (others
+//!   wait with their raw records only); a unit gives its slot back before it waits on the CDN;
 //! - completion notices (`[notify]`) go out after all that, for applied events only, and never
 //!   fail the unit (see [`crate::apply::notify`]).
 
@@ -102,6 +104,15 @@ pub struct Engine {
     /// Ids held by units in flight (dedupe between units applied at the same time, before either
     /// has remembered its ids in Redis).
     in_flight_ids: Mutex<HashSet<String>>,
+    /// Units being decoded, planned and applied to Redis at once. A unit gives its slot back
+    /// before it waits for its CDN batch, so many units can wait for a CloudFront window while
+    /// only a few hold decoded events and plans in memory.
+    slots: tokio::sync::Semaphore,
+}
+
+/// Slots of [`Engine::slots`]: enough to keep every core busy while others wait on Redis.
+fn apply_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
 }
 
 /// The ids a unit holds in [`Engine::in_flight_ids`]; released when the unit ends, however it ends.
@@ -130,6 +141,7 @@ impl Engine {
             notify: Notifier::disabled(),
             config,
             in_flight_ids: Mutex::default(),
+            slots: tokio::sync::Semaphore::new(apply_slots()),
         }
     }
 
@@ -167,6 +179,11 @@ impl Engine {
         dry_run: bool,
         keep_plans: bool,
     ) -> Result<UnitResult, EngineError> {
+        let slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the slots are never closed");
         let max = self.config.limits.max_event_bytes;
         let mut items = Vec::with_capacity(inputs.len());
         let mut events: Vec<Option<Event>> = Vec::with_capacity(inputs.len());
@@ -243,6 +260,7 @@ impl Engine {
                         Outcome::dead("redis_wrongtype", format!("tag `{tag}`: {error}"));
                 }
             }
+            drop(slot);
             result.cdn = self.cdn.purge(&result.plan.purges).await?;
             for r in &result.cdn.rejected {
                 for &o in &r.origins {
