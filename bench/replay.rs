@@ -367,8 +367,10 @@ fn run_replay(
 }
 
 /// `redis-benchmark -P 64 -n 2000000 -r 1000000 -q --dbnum 8 <CMD> key:__rand_int__`, after
-/// prefilling key:000000000000 .. key:000000999999. Returns requests/s.
-fn redis_benchmark(cmd: &str) -> f64 {
+/// prefilling key:000000000000 .. key:000000999999. Returns requests/s, and the keys it really
+/// removed per second: 2,000,000 random picks among 1,000,000 keys find most keys already gone, so
+/// only about 86% of the keyspace is removed, by 43% of the requests.
+fn redis_benchmark(cmd: &str) -> (f64, f64) {
     redis_cli(&["FLUSHDB"]);
     pipe(|w| {
         let mut w = BufWriter::new(w);
@@ -405,6 +407,7 @@ fn redis_benchmark(cmd: &str) -> f64 {
         .unwrap_or_else(|| panic!("no rate in redis-benchmark output: {text}"))
         .to_string();
     println!("  {}", line.trim());
+    let left: f64 = redis_cli(&["DBSIZE"]).parse().unwrap_or(0.0);
     let words: Vec<&str> = line.split_whitespace().collect();
     let rate = words
         .iter()
@@ -413,7 +416,12 @@ fn redis_benchmark(cmd: &str) -> f64 {
         .and_then(|i| words[i].parse().ok())
         .unwrap_or(0.0);
     redis_cli(&["FLUSHDB"]);
-    rate
+    let removed_per_s = (1_000_000.0 - left) / (2_000_000.0 / rate);
+    println!(
+        "  keys removed: {:.0} of 1,000,000, i.e. {removed_per_s:.0} removed/s",
+        1_000_000.0 - left
+    );
+    (rate, removed_per_s)
 }
 
 fn main() {
@@ -530,8 +538,8 @@ fn main() {
     redis_cli(&["FLUSHDB"]);
 
     println!("\nphysical limit (redis-benchmark, DB {DB}, 1,000,000 keys prefilled):");
-    let unlink = redis_benchmark("UNLINK");
-    let del = redis_benchmark("DEL");
+    let (unlink, unlink_removed) = redis_benchmark("UNLINK");
+    let (del, _) = redis_benchmark("DEL");
 
     println!();
     println!(
@@ -582,16 +590,29 @@ fn main() {
     for l in &cpu_lines {
         println!("{l}");
     }
-    println!("redis-benchmark UNLINK: {unlink:.0} requests/s; DEL: {del:.0} requests/s");
+    println!(
+        "redis-benchmark UNLINK: {unlink:.0} requests/s ({unlink_removed:.0} keys really removed/s); \
+         DEL: {del:.0} requests/s"
+    );
     println!();
     for r in runs.iter().filter(|r| r.keys_removed.is_some()) {
         let kps = r.keys_removed.unwrap() as f64 / r.wall;
         println!(
-            "target [{}] keys/s >= 0.5 x UNLINK ({:.0}): {:.0} -> {}",
+            "target [{}] keys/s >= 0.5 x UNLINK requests/s ({:.0}): {:.0} -> {}",
             r.label,
             0.5 * unlink,
             kps,
             if kps >= 0.5 * unlink { "MET" } else { "MISSED" }
+        );
+        println!(
+            "  like for like, keys removed/s >= 0.5 x redis-benchmark's keys removed/s ({:.0}): {:.2}x -> {}",
+            0.5 * unlink_removed,
+            kps / unlink_removed,
+            if kps >= 0.5 * unlink_removed {
+                "MET"
+            } else {
+                "MISSED"
+            }
         );
     }
     for r in &runs {
