@@ -472,6 +472,11 @@ fn decode_outcome(e: &DecodeError) -> Outcome {
     }
 }
 
+/// The result of a task of the modes (a unit, a redelete); a panic in it is a bug, raised here.
+pub(crate) fn joined<T>(r: Result<T, tokio::task::JoinError>) -> T {
+    r.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
 /// Plans a single event without touching anything (`explain`).
 pub fn explain(
     rules: &RuleSet,

@@ -27,9 +27,10 @@ use tokio::sync::mpsc;
 use crate::apply::cdn::CdnStats;
 use crate::apply::cdn::cloudfront::FREE_PATHS_PER_MONTH;
 use crate::apply::dlq::DlqFile;
-use crate::engine::{Engine, EngineError, Outcome, UnitResult};
+use crate::apply::redis::ApplyReport;
+use crate::engine::{Engine, EngineError, Outcome, UnitResult, joined};
 use crate::event::DlqRecord;
-use crate::plan::Redeletes;
+use crate::plan::{Redelete, Redeletes};
 use crate::source::files::{Input, InputReader, expand_all};
 
 /// What to replay and how.
@@ -253,12 +254,20 @@ pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summ
     let mut read_error = None;
     // Events let through so far, for `--rate`.
     let mut paced = 0u64;
+    // The due `redelete_after`s run on their own task, one batch at a time, beside the units.
+    let mut redeleting: Option<Redeleting> = None;
 
     while reading || !in_flight.is_empty() {
+        if redeleting.is_none() && outage.is_none() && !options.dry_run {
+            redeleting = redeletes
+                .take_due(Instant::now())
+                .map(|due| spawn_redelete(&engine, due));
+        }
+        let next_redelete = redeletes.next_due().filter(|_| redeleting.is_none());
         tokio::select! {
             biased;
             Some(done) = in_flight.next() => {
-                let (n, result) = done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                let (n, result) = joined(done);
                 summary.events += n;
                 match result {
                     Ok(unit) => {
@@ -279,7 +288,17 @@ pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summ
                     summary.events, summary.keys_removed
                 ));
             }
-            batch = rx.recv(), if reading && in_flight.len() < max_in_flight => {
+            Some(done) = finished(&mut redeleting) => {
+                redeleting = None;
+                if let Err(e) = done.account(&mut summary) {
+                    outage.get_or_insert(e);
+                }
+            }
+            () = tokio::time::sleep_until(next_redelete.unwrap_or_else(Instant::now).into()),
+                if next_redelete.is_some() => {}
+            // Intake waits while more than `max_pending_redeletes` keys and tags wait.
+            batch = rx.recv(),
+                if reading && in_flight.len() < max_in_flight && redeletes.pending <= max_pending => {
                 let batch = match batch {
                     Some(Ok(batch)) => batch,
                     Some(Err(e)) => {
@@ -298,13 +317,6 @@ pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summ
                     let n = expand_all(batch, max_bytes).len() as u64;
                     summary.events += n;
                     summary.not_applied += n;
-                    continue;
-                }
-                if let Err(e) = run_redeletes(&engine, &mut redeletes, max_pending, &mut summary).await {
-                    let n = expand_all(batch, max_bytes).len() as u64;
-                    summary.events += n;
-                    summary.not_applied += n;
-                    outage = Some(e);
                     continue;
                 }
                 // JSON lines are parsed on the unit's task, beside the reading; a paced replay
@@ -340,14 +352,23 @@ pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summ
         return Err(e);
     }
 
-    if outage.is_none() {
-        // Every pending redelete runs before exit.
-        while let Some(at) = redeletes.next_due() {
-            tokio::time::sleep_until(at.into()).await;
-            if let Err(e) = run_redeletes(&engine, &mut redeletes, 0, &mut summary).await {
-                outage = Some(e);
-                break;
-            }
+    // Every pending redelete runs before exit.
+    if let Some(Err(e)) = finished_now(redeleting.take())
+        .await
+        .map(|d| d.account(&mut summary))
+    {
+        outage.get_or_insert(e);
+    }
+    while outage.is_none()
+        && let Some(at) = redeletes.next_due()
+    {
+        tokio::time::sleep_until(at.into()).await;
+        if let Some(due) = redeletes.take_due(Instant::now())
+            && let Some(Err(e)) = finished_now(Some(spawn_redelete(&engine, due)))
+                .await
+                .map(|d| d.account(&mut summary))
+        {
+            outage = Some(e);
         }
     }
     bar.finish_and_clear();
@@ -366,29 +387,45 @@ pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summ
     Ok(summary)
 }
 
-/// Runs the due redeletes; with more than `max_pending` waiting, waits for the earliest first.
-async fn run_redeletes(
-    engine: &Engine,
-    r: &mut Redeletes,
-    max_pending: usize,
-    summary: &mut Summary,
-) -> Result<(), EngineError> {
-    loop {
-        if r.pending > max_pending
-            && let Some(at) = r.next_due()
-        {
-            tokio::time::sleep_until(at.into()).await;
-        }
-        let Some(due) = r.take_due(Instant::now()) else {
-            return Ok(());
-        };
-        let report = engine.redelete(&due).await?;
-        summary.redeletes += due.len() as u64;
+/// A batch of due redeletes, running on its own task.
+type Redeleting = tokio::task::JoinHandle<RedeleteDone>;
+
+/// What a batch of redeletes did.
+struct RedeleteDone {
+    len: usize,
+    result: Result<ApplyReport, EngineError>,
+}
+
+impl RedeleteDone {
+    fn account(self, summary: &mut Summary) -> Result<(), EngineError> {
+        let report = self.result?;
+        summary.redeletes += self.len as u64;
         summary.keys_removed += report.keys_removed;
-        if r.pending <= max_pending {
-            return Ok(());
-        }
+        Ok(())
     }
+}
+
+fn spawn_redelete(engine: &Arc<Engine>, due: Redelete) -> Redeleting {
+    let engine = engine.clone();
+    tokio::spawn(async move {
+        RedeleteDone {
+            len: due.len(),
+            result: engine.redelete(&due).await,
+        }
+    })
+}
+
+/// The result of the redelete task, when there is one (pending forever otherwise).
+async fn finished(task: &mut Option<Redeleting>) -> Option<RedeleteDone> {
+    match task {
+        Some(t) => Some(joined(t.await)),
+        None => std::future::pending().await,
+    }
+}
+
+/// The result of `task`, if any.
+async fn finished_now(task: Option<Redeleting>) -> Option<RedeleteDone> {
+    Some(joined(task?.await))
 }
 
 /// Counts one unit's outcomes and writes its dead letters durably.

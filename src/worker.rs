@@ -29,7 +29,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::Level;
 
-use crate::engine::{Engine, EngineError, Outcome};
+use crate::engine::{Engine, EngineError, Outcome, joined};
 use crate::health::Health;
 use crate::plan::{Plan, Redeletes};
 use crate::source::kafka::{
@@ -312,11 +312,6 @@ fn spawn_unit(
         health.clone(),
         unit,
     ))
-}
-
-/// A unit's result; a panic in it is a bug, raised here.
-fn joined(r: Result<Done, tokio::task::JoinError>) -> Done {
-    r.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 fn retry_backoff() -> impl Iterator<Item = Duration> {
