@@ -422,6 +422,92 @@ async fn tag_set_mode_members_on_other_slots() {
     assert_eq!(c.count(&format!("{p}o:*")), 0);
 }
 
+/// Cache writers fill hot keys on a miss (the Cluster way: `SET`, then `SADD`) while their tags are
+/// invalidated over and over. The `SREM` runs on another node than the `UNLINK`s, so a key filled
+/// again in between must be registered again: when it is over, every key that exists is in its
+/// tag's set (see the single-Redis test of the same name in tests/replay_redis.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_filled_again_during_its_tag_invalidation_stays_in_the_index() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let Some(mut c) = cluster().await else { return };
+    let p = c.p.clone();
+    let tag_prefix = format!("{p}tag:");
+    let tags: Vec<String> = (0..10).map(|t| format!("t{t}")).collect();
+    let work: Vec<(String, Vec<String>)> = tags
+        .iter()
+        .map(|t| (format!("{tag_prefix}{t}"), keys(&p, &format!("k:{t}:"), 10)))
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let fills = Arc::new(AtomicU64::new(0));
+    // Two writers, each filling half of the tags, so that fills come often enough to land in the
+    // window between an UNLINK and the SREM.
+    let writers: Vec<_> = work
+        .chunks(work.len() / 2)
+        .map(|half| {
+            let (stop, fills, half) = (stop.clone(), fills.clone(), half.to_vec());
+            let mut cc = redis::cluster::ClusterClient::new(seeds())
+                .and_then(|c| c.get_connection())
+                .unwrap();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for (set, keys) in &half {
+                        for k in keys {
+                            if !cc.exists::<_, bool>(k).unwrap() {
+                                let _: () = cc.set(k, "fresh").unwrap();
+                                let _: () = cc.sadd(set, k).unwrap();
+                                fills.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let mut plan = Plan::default();
+    for (i, t) in (0..).zip(&tags) {
+        plan.tags.insert(t.clone(), vec![i]);
+    }
+    let mut removed = 0;
+    for _ in 0..400 {
+        let report = c
+            .redis
+            .apply(&plan, TagMode::Set, &tag_prefix)
+            .await
+            .unwrap();
+        assert!(report.tag_failures.is_empty(), "{report:?}");
+        removed += report.keys_removed;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let fills = fills.load(Ordering::Relaxed);
+    assert!(
+        removed > 100 && fills > 100,
+        "the writer and the invalidation must have run side by side: {removed} removed, {fills} fills"
+    );
+
+    let mut lost = Vec::new();
+    for (set, keys) in &work {
+        for k in keys {
+            let indexed: bool = c.cc.sismember(set, k).unwrap();
+            if c.exists(k) && !indexed {
+                lost.push(k.clone());
+            }
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} live keys lost from their tag index, e.g. {:?} ({removed} removed, {fills} fills)",
+        lost.len(),
+        &lost[..lost.len().min(5)],
+    );
+}
+
 #[tokio::test]
 async fn tag_version_mode_incr() {
     let Some(mut c) = cluster().await else { return };

@@ -177,6 +177,120 @@ async fn tags_set_mode_unlinks_members_and_srems_only_them() {
     assert!(w.exists(&mut c, "P:cart:3"));
 }
 
+/// Cache writers fill hot keys on a miss (with the shipped `scripts/tag-set.lua`) while their tags
+/// are invalidated over and over, as in a flash sale. A key filled again right after its `UNLINK`
+/// is still a member of its set (its `SADD` changes nothing), and an `SREM` landing after the fill
+/// would drop it from the index for good: the writer sees a hit and never registers it again, and
+/// every later invalidation misses it until its TTL. When it is over, every key that exists must be
+/// in its tag's set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_filled_again_during_its_tag_invalidation_stays_in_the_index() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use invalidator::apply::redis::Redis;
+    use invalidator::config::{RedisConfig, TagMode};
+    use invalidator::plan::Plan;
+
+    let p = common::prefix();
+    let tag_prefix = format!("{p}tag:");
+    let tags: Vec<String> = (0..10).map(|t| format!("t{t}")).collect();
+    let work: Vec<(String, Vec<String>)> = tags
+        .iter()
+        .map(|t| {
+            let keys = (0..10).map(|i| format!("{p}k:{t}:{i}")).collect();
+            (format!("{tag_prefix}{t}"), keys)
+        })
+        .collect();
+    let redis = Redis::connect(
+        &RedisConfig {
+            url: common::redis_url(),
+            ..RedisConfig::default()
+        },
+        Some(std::time::Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let fills = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, fills, work) = (stop.clone(), fills.clone(), work.clone());
+        std::thread::spawn(move || {
+            let mut c = conn();
+            let sha: String = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(include_str!("../scripts/tag-set.lua"))
+                .query(&mut c)
+                .unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                for (set, keys) in &work {
+                    let hits: Vec<bool> = keys
+                        .iter()
+                        .fold(&mut redis::pipe(), |p, k| p.cmd("EXISTS").arg(k))
+                        .query(&mut c)
+                        .unwrap();
+                    let mut fill = redis::pipe();
+                    for (k, _) in keys.iter().zip(hits).filter(|(_, hit)| !hit) {
+                        fill.cmd("EVALSHA")
+                            .arg(&sha)
+                            .arg(2)
+                            .arg(k)
+                            .arg(set)
+                            .arg("fresh")
+                            .arg(60_000)
+                            .ignore();
+                    }
+                    if !fill.is_empty() {
+                        let () = fill.query(&mut c).unwrap();
+                        fills.fetch_add(fill.len() as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+
+    let mut plan = Plan::default();
+    for (i, t) in (0..).zip(&tags) {
+        plan.tags.insert(t.clone(), vec![i]);
+    }
+    let mut removed = 0;
+    for _ in 0..300 {
+        let report = redis.apply(&plan, TagMode::Set, &tag_prefix).await.unwrap();
+        assert!(report.tag_failures.is_empty(), "{report:?}");
+        removed += report.keys_removed;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let fills = fills.load(Ordering::Relaxed);
+    assert!(
+        removed > 100 && fills > 100,
+        "the writer and the invalidation must have run side by side: {removed} removed, {fills} fills"
+    );
+
+    let mut c = conn();
+    let mut lost = Vec::new();
+    for (set, keys) in &work {
+        for k in keys {
+            let exists: bool = redis::cmd("EXISTS").arg(k).query(&mut c).unwrap();
+            let indexed: bool = redis::cmd("SISMEMBER")
+                .arg(set)
+                .arg(k)
+                .query(&mut c)
+                .unwrap();
+            if exists && !indexed {
+                lost.push(k.clone());
+            }
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} live keys lost from their tag index, e.g. {:?} ({removed} removed, {fills} fills)",
+        lost.len(),
+        &lost[..lost.len().min(5)],
+    );
+}
+
 #[tokio::test]
 async fn tags_version_mode_increments_and_deletes_nothing() {
     let mut w = World::new();

@@ -8,8 +8,9 @@
 //!   reported as [`RedisError::Unavailable`]; they never become a per-event error;
 //! - multi-key commands never cross a hash slot: keys are grouped per slot in cluster mode, and
 //!   scans (`SCAN MATCH`) run on every primary;
-//! - tag invalidation (set mode) `SREM`s exactly the members it unlinked, so a key registered
-//!   concurrently stays in the index.
+//! - tag invalidation (set mode) `SREM`s exactly the members it unlinked, atomically with the
+//!   `UNLINK` on a single Redis and with a check afterwards on a Cluster, so a key registered
+//!   concurrently (a new one, or one written again just after its `UNLINK`) stays in the index.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -317,8 +318,8 @@ impl Redis {
         Ok(report)
     }
 
-    /// Set mode: rounds of `SSCAN` over every tag, then `UNLINK` of the members found and `SREM` of
-    /// exactly those members, until every cursor is back at 0.
+    /// Set mode: rounds of `SSCAN` over every tag, then the removal of the members found (see
+    /// [`Redis::remove_members`]), until every cursor is back at 0.
     async fn invalidate_tag_sets(
         &self,
         tags: impl Iterator<Item = &String>,
@@ -339,9 +340,7 @@ impl Redis {
             }
             let replies = self.run(&scan).await?;
             let mut next = Vec::new();
-            let mut removal = new_pipe();
-            // Which replies of `removal` are UNLINKs (the others are SREMs).
-            let mut is_unlink: Vec<bool> = Vec::new();
+            let mut found: Vec<(String, Vec<String>)> = Vec::new();
             for ((tag, key, _), reply) in active.into_iter().zip(replies) {
                 let (cursor, members) = match reply {
                     Err(e) => {
@@ -352,27 +351,134 @@ impl Redis {
                     }
                     Ok(other) => parse_scan(other)?,
                 };
-                if !members.is_empty() {
-                    let n = self.push_unlinks(&mut removal, members.iter().map(String::as_str));
-                    is_unlink.extend(std::iter::repeat_n(true, n));
-                    removal.cmd("SREM").arg(&key).arg(&members);
-                    is_unlink.push(false);
-                }
                 if cursor == 0 {
                     report.tags_invalidated += 1;
-                } else {
+                }
+                if !members.is_empty() {
+                    found.push((key.clone(), members));
+                }
+                if cursor != 0 {
                     next.push((tag, key, cursor));
                 }
             }
-            let replies = self.run(&removal).await?;
-            for (unlink, reply) in is_unlink.iter().zip(&replies) {
-                if *unlink {
-                    report.keys_removed += int(reply)?;
-                }
-            }
+            report.keys_removed += self.remove_members(&found).await?;
             active = next;
         }
         Ok(())
+    }
+
+    /// `UNLINK`s the members found in each tag set, and `SREM`s exactly those members from it, so
+    /// that a cache writer who re-registers one of them meanwhile never loses it from the index.
+    /// Returns the number of keys removed.
+    ///
+    /// The race it closes: a writer fills a key again just after its `UNLINK` and registers it; the
+    /// key is still a member, so its `SADD` changes nothing, and an `SREM` landing after that would
+    /// drop the fresh key from the index: every later invalidation of the tag would miss it, until
+    /// its TTL. Hot keys are refilled within a millisecond of a delete, so in a flash sale any gap
+    /// between a key's `UNLINK` and its `SREM` is hit.
+    ///
+    /// - A single Redis: per tag, `MULTI`, the `UNLINK`s, the `SREM`, `EXEC`. No writer's command
+    ///   runs in between. (A pipeline goes out on the shared connection in one piece, so no other
+    ///   task's commands land inside the transaction.)
+    /// - Redis Cluster: a set and its members live in different slots, and no transaction spans
+    ///   slots. Three ordered rounds instead: the `UNLINK`s; the `SREM`s; then `EXISTS` of each
+    ///   member. A member that exists again was written after its `UNLINK` and registered (or
+    ///   about to be), so it is added back with `SADD`. If the `SREM` emptied the set, the set
+    ///   added back has no TTL (the writer's `PEXPIRE` went to the set that was removed): it lives
+    ///   until the next invalidation of the tag empties it, never shorter than its members.
+    async fn remove_members(&self, found: &[(String, Vec<String>)]) -> Result<u64, RedisError> {
+        if found.is_empty() {
+            return Ok(0);
+        }
+        match self.conn {
+            Conn::Single(_) => self.remove_members_atomically(found).await,
+            Conn::Cluster { .. } => self.remove_members_in_order(found).await,
+        }
+    }
+
+    async fn remove_members_atomically(
+        &self,
+        found: &[(String, Vec<String>)],
+    ) -> Result<u64, RedisError> {
+        let mut pipe = new_pipe();
+        let mut execs = Vec::with_capacity(found.len());
+        for (set, members) in found {
+            pipe.cmd("MULTI");
+            self.push_unlinks(&mut pipe, members.iter().map(String::as_str));
+            pipe.cmd("SREM").arg(set).arg(members);
+            pipe.cmd("EXEC");
+            execs.push(pipe.len() - 1);
+        }
+        let replies = self.run(&pipe).await?;
+        let mut removed = 0;
+        for (at, (set, _)) in execs.into_iter().zip(found) {
+            match replies.get(at) {
+                // The UNLINK replies, then the SREM's.
+                Some(Ok(Value::Array(results))) => {
+                    for r in &results[..results.len().saturating_sub(1)] {
+                        match r {
+                            Value::Int(n) => removed += (*n).max(0) as u64,
+                            other => {
+                                return Err(RedisError::Unavailable(format!(
+                                    "tag set {set}: unexpected UNLINK reply {other:?}"
+                                )));
+                            }
+                        }
+                    }
+                }
+                other => {
+                    return Err(RedisError::Unavailable(format!(
+                        "tag set {set}: unexpected EXEC reply {other:?}"
+                    )));
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn remove_members_in_order(
+        &self,
+        found: &[(String, Vec<String>)],
+    ) -> Result<u64, RedisError> {
+        let members = || found.iter().flat_map(|(_, m)| m.iter().map(String::as_str));
+        let mut unlink = new_pipe();
+        self.push_unlinks(&mut unlink, members());
+        let removed = sum_ints(&self.run(&unlink).await?)?;
+
+        let mut srem = new_pipe();
+        for (set, members) in found {
+            srem.cmd("SREM").arg(set).arg(members);
+        }
+        // Like an SREM in a transaction, its reply does not matter: a set replaced meanwhile by
+        // another type (`WRONGTYPE`) was already read, and its members are already gone.
+        self.run(&srem).await?;
+
+        let mut exists = new_pipe();
+        for m in members() {
+            exists.cmd("EXISTS").arg(m);
+        }
+        let mut replies = self.run(&exists).await?.into_iter();
+        let mut readd = new_pipe();
+        for (set, members) in found {
+            for m in members {
+                let reply = replies.next().unwrap_or(Ok(Value::Int(0)));
+                if int(&reply)? > 0 {
+                    readd.cmd("SADD").arg(set).arg(m);
+                }
+            }
+        }
+        if !readd.is_empty() {
+            tracing::debug!(
+                members = readd.len(),
+                "tag members written again during their invalidation, registered again"
+            );
+            for reply in self.run(&readd).await? {
+                if let Err(e) = reply {
+                    tracing::warn!(error = %e, "could not register a tag member again");
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Direct connections to every primary (one for a single Redis).
