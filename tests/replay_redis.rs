@@ -291,6 +291,79 @@ async fn a_key_filled_again_during_its_tag_invalidation_stays_in_the_index() {
     );
 }
 
+/// A Redis that refuses `MULTI` or `EXEC` (a proxy, or an ACL without them, as here): tag sets
+/// are still invalidated (the ordered way of Redis Cluster), and the count of keys removed stays
+/// right.
+#[tokio::test]
+async fn tag_sets_are_invalidated_where_transactions_are_refused() {
+    for refused in [&["-multi", "-exec"][..], &["-exec"][..]] {
+        tag_sets_without_transactions(refused).await;
+    }
+}
+
+async fn tag_sets_without_transactions(refused: &[&str]) {
+    use invalidator::apply::redis::Redis;
+    use invalidator::config::{RedisConfig, TagMode};
+    use invalidator::plan::Plan;
+
+    let url = common::redis_url();
+    if url.contains('@') {
+        eprintln!("note: the test Redis URL carries credentials; skipping the ACL test");
+        return;
+    }
+    let w = World::new();
+    let mut c = conn();
+    let user = format!("nomulti{:08x}", rand::random::<u32>());
+    let () = redis::cmd("ACL")
+        .arg(&["SETUSER", &user, "on", ">pw", "~*", "&*", "+@all"][..])
+        .arg(refused)
+        .query(&mut c)
+        .unwrap();
+    let redis = Redis::connect(
+        &RedisConfig {
+            url: url.replacen("redis://", &format!("redis://{user}:pw@"), 1),
+            ..RedisConfig::default()
+        },
+        Some(std::time::Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+    let tag_prefix = w.k("P:tag:");
+    w.set(&mut c, &["P:a:1", "P:a:2", "P:b:1", "P:keep"]);
+    let register = |c: &mut redis::Connection, set: &str, keys: &[&str]| {
+        let keys: Vec<String> = keys.iter().map(|k| w.k(k)).collect();
+        let _: i64 = redis::cmd("SADD").arg(w.k(set)).arg(keys).query(c).unwrap();
+    };
+    register(&mut c, "P:tag:a", &["P:a:1", "P:a:2", "P:a:gone"]);
+    register(&mut c, "P:tag:b", &["P:b:1"]);
+
+    let mut plan = Plan::default();
+    plan.tags.insert("a".into(), vec![0]);
+    plan.tags.insert("b".into(), vec![1]);
+    let report = redis.apply(&plan, TagMode::Set, &tag_prefix).await.unwrap();
+    assert_eq!(report.keys_removed, 3, "{refused:?}: {report:?}");
+    assert_eq!(report.tags_invalidated, 2, "{report:?}");
+    assert!(report.tag_failures.is_empty(), "{report:?}");
+    for k in ["P:a:1", "P:a:2", "P:b:1", "P:tag:a", "P:tag:b"] {
+        assert!(!w.exists(&mut c, k), "{k} must be gone");
+    }
+    assert!(w.exists(&mut c, "P:keep"));
+
+    // Again, now without trying MULTI first.
+    w.set(&mut c, &["P:a:1"]);
+    register(&mut c, "P:tag:a", &["P:a:1"]);
+    let report = redis.apply(&plan, TagMode::Set, &tag_prefix).await.unwrap();
+    assert_eq!(report.keys_removed, 1, "{report:?}");
+    assert!(!w.exists(&mut c, "P:a:1"));
+    assert!(!w.exists(&mut c, "P:tag:a"));
+
+    let _: i64 = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .query(&mut c)
+        .unwrap();
+}
+
 #[tokio::test]
 async fn tags_version_mode_increments_and_deletes_nothing() {
     let mut w = World::new();

@@ -13,6 +13,7 @@
 //!   concurrently (a new one, or one written again just after its `UNLINK`) stays in the index.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -76,6 +77,9 @@ pub struct Redis {
     conn: Conn,
     settings: RedisConfig,
     retry_for: Option<Duration>,
+    /// The server refused `MULTI` (a proxy, or an ACL without it): tag sets are then removed
+    /// the Cluster way (see [`Redis::remove_members`]).
+    no_transactions: AtomicBool,
 }
 
 fn backoff(retry_for: Option<Duration>) -> ExponentialBuilder {
@@ -119,6 +123,7 @@ impl Redis {
             conn,
             settings: settings.clone(),
             retry_for,
+            no_transactions: AtomicBool::new(false),
         })
     }
 
@@ -379,7 +384,8 @@ impl Redis {
     ///
     /// - A single Redis: per tag, `MULTI`, the `UNLINK`s, the `SREM`, `EXEC`. No writer's command
     ///   runs in between. (A pipeline goes out on the shared connection in one piece, so no other
-    ///   task's commands land inside the transaction.)
+    ///   task's commands land inside the transaction.) Where `MULTI` is refused (some proxies, an
+    ///   ACL), the Cluster way below, from then on.
     /// - Redis Cluster: a set and its members live in different slots, and no transaction spans
     ///   slots. Three ordered rounds instead: the `UNLINK`s; the `SREM`s; then `EXISTS` of each
     ///   member. A member that exists again was written after its `UNLINK` and registered (or
@@ -391,8 +397,10 @@ impl Redis {
             return Ok(0);
         }
         match self.conn {
-            Conn::Single(_) => self.remove_members_atomically(found).await,
-            Conn::Cluster { .. } => self.remove_members_in_order(found).await,
+            Conn::Single(_) if !self.no_transactions.load(Ordering::Relaxed) => {
+                self.remove_members_atomically(found).await
+            }
+            _ => self.remove_members_in_order(found).await,
         }
     }
 
@@ -401,17 +409,38 @@ impl Redis {
         found: &[(String, Vec<String>)],
     ) -> Result<u64, RedisError> {
         let mut pipe = new_pipe();
-        let mut execs = Vec::with_capacity(found.len());
+        // Where each tag's MULTI is, and how many UNLINKs follow it.
+        let mut blocks = Vec::with_capacity(found.len());
         for (set, members) in found {
+            let at = pipe.len();
             pipe.cmd("MULTI");
-            self.push_unlinks(&mut pipe, members.iter().map(String::as_str));
+            let unlinks = self.push_unlinks(&mut pipe, members.iter().map(String::as_str));
             pipe.cmd("SREM").arg(set).arg(members);
             pipe.cmd("EXEC");
-            execs.push(pipe.len() - 1);
+            blocks.push((at, unlinks));
         }
         let replies = self.run(&pipe).await?;
+        let exec_at = |&(at, n): &(usize, usize)| at + n + 2;
+        let refused = replies.first().and_then(|r| r.as_ref().err()).or_else(|| {
+            blocks
+                .iter()
+                .find_map(|b| replies.get(exec_at(b))?.as_ref().err())
+        });
+        if let Some(e) = refused {
+            // `MULTI` refused: every command ran on its own, and the UNLINKs removed what they
+            // found. `EXEC` refused: nothing ran. Either way the ordered rounds (idempotent) finish
+            // the work and close the race.
+            tracing::warn!(error = %e, "transactions refused; tag sets are invalidated without them");
+            self.no_transactions.store(true, Ordering::Relaxed);
+            let unlinked: u64 = blocks
+                .iter()
+                .flat_map(|&(at, n)| &replies[at + 1..at + 1 + n])
+                .map(|r| int(r).unwrap_or(0))
+                .sum();
+            return Ok(unlinked + self.remove_members_in_order(found).await?);
+        }
         let mut removed = 0;
-        for (at, (set, _)) in execs.into_iter().zip(found) {
+        for (at, (set, _)) in blocks.iter().map(exec_at).zip(found) {
             match replies.get(at) {
                 // The UNLINK replies, then the SREM's.
                 Some(Ok(Value::Array(results))) => {
