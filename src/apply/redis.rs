@@ -77,7 +77,7 @@ pub struct Redis {
     conn: Conn,
     settings: RedisConfig,
     retry_for: Option<Duration>,
-    /// The server refused `MULTI` (a proxy, or an ACL without it): tag sets are then removed
+    /// The server refused `MULTI` or `EXEC` (a proxy, an ACL): tag sets are then removed
     /// the Cluster way (see [`Redis::remove_members`]).
     no_transactions: AtomicBool,
 }
