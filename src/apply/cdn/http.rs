@@ -11,14 +11,14 @@
 //! - any other 4xx (400, 414, ...): that path is refused; its events dead-letter (`cdn_rejected`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use futures::stream::{self, StreamExt};
 use reqwest::{Client, Method, StatusCode};
 
-use super::{CdnError, CdnStats};
+use super::{CdnError, CdnStats, Counters};
 use crate::telemetry;
 
 pub struct HttpPurger {
@@ -29,16 +29,6 @@ pub struct HttpPurger {
     retry_for: Duration,
     concurrency: usize,
     counters: Counters,
-}
-
-#[derive(Default)]
-struct Counters {
-    paths_requested: AtomicU64,
-    paths_sent: AtomicU64,
-    requests: AtomicU64,
-    throttles: AtomicU64,
-    failed_attempts: AtomicU64,
-    rejected: AtomicU64,
 }
 
 /// One request's failure.
@@ -89,18 +79,7 @@ impl HttpPurger {
     }
 
     pub fn stats(&self) -> CdnStats {
-        let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        CdnStats {
-            kind: "http",
-            paths_requested: get(&c.paths_requested),
-            paths_sent: get(&c.paths_sent),
-            requests: get(&c.requests),
-            throttles: get(&c.throttles),
-            failed_attempts: get(&c.failed_attempts),
-            rejected: get(&c.rejected),
-            ..CdnStats::default()
-        }
+        self.counters.stats("http")
     }
 
     /// Purges `paths` on every node. Per path: `Ok` when every node accepted it, `Err` with the

@@ -10,6 +10,7 @@ pub mod cloudfront;
 pub mod http;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_config::SdkConfig;
 use futures::future::try_join_all;
@@ -66,6 +67,39 @@ pub struct CdnStats {
     pub rejected: u64,
     /// Paths waiting (in a window or a request not yet accepted) when the figures were taken.
     pub pending: u64,
+}
+
+/// The live counters behind [`CdnStats`], shared by a target and its background work. A target
+/// leaves at 0 what it does not do (HTTP: collapses, pending).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub paths_requested: AtomicU64,
+    pub paths_sent: AtomicU64,
+    pub requests: AtomicU64,
+    pub throttles: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    pub collapses: AtomicU64,
+    pub paths_collapsed: AtomicU64,
+    pub rejected: AtomicU64,
+    pub pending: AtomicU64,
+}
+
+impl Counters {
+    pub fn stats(&self, kind: &'static str) -> CdnStats {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CdnStats {
+            kind,
+            paths_requested: get(&self.paths_requested),
+            paths_sent: get(&self.paths_sent),
+            requests: get(&self.requests),
+            throttles: get(&self.throttles),
+            failed_attempts: get(&self.failed_attempts),
+            collapses: get(&self.collapses),
+            paths_collapsed: get(&self.paths_collapsed),
+            rejected: get(&self.rejected),
+            pending: get(&self.pending),
+        }
+    }
 }
 
 impl CdnStats {

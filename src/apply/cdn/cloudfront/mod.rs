@@ -25,7 +25,6 @@ pub mod batch;
 mod batcher;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_config::SdkConfig;
@@ -37,7 +36,7 @@ use aws_sdk_cloudfront::error::{DisplayErrorContext, ProvideErrorMetadata, SdkEr
 use aws_sdk_cloudfront::types::{InvalidationBatch, Paths};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{CdnError, CdnStats};
+use super::{CdnError, CdnStats, Counters};
 
 /// CloudFront's price per invalidation path after the first 1,000 paths of a month (US dollars);
 /// a wildcard path counts as one.
@@ -55,20 +54,6 @@ pub struct Settings {
     pub endpoint_url: Option<String>,
     pub timeout: Duration,
     pub retry_for: Duration,
-}
-
-/// Counters of one target, shared by the batcher and [`CloudFront::stats`].
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub paths_requested: AtomicU64,
-    pub paths_sent: AtomicU64,
-    pub requests: AtomicU64,
-    pub throttles: AtomicU64,
-    pub failed_attempts: AtomicU64,
-    pub collapses: AtomicU64,
-    pub paths_collapsed: AtomicU64,
-    pub rejected: AtomicU64,
-    pub pending: AtomicU64,
 }
 
 /// The answer to one submission: per path, accepted or refused with CloudFront's reason.
@@ -144,20 +129,7 @@ impl CloudFront {
     }
 
     pub fn stats(&self) -> CdnStats {
-        let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        CdnStats {
-            kind: "cloudfront",
-            paths_requested: get(&c.paths_requested),
-            paths_sent: get(&c.paths_sent),
-            requests: get(&c.requests),
-            throttles: get(&c.throttles),
-            failed_attempts: get(&c.failed_attempts),
-            collapses: get(&c.collapses),
-            paths_collapsed: get(&c.paths_collapsed),
-            rejected: get(&c.rejected),
-            pending: get(&c.pending),
-        }
+        self.counters.stats("cloudfront")
     }
 }
 
