@@ -477,6 +477,15 @@ pub(crate) fn joined<T>(r: Result<T, tokio::task::JoinError>) -> T {
     r.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
+/// The result of `task` when there is one (a redelete beside the units); pending forever otherwise,
+/// so that it can stand in a `select!`.
+pub(crate) async fn finished<T>(task: &mut Option<tokio::task::JoinHandle<T>>) -> Option<T> {
+    match task {
+        Some(t) => Some(joined(t.await)),
+        None => std::future::pending().await,
+    }
+}
+
 /// Plans a single event without touching anything (`explain`).
 pub fn explain(
     rules: &RuleSet,

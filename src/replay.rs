@@ -28,7 +28,7 @@ use crate::apply::cdn::CdnStats;
 use crate::apply::cdn::cloudfront::FREE_PATHS_PER_MONTH;
 use crate::apply::dlq::DlqFile;
 use crate::apply::redis::ApplyReport;
-use crate::engine::{Engine, EngineError, Outcome, UnitResult, joined};
+use crate::engine::{Engine, EngineError, Outcome, UnitResult, finished, joined};
 use crate::event::DlqRecord;
 use crate::plan::{Redelete, Redeletes};
 use crate::source::files::{Input, InputReader, expand_all};
@@ -413,14 +413,6 @@ fn spawn_redelete(engine: &Arc<Engine>, due: Redelete) -> Redeleting {
             result: engine.redelete(&due).await,
         }
     })
-}
-
-/// The result of the redelete task, when there is one (pending forever otherwise).
-async fn finished(task: &mut Option<Redeleting>) -> Option<RedeleteDone> {
-    match task {
-        Some(t) => Some(joined(t.await)),
-        None => std::future::pending().await,
-    }
 }
 
 /// The result of `task`, if any.

@@ -29,9 +29,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::Level;
 
-use crate::engine::{Engine, EngineError, Outcome, joined};
+use crate::apply::redis::ApplyReport;
+use crate::engine::{Engine, EngineError, Outcome, finished, joined};
 use crate::health::Health;
-use crate::plan::{Plan, Redeletes};
+use crate::plan::{Plan, Redelete, Redeletes};
 use crate::source::kafka::{
     self, ClientError, DeadLetter, DlqProducer, Input, KafkaConsumer, Shared,
 };
@@ -81,6 +82,8 @@ pub async fn run(
     let mut batch_started: Option<Instant> = None;
     let mut in_flight = FuturesUnordered::new();
     let mut redeletes = Redeletes::default();
+    // The due `redelete_after`s run on their own task, one batch at a time, beside the units.
+    let mut redeleting: Option<Redeleting> = None;
     let mut paused = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -116,14 +119,20 @@ pub async fn run(
         // already fetched is kept in the batch.
         let recv_allowed = paused || batch.len() < k.batch_size;
         let batch_deadline = batch_started.map(|t| t + k.batch_wait);
-        let redelete_at = redeletes.next_due();
+        let redelete_at = redeletes.next_due().filter(|_| redeleting.is_none());
         tokio::select! {
             biased;
             () = &mut shutdown => break,
             Some(done) = in_flight.next() => finish(&consumer, &shared, &mut redeletes, joined(done)),
             () = sleep_until(batch_deadline), if batch_deadline.is_some() && in_flight.len() < k.max_in_flight => {}
             () = sleep_until(redelete_at), if redelete_at.is_some() => {
-                run_redeletes(&engine, &mut redeletes).await;
+                redeleting = redeletes
+                    .take_due(Instant::now())
+                    .map(|due| spawn_redelete(&engine, due));
+            }
+            Some((due, result)) = finished(&mut redeleting) => {
+                redeleting = None;
+                retry_failed_redelete(&mut redeletes, due, result);
             }
             m = consumer.recv(), if recv_allowed => {
                 let mut next = Some(m);
@@ -195,6 +204,15 @@ pub async fn run(
         unit.abort();
     }
     drop(in_flight);
+    if let Some(task) = redeleting.take() {
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(done) => {
+                let (due, result) = joined(done);
+                retry_failed_redelete(&mut redeletes, due, result);
+            }
+            Err(_) => clean = false,
+        }
+    }
     if clean && redeletes.pending > 0 {
         // Early rather than never: the process is going away.
         let all = redeletes.take_due(Instant::now() + Duration::from_secs(86_400 * 365));
@@ -289,11 +307,23 @@ fn finish(consumer: &KafkaConsumer, shared: &Shared, redeletes: &mut Redeletes, 
     redeletes.schedule(Instant::now(), &done.redeletes);
 }
 
-async fn run_redeletes(engine: &Engine, redeletes: &mut Redeletes) {
-    let Some(due) = redeletes.take_due(Instant::now()) else {
-        return;
-    };
-    if let Err(e) = engine.redelete(&due).await {
+/// A batch of redeletes running on its own task; it hands the batch back to be retried.
+type Redeleting = tokio::task::JoinHandle<(Redelete, Result<ApplyReport, EngineError>)>;
+
+fn spawn_redelete(engine: &Arc<Engine>, due: Redelete) -> Redeleting {
+    let engine = engine.clone();
+    tokio::spawn(async move {
+        let result = engine.redelete(&due).await;
+        (due, result)
+    })
+}
+
+fn retry_failed_redelete(
+    redeletes: &mut Redeletes,
+    due: Redelete,
+    result: Result<ApplyReport, EngineError>,
+) {
+    if let Err(e) = result {
         tracing::warn!(error = %e, keys = due.len(), "redelete failed; trying again in 1s");
         redeletes.retry_at(Instant::now() + Duration::from_secs(1), due);
     }

@@ -658,3 +658,55 @@ fn sigterm_finishes_in_flight_work_commits_and_exits_0_within_the_deadline() {
         );
     }
 }
+
+/// `redelete_after`: a copy written again just after the invalidation (a reader that fetched the old
+/// price just before it) is deleted once more; the redelete runs beside the units, and the worker
+/// keeps consuming meanwhile.
+#[test]
+fn redelete_after_deletes_a_copy_written_again_after_the_invalidation() {
+    let s = setup(1);
+    s.w.rules(
+        "price.yaml",
+        "rules:\n  - name: price\n    on: price.updated\n    delete:\n      - P:price:{sku}\n    redelete_after: 1s\n",
+    );
+    let worker = s.start("w", "");
+    let mut c = conn();
+    s.seed_and_produce(&mut c, 0..1);
+    must(
+        wait_until(Duration::from_secs(20), || !s.w.exists(&mut c, "P:price:0")),
+        "the key deleted",
+        &worker,
+    );
+    // The stale refill, well within the second before the redelete.
+    s.w.set(&mut c, &["P:price:0"]);
+    s.seed_and_produce(&mut c, 1..2);
+    must(
+        wait_until(Duration::from_secs(10), || !s.w.exists(&mut c, "P:price:1")),
+        "the next event applied",
+        &worker,
+    );
+    must(
+        wait_until(Duration::from_secs(10), || {
+            !s.w.exists(&mut c, "P:price:0") && !s.w.exists(&mut c, "P:price:1")
+        }),
+        "the refilled key deleted again by the redelete",
+        &worker,
+    );
+    // Two deletes and at least the one redelete that found the refilled key.
+    must(
+        wait_until(Duration::from_secs(5), || {
+            worker.metric("invalidator_redis_keys_removed_total") >= 3.0
+        }),
+        "3 keys removed in /metrics",
+        &worker,
+    );
+
+    let mut worker = worker;
+    worker.signal(libc::SIGTERM);
+    let status = worker.wait(Duration::from_secs(15));
+    must(
+        status.is_some_and(|s| s.success()),
+        "exit 0 on SIGTERM",
+        &worker,
+    );
+}
