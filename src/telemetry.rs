@@ -33,6 +33,16 @@ pub const READY: &str = "invalidator_ready";
 pub const UNIT_RETRIES_TOTAL: &str = "invalidator_unit_retries_total";
 pub const DLQ_WRITE_FAILURES_TOTAL: &str = "invalidator_dlq_write_failures_total";
 pub const UNIT_SECONDS: &str = "invalidator_unit_seconds";
+/// Changes of the Redis primary (Cluster: of the owner of some slots) seen on (re)connect.
+pub const REDIS_FAILOVERS_TOTAL: &str = "invalidator_redis_failovers_total";
+/// Keys, expires and tags of the rewind window applied again on a new primary.
+pub const REDIS_REWIND_ACTIONS_TOTAL: &str = "invalidator_redis_rewind_actions_total";
+/// Actions that left the rewind window early, to keep it under `failover_rewind_max_bytes`.
+pub const REDIS_REWIND_DROPPED_TOTAL: &str = "invalidator_redis_rewind_dropped_total";
+/// Bytes held by the rewind window.
+pub const REDIS_REWIND_BYTES: &str = "invalidator_redis_rewind_bytes";
+/// `WAIT`s that got fewer replicas than `wait_replicas` (each an outage: the unit is applied again).
+pub const REDIS_WAIT_SHORTFALL_TOTAL: &str = "invalidator_redis_wait_shortfall_total";
 
 /// Histogram buckets (seconds) of the event age: the freshness SLO is "seconds", so the buckets
 /// go from 5 ms to 5 min.
@@ -56,6 +66,17 @@ pub fn install_prometheus() -> Result<metrics_exporter_prometheus::PrometheusHan
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| e.to_string())
+        .inspect(|_| {
+            // Shown from the start, so that alerts on them see a 0 rather than nothing.
+            for name in [
+                REDIS_FAILOVERS_TOTAL,
+                REDIS_REWIND_ACTIONS_TOTAL,
+                REDIS_REWIND_DROPPED_TOTAL,
+                REDIS_WAIT_SHORTFALL_TOTAL,
+            ] {
+                metrics::counter!(name).absolute(0);
+            }
+        })
 }
 
 /// One event reached an outcome. `kind` is the event type when a rule knows it, `other` otherwise
@@ -148,4 +169,24 @@ pub fn unit_done(elapsed: Duration) {
 
 pub fn cascade_ended() {
     metrics::counter!(CASCADES_ENDED_TOTAL).increment(1);
+}
+
+pub fn redis_failover() {
+    metrics::counter!(REDIS_FAILOVERS_TOTAL).increment(1);
+}
+
+pub fn redis_rewind_actions(n: u64) {
+    metrics::counter!(REDIS_REWIND_ACTIONS_TOTAL).increment(n);
+}
+
+pub fn redis_rewind_dropped(n: u64) {
+    metrics::counter!(REDIS_REWIND_DROPPED_TOTAL).increment(n);
+}
+
+pub fn redis_rewind_bytes(bytes: usize) {
+    metrics::gauge!(REDIS_REWIND_BYTES).set(bytes as f64);
+}
+
+pub fn redis_wait_shortfall() {
+    metrics::counter!(REDIS_WAIT_SHORTFALL_TOTAL).increment(1);
 }

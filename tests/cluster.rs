@@ -346,8 +346,10 @@ async fn pattern_delete_scans_every_primary() {
     c.assert_on_every_primary(&pattern);
     c.assert_on_every_primary(&format!("{p}keep:*"));
 
-    let removed = c.redis.delete_pattern(&pattern).await.unwrap();
-    assert_eq!(removed, 350);
+    let mut plan = Plan::default();
+    plan.patterns.insert(pattern.clone());
+    let removed = c.redis.apply(&plan, TagMode::Set, "tag:").await.unwrap();
+    assert_eq!(removed.keys_removed, 350);
     assert_eq!(c.count(&pattern), 0, "{:?}", c.per_node(&pattern));
     assert_eq!(c.count(&format!("{p}keep:*")), 300);
 

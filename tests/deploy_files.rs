@@ -158,7 +158,7 @@ fn topics_hosts_and_ports_agree_with_the_worker_config() {
     );
     assert!(script(service(&c, "cache-seed")).contains("redis-cli -h redis"));
 
-    assert_eq!(config.redis.url, "redis://redis:6379/0");
+    assert_eq!(config.redis.url.as_deref(), Some("redis://redis:6379/0"));
     assert!(strings(&service(&c, "redis")["ports"]).contains(&"6379:6379".to_string()));
     let port = config.http.listen.rsplit_once(':').unwrap().1;
     assert!(

@@ -203,10 +203,7 @@ async fn a_key_filled_again_during_its_tag_invalidation_stays_in_the_index() {
         })
         .collect();
     let redis = Redis::connect(
-        &RedisConfig {
-            url: common::redis_url(),
-            ..RedisConfig::default()
-        },
+        &RedisConfig::single(common::redis_url()),
         Some(std::time::Duration::from_secs(5)),
     )
     .await
@@ -320,10 +317,7 @@ async fn tag_sets_without_transactions(refused: &[&str]) {
         .query(&mut c)
         .unwrap();
     let redis = Redis::connect(
-        &RedisConfig {
-            url: url.replacen("redis://", &format!("redis://{user}:pw@"), 1),
-            ..RedisConfig::default()
-        },
+        &RedisConfig::single(url.replacen("redis://", &format!("redis://{user}:pw@"), 1)),
         Some(std::time::Duration::from_secs(5)),
     )
     .await

@@ -1,0 +1,162 @@
+//! The commands of one round trip, and where each must go.
+//!
+//! On a single Redis a [`Batch`] is one pipeline. On a Redis Cluster each command carries the
+//! hash slot of its key, and the lease sends one pipeline per primary (see
+//! [`super::topology::Lease::run`]); multi-key commands never cross a slot.
+
+use std::collections::HashMap;
+
+use redis::Pipeline;
+
+/// Commands sent together; failed commands give error replies of their own.
+pub struct Batch {
+    pub(super) pipe: Pipeline,
+    /// The hash slot of each command (Cluster only; empty otherwise).
+    pub(super) slots: Vec<u16>,
+    cluster: bool,
+    /// Some command writes: the connections it runs on must be confirmed by `WAIT`.
+    pub(super) writes: bool,
+}
+
+impl Batch {
+    /// A batch of reads (`SSCAN`, `EXISTS`, `SMEMBERS`, `PTTL`).
+    pub fn reads(cluster: bool) -> Batch {
+        Batch::new(cluster, false)
+    }
+
+    /// A batch with writes (`UNLINK`, `PEXPIRE`, `INCR`, `SREM`, `SADD`, `SET`).
+    pub fn writes(cluster: bool) -> Batch {
+        Batch::new(cluster, true)
+    }
+
+    fn new(cluster: bool, writes: bool) -> Batch {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        Batch {
+            pipe,
+            slots: Vec::new(),
+            cluster,
+            writes,
+        }
+    }
+
+    /// Starts command `name` whose keys hash to the slot of `route`; add its arguments to the
+    /// pipeline returned.
+    pub fn cmd(&mut self, name: &str, route: &str) -> &mut Pipeline {
+        if self.cluster {
+            self.slots.push(slot(route.as_bytes()));
+        }
+        self.pipe.cmd(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.pipe.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pipe.is_empty()
+    }
+
+    /// Adds `UNLINK`s of `keys`, at most `per` keys each, never across slots; returns how many.
+    pub fn unlinks<'a>(&mut self, keys: impl IntoIterator<Item = &'a str>, per: usize) -> usize {
+        let before = self.len();
+        if self.cluster {
+            let mut by_slot: HashMap<u16, Vec<&str>> = HashMap::new();
+            for k in keys {
+                by_slot.entry(slot(k.as_bytes())).or_default().push(k);
+            }
+            for chunk in by_slot.values().flat_map(|keys| keys.chunks(per)) {
+                self.cmd("UNLINK", chunk[0]).arg(chunk);
+            }
+        } else {
+            let mut chunk: Vec<&str> = Vec::with_capacity(per);
+            for k in keys {
+                chunk.push(k);
+                if chunk.len() == per {
+                    self.pipe.cmd("UNLINK").arg(&chunk);
+                    chunk.clear();
+                }
+            }
+            if !chunk.is_empty() {
+                self.pipe.cmd("UNLINK").arg(&chunk);
+            }
+        }
+        self.len() - before
+    }
+}
+
+/// The Redis Cluster hash slot of a key: CRC16/XMODEM (the `crc16` crate, as the redis crate
+/// uses) of the key or of its `{hash tag}`, modulo 16384. The redis crate's own
+/// `cluster_routing::Slot::for_key` gives no number to group commands by node; a test checks that
+/// the two always agree.
+pub fn slot(key: &[u8]) -> u16 {
+    let hashed = match key.iter().position(|&b| b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    crc16::State::<crc16::XMODEM>::calculate(hashed) % 16384
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::cluster_routing::Slot;
+
+    #[test]
+    fn slots_match_redis() {
+        // Values from `CLUSTER KEYSLOT` on Redis 7.
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"bar"), 5061);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"{user1000}.followers"));
+        assert_eq!(slot(b"{}foo"), 9500);
+    }
+
+    #[test]
+    fn slots_match_the_redis_crate() {
+        let mut keys: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"{".to_vec(),
+            b"}{".to_vec(),
+            b"{}".to_vec(),
+            b"a{b}c{d}".to_vec(),
+            b"{{a}}".to_vec(),
+            b"price:{42}:x".to_vec(),
+            b"\xff\x00{\x01}".to_vec(),
+        ];
+        for i in 0..20_000u32 {
+            let r = rand::random::<u64>().to_le_bytes();
+            let mut k = format!("k{i}:").into_bytes();
+            k.extend(r.iter().map(|b| b"{}ab:"[(*b % 5) as usize]));
+            keys.push(k);
+        }
+        for k in &keys {
+            assert_eq!(
+                Slot::new(slot(k)),
+                Some(Slot::for_key(k)),
+                "{:?}",
+                String::from_utf8_lossy(k)
+            );
+        }
+    }
+
+    #[test]
+    fn cluster_unlinks_never_cross_a_slot() {
+        let keys: Vec<String> = (0..1000).map(|i| format!("k:{i}")).collect();
+        let mut b = Batch::writes(true);
+        let n = b.unlinks(keys.iter().map(String::as_str), 3);
+        assert_eq!(n, b.len());
+        assert_eq!(b.slots.len(), n);
+        for (cmd, &s) in b.pipe.cmd_iter().zip(&b.slots) {
+            for arg in cmd.args_iter().skip(1) {
+                let redis::Arg::Simple(k) = arg else { panic!() };
+                assert_eq!(slot(k), s);
+            }
+        }
+        let mut single = Batch::writes(false);
+        assert_eq!(single.unlinks(keys.iter().map(String::as_str), 300), 4);
+        assert!(single.slots.is_empty());
+    }
+}

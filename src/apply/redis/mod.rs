@@ -1,0 +1,448 @@
+//! Plan → Redis: a single Redis (or a primary endpoint), a primary found through Redis Sentinel,
+//! or a Redis Cluster.
+//!
+//! Guarantees:
+//! - every write is idempotent or harmless when repeated (`UNLINK`, `SREM`, `PEXPIRE .. LT`, and
+//!   `INCR` of a tag version), so an operation is applied again, from its start, after any failure;
+//! - failures a retry can fix (a lost connection, a timeout, `LOADING`, `BUSY`, `READONLY`, `OOM`,
+//!   `MASTERDOWN`, `TRYAGAIN`, `CLUSTERDOWN`, a failover, a `WAIT` shortfall) are retried with
+//!   backoff until `retry_for` has passed since the first of them, attempts included
+//!   ([`retry`]); then [`RedisError::Unavailable`]. They never become a per-event error: only a
+//!   command's own error reply (`WRONGTYPE` on a tag or a cascade's set) is tied to events;
+//! - with `wait_replicas`, an operation succeeds only once `WAIT` on every primary it wrote to
+//!   (on the connection that wrote) confirmed its writes; a shortfall is a failure like any other;
+//! - when the primary behind a connection changes, the invalidations of the last
+//!   `failover_rewind` are applied again on the new one before anything more goes through
+//!   ([`rewind`], [`topology`]);
+//! - multi-key commands never cross a hash slot; on a Cluster each round of an operation is one
+//!   pipeline per primary, primaries in parallel ([`batch`]), and scans run on every primary;
+//! - tag sets `SREM` exactly the members they unlinked, so a key registered concurrently stays in
+//!   the index ([`tags`]).
+
+mod batch;
+mod reply;
+mod retry;
+mod rewind;
+mod scan;
+mod tags;
+mod topology;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+pub use batch::slot;
+pub use reply::is_transient;
+
+use batch::Batch;
+use reply::{Failure, int, strings, sum_ints};
+use retry::retrying;
+use rewind::{Applied, Rewind};
+use topology::{Failover, Lease, Topology};
+
+use crate::config::{RedisConfig, TagMode};
+use crate::plan::{Expire, Plan};
+use crate::rules::TtlPolicy;
+use crate::telemetry;
+
+/// A Redis failure that is not about one event.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RedisError {
+    /// Still failing after the retry budget, or refused for a reason no retry fixes (ACL, config).
+    #[error("Redis unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What applying a plan did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ApplyReport {
+    /// Keys that existed and were unlinked (deletes, tag members, pattern matches).
+    pub keys_removed: u64,
+    /// Keys whose TTL was shortened.
+    pub expires_set: u64,
+    pub tags_invalidated: u64,
+    /// Tags that could not be invalidated for a reason tied to the data (e.g. `WRONGTYPE`): the
+    /// events that asked for them are dead-lettered.
+    pub tag_failures: Vec<(String, String)>,
+}
+
+/// What one sweeper pass found and did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SweepReport {
+    pub scanned: u64,
+    /// Keys with no TTL or a TTL over the policy's `max_ttl`.
+    pub over_policy: u64,
+    /// Keys whose TTL was shortened (0 in a dry run).
+    pub fixed: u64,
+}
+
+/// Failovers seen and what they cost, since the connection was made.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct RedisStats {
+    /// Changes of primary (Cluster: of the owner of some slots).
+    pub failovers: u64,
+    /// Keys, expires and tags applied again on new primaries.
+    pub rewound_actions: u64,
+    /// `WAIT`s that got fewer replicas than `wait_replicas`.
+    pub wait_shortfalls: u64,
+}
+
+/// A connection to the Redis that holds the caches.
+pub struct Redis {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    topology: Topology,
+    settings: RedisConfig,
+    retry_for: Option<Duration>,
+    rewind: Rewind,
+    /// The server refused `MULTI` or `EXEC` (a proxy, an ACL): tag sets are then removed the
+    /// Cluster way (see [`tags`]).
+    no_transactions: AtomicBool,
+    failovers: AtomicU64,
+    rewound: AtomicU64,
+    shortfalls: AtomicU64,
+    description: String,
+}
+
+impl Redis {
+    /// Connects (retrying while Redis is unreachable, within `retry_for`; `None`: forever).
+    pub async fn connect(
+        settings: &RedisConfig,
+        retry_for: Option<Duration>,
+    ) -> Result<Redis, RedisError> {
+        let topology = Topology::new(settings)?;
+        let description = match &topology {
+            Topology::Single(s) => s.describe().to_owned(),
+            Topology::Cluster(c) => c.describe().to_owned(),
+        };
+        let redis = Redis {
+            inner: Arc::new(Inner {
+                topology,
+                settings: settings.clone(),
+                retry_for,
+                rewind: Rewind::new(settings.failover_rewind, settings.failover_rewind_max_bytes),
+                no_transactions: AtomicBool::new(false),
+                failovers: AtomicU64::new(0),
+                rewound: AtomicU64::new(0),
+                shortfalls: AtomicU64::new(0),
+                description,
+            }),
+        };
+        let r = &redis;
+        retrying(
+            retry_for,
+            "connect",
+            || async move { r.lease().await.map(drop) },
+        )
+        .await?;
+        Ok(redis)
+    }
+
+    /// A description safe to log (no password).
+    pub fn describe(&self) -> String {
+        self.inner.description.clone()
+    }
+
+    pub fn stats(&self) -> RedisStats {
+        let i = &self.inner;
+        RedisStats {
+            failovers: i.failovers.load(Ordering::Relaxed),
+            rewound_actions: i.rewound.load(Ordering::Relaxed),
+            wait_shortfalls: i.shortfalls.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Bytes held by the failover rewind window.
+    pub fn rewind_bytes(&self) -> usize {
+        self.inner.rewind.bytes()
+    }
+
+    /// A lease for one attempt. After a failover, the rewind runs first, on a task of its own
+    /// so that a caller that gives up (a readiness probe's timeout) does not cut it short.
+    async fn lease(&self) -> Result<Lease, Failure> {
+        let (lease, failover) = self.inner.topology.lease().await?;
+        let Some(failover) = failover else {
+            return Ok(lease);
+        };
+        let inner = self.inner.clone();
+        match tokio::spawn(async move { inner.rewind_onto(lease, failover).await }).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(Failure::Transient(format!("failover rewind stopped: {e}"))),
+        }
+    }
+
+    /// `PING`, for readiness (one attempt, no retry).
+    pub async fn ping(&self) -> Result<(), RedisError> {
+        let lease = self.lease().await?;
+        let nodes = lease.primaries();
+        for node in &nodes {
+            lease.query(node, &redis::cmd("PING")).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies `plan`: deletes, expires, tag invalidations, then pattern deletes; then `WAIT`
+    /// (with `wait_replicas`), and remembers it for a failover rewind.
+    pub async fn apply(
+        &self,
+        plan: &Plan,
+        tag_mode: TagMode,
+        tag_prefix: &str,
+    ) -> Result<ApplyReport, RedisError> {
+        let inner = &self.inner;
+        retrying(inner.retry_for, "apply", || async move {
+            let lease = self.lease().await?;
+            let mut applied = Applied::default();
+            let report = inner
+                .apply_on(&lease, plan, tag_mode, tag_prefix, &mut applied)
+                .await?;
+            inner.confirm(&lease).await?;
+            let kept = inner
+                .rewind
+                .record(applied, Some((tag_mode, tag_prefix)), || {
+                    inner.topology.epoch() == lease.epoch
+                });
+            if !kept {
+                return Err(Failure::Transient(
+                    "a Redis connection failed while this unit was applied; applying it again"
+                        .into(),
+                ));
+            }
+            Ok(report)
+        })
+        .await
+    }
+
+    /// Members of the given sets (`for_each_member_of`). A key that is not a set gives an error
+    /// string for that set only.
+    pub async fn members(
+        &self,
+        sets: &[String],
+    ) -> Result<HashMap<String, Result<Vec<String>, String>>, RedisError> {
+        let inner = &self.inner;
+        retrying(inner.retry_for, "SMEMBERS", || async move {
+            let lease = self.lease().await?;
+            let mut b = inner.reads();
+            for s in sets {
+                b.cmd("SMEMBERS", s).arg(s);
+            }
+            let replies = lease.run(b).await?;
+            sets.iter()
+                .zip(replies)
+                .map(|(s, r)| {
+                    let v = match r {
+                        Err(e) => Err(format!("SMEMBERS {s}: {e}")),
+                        Ok(other) => Ok(strings(other)?),
+                    };
+                    Ok((s.clone(), v))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Which of `ids` were remembered within the dedupe window.
+    pub async fn seen(&self, prefix: &str, ids: &[&str]) -> Result<Vec<bool>, RedisError> {
+        let inner = &self.inner;
+        retrying(inner.retry_for, "dedupe", || async move {
+            let lease = self.lease().await?;
+            let mut b = inner.reads();
+            for id in ids {
+                let k = format!("{prefix}{id}");
+                b.cmd("EXISTS", &k).arg(&k);
+            }
+            let replies = lease.run(b).await?;
+            replies.iter().map(|r| int(r).map(|n| n > 0)).collect()
+        })
+        .await
+    }
+
+    /// Remembers `ids` for `window`. Not confirmed by `WAIT` nor rewound: a marker lost in a
+    /// failover only lets an event be applied once more.
+    pub async fn remember(
+        &self,
+        prefix: &str,
+        ids: &[&str],
+        window: Duration,
+    ) -> Result<(), RedisError> {
+        let inner = &self.inner;
+        let ms = window.as_millis().max(1) as u64;
+        retrying(inner.retry_for, "dedupe", || async move {
+            let lease = self.lease().await?;
+            let mut b = inner.writes();
+            for id in ids {
+                let k = format!("{prefix}{id}");
+                b.cmd("SET", &k).arg(&k).arg(1).arg("PX").arg(ms);
+            }
+            lease.run(b).await.map(drop)
+        })
+        .await
+    }
+
+    /// One sweeper pass of `policy` (see [`scan::sweep`]), confirmed by `WAIT` when configured.
+    /// Not rewound: the next pass does it again.
+    pub async fn sweep(
+        &self,
+        policy: &TtlPolicy,
+        dry_run: bool,
+    ) -> Result<SweepReport, RedisError> {
+        let inner = &self.inner;
+        retrying(inner.retry_for, "sweep", || async move {
+            let lease = self.lease().await?;
+            let report = scan::sweep(inner, &lease, policy, dry_run).await?;
+            inner.confirm(&lease).await?;
+            Ok(report)
+        })
+        .await
+    }
+}
+
+impl Inner {
+    fn reads(&self) -> Batch {
+        Batch::reads(self.topology.is_cluster())
+    }
+
+    fn writes(&self) -> Batch {
+        Batch::writes(self.topology.is_cluster())
+    }
+
+    /// One attempt at `plan` through `lease`; what was done goes to `applied`.
+    async fn apply_on(
+        &self,
+        lease: &Lease,
+        plan: &Plan,
+        tag_mode: TagMode,
+        tag_prefix: &str,
+        applied: &mut Applied,
+    ) -> Result<ApplyReport, Failure> {
+        let mut report = ApplyReport::default();
+        let mut b = self.writes();
+        let deletes = plan.deletes.iter().map(String::as_str);
+        let unlinks = b.unlinks(deletes, self.settings.keys_per_command);
+        for (key, e) in &plan.expires {
+            b.cmd("PEXPIRE", key).arg(key).arg(jittered_ms(e)).arg("LT");
+        }
+        let incr_tags: Vec<&String> = match tag_mode {
+            TagMode::Version => plan.tags.keys().collect(),
+            TagMode::Set => Vec::new(),
+        };
+        for tag in &incr_tags {
+            let k = format!("{tag_prefix}{tag}");
+            b.cmd("INCR", &k).arg(&k);
+        }
+        let replies = lease.run(b).await?;
+        let (unlink_replies, rest) = replies.split_at(unlinks.min(replies.len()));
+        let (expire_replies, incr_replies) = rest.split_at(plan.expires.len().min(rest.len()));
+        report.keys_removed += sum_ints(unlink_replies)?;
+        report.expires_set += sum_ints(expire_replies)?;
+        for (tag, reply) in incr_tags.iter().zip(incr_replies) {
+            match reply {
+                Err(e) => report
+                    .tag_failures
+                    .push(((*tag).clone(), format!("INCR {tag_prefix}{tag}: {e:?}"))),
+                _ => report.tags_invalidated += 1,
+            }
+        }
+        applied.keys.extend(plan.deletes.iter().map(String::as_str));
+        for (key, e) in &plan.expires {
+            applied.expire_keys.push(key);
+            applied.expires.push(*e);
+        }
+        applied.tags.extend(plan.tags.keys().map(String::as_str));
+        if tag_mode == TagMode::Set && !plan.tags.is_empty() {
+            let tags = plan.tags.keys().map(String::as_str);
+            tags::invalidate(self, lease, tags, tag_prefix, &mut report, applied).await?;
+        }
+        for pattern in &plan.patterns {
+            report.keys_removed += scan::delete_pattern(self, lease, pattern, applied).await?;
+        }
+        Ok(report)
+    }
+
+    /// With `wait_replicas`: `WAIT` on every connection of `lease` that wrote; a shortfall fails
+    /// the attempt.
+    async fn confirm(&self, lease: &Lease) -> Result<(), Failure> {
+        let want = self.settings.wait_replicas;
+        if want == 0 {
+            return Ok(());
+        }
+        let short = lease.wait(want, self.settings.wait_timeout).await?;
+        if short.is_empty() {
+            return Ok(());
+        }
+        self.shortfalls.fetch_add(1, Ordering::Relaxed);
+        telemetry::redis_wait_shortfall();
+        let which: Vec<String> = short
+            .iter()
+            .map(|(addr, got)| format!("{got} on {addr}"))
+            .collect();
+        Err(Failure::Transient(format!(
+            "WAIT: fewer than {want} replica(s) confirmed the writes within {} ({}); applying them again",
+            humantime::format_duration(self.settings.wait_timeout),
+            which.join(", ")
+        )))
+    }
+
+    /// After a failover: the window applied again on the new primary, then the failover
+    /// committed (see [`topology`]).
+    async fn rewind_onto(&self, lease: Lease, failover: Failover) -> Result<Lease, Failure> {
+        let window = humantime::format_duration(self.settings.failover_rewind);
+        tracing::warn!(redis = %self.description, change = %failover.description,
+            rewind = %window, "Redis failover: invalidations of the rewind window are applied again on the new primary");
+        let mut actions = 0u64;
+        if self.rewind.enabled() {
+            let (plan, tags) = self.rewind.plan(|k| failover.affects(k));
+            actions = (plan.deletes.len() + plan.expires.len() + plan.tags.len()) as u64;
+            let (mode, prefix) = tags.unwrap_or((TagMode::Set, String::new()));
+            let mut again = Applied::default();
+            self.apply_on(&lease, &plan, mode, &prefix, &mut again)
+                .await?;
+            self.confirm(&lease).await?;
+        }
+        failover.commit();
+        self.failovers.fetch_add(1, Ordering::Relaxed);
+        self.rewound.fetch_add(actions, Ordering::Relaxed);
+        telemetry::redis_failover();
+        telemetry::redis_rewind_actions(actions);
+        tracing::warn!(redis = %self.description, actions, rewind = %window, "Redis failover ridden through: the rewind window was applied again");
+        Ok(lease)
+    }
+}
+
+/// The TTL to set, in ms: `ttl` minus a random share of up to `jitter` of it (never longer).
+fn jittered_ms(e: &Expire) -> u64 {
+    let ms = e.ttl.as_millis() as u64;
+    if e.jitter <= 0.0 {
+        return ms.max(1);
+    }
+    let cut = (ms as f64 * e.jitter * rand::random::<f64>()) as u64;
+    (ms - cut.min(ms)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_never_lengthens() {
+        let e = Expire {
+            ttl: Duration::from_secs(30),
+            jitter: 0.2,
+        };
+        for _ in 0..1000 {
+            let ms = jittered_ms(&e);
+            assert!((24_000..=30_000).contains(&ms), "{ms}");
+        }
+        assert_eq!(
+            jittered_ms(&Expire {
+                ttl: Duration::from_secs(1),
+                jitter: 0.0
+            }),
+            1000
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! The failover rewind window: what was applied in the last `failover_rewind`, kept to be applied
+//! again on a new primary.
+//!
+//! Replication is asynchronous: a primary acknowledges a delete before any replica has it, and a
+//! replica promoted after the primary dies may still hold the key. The window is cheap insurance
+//! against that, without `WAIT`'s latency.
+//!
+//! Invariants:
+//! - an operation is recorded after its writes were acknowledged (and confirmed by `WAIT` when
+//!   configured), and only if no connection failed since its attempt began (the topology's epoch
+//!   did not move); otherwise [`Rewind::record`] refuses and the caller applies the operation again.
+//!   So every acknowledged operation is either in the window when a failover is rewound, or was
+//!   applied on the new primary;
+//! - what is kept is what was done, key by key: the keys unlinked (deletes, the members of the tag
+//!   sets, the keys a pattern matched), the expires, and the tags (a set is scanned again, a
+//!   version counter increased again). Applying it again is idempotent or harmless;
+//! - memory is bounded in bytes: an operation's keys share one buffer; entries older than the
+//!   window, then the oldest beyond `failover_rewind_max_bytes`, are dropped, the latter counted
+//!   (`invalidator_redis_rewind_dropped_total`).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::config::TagMode;
+use crate::plan::{Expire, Plan};
+use crate::telemetry;
+
+/// Many short strings in one buffer.
+#[derive(Debug, Default, Clone)]
+pub struct Keys {
+    buf: String,
+    ends: Vec<u32>,
+}
+
+impl Keys {
+    pub fn push(&mut self, key: &str) {
+        self.buf.push_str(key);
+        self.ends.push(self.buf.len() as u32);
+    }
+
+    pub fn extend<'a>(&mut self, keys: impl IntoIterator<Item = &'a str>) {
+        for k in keys {
+            self.push(k);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let k = &self.buf[start..end as usize];
+            start = end as usize;
+            k
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn bytes(&self) -> usize {
+        self.buf.capacity() + self.ends.capacity() * 4
+    }
+}
+
+/// What one operation did, to be done again after a failover.
+#[derive(Debug, Default, Clone)]
+pub struct Applied {
+    /// Keys unlinked, whether they existed or not (a replica may still hold them).
+    pub keys: Keys,
+    pub expire_keys: Keys,
+    pub expires: Vec<Expire>,
+    /// Tags invalidated (without the prefix).
+    pub tags: Keys,
+}
+
+impl Applied {
+    fn actions(&self) -> u64 {
+        (self.keys.len() + self.expires.len() + self.tags.len()) as u64
+    }
+
+    fn bytes(&self) -> usize {
+        // The entry itself and its deque slot, roughly.
+        const ENTRY: usize = 160;
+        ENTRY
+            + self.keys.bytes()
+            + self.expire_keys.bytes()
+            + self.tags.bytes()
+            + self.expires.capacity() * std::mem::size_of::<Expire>()
+    }
+}
+
+struct Entry {
+    at: Instant,
+    bytes: usize,
+    applied: Applied,
+}
+
+#[derive(Default)]
+struct Window {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+    /// How tags were invalidated (one configuration per process).
+    tags: Option<(TagMode, String)>,
+}
+
+pub struct Rewind {
+    window: Duration,
+    max_bytes: usize,
+    inner: Mutex<Window>,
+}
+
+impl Rewind {
+    pub fn new(window: Duration, max_bytes: usize) -> Rewind {
+        Rewind {
+            window,
+            max_bytes,
+            inner: Mutex::default(),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.window.is_zero()
+    }
+
+    /// Keeps `applied` if `still_current()` says no connection failed since the operation began
+    /// (checked under the window's lock, so that a rewind never misses it); false otherwise.
+    pub fn record(
+        &self,
+        mut applied: Applied,
+        tags: Option<(TagMode, &str)>,
+        still_current: impl FnOnce() -> bool,
+    ) -> bool {
+        let now = Instant::now();
+        for k in [
+            &mut applied.keys,
+            &mut applied.expire_keys,
+            &mut applied.tags,
+        ] {
+            k.buf.shrink_to_fit();
+            k.ends.shrink_to_fit();
+        }
+        let bytes = applied.bytes();
+        let mut w = self.inner.lock().expect("rewind lock");
+        if !still_current() {
+            return false;
+        }
+        if !self.enabled() || applied.actions() == 0 {
+            return true;
+        }
+        if let Some((mode, prefix)) = tags
+            && w.tags
+                .as_ref()
+                .is_none_or(|(m, p)| *m != mode || p != prefix)
+        {
+            w.tags = Some((mode, prefix.to_owned()));
+        }
+        w.bytes += bytes;
+        w.entries.push_back(Entry {
+            at: now,
+            bytes,
+            applied,
+        });
+        let mut dropped = 0;
+        while let Some(first) = w.entries.front() {
+            let expired = now.duration_since(first.at) > self.window;
+            if !expired && w.bytes <= self.max_bytes {
+                break;
+            }
+            let e = w.entries.pop_front().expect("front exists");
+            w.bytes -= e.bytes;
+            if !expired {
+                dropped += e.applied.actions();
+            }
+        }
+        if dropped > 0 {
+            telemetry::redis_rewind_dropped(dropped);
+        }
+        telemetry::redis_rewind_bytes(w.bytes);
+        true
+    }
+
+    /// What the window holds (within `failover_rewind` of now) for the keys `affects` accepts, as
+    /// a plan, with the tag mode and prefix it was applied with.
+    pub fn plan(&self, affects: impl Fn(&str) -> bool) -> (Plan, Option<(TagMode, String)>) {
+        let now = Instant::now();
+        let w = self.inner.lock().expect("rewind lock");
+        let mut plan = Plan::default();
+        let tag_prefix = w.tags.as_ref().map(|(_, p)| p.as_str()).unwrap_or("");
+        for e in w
+            .entries
+            .iter()
+            .filter(|e| now.duration_since(e.at) <= self.window)
+        {
+            let a = &e.applied;
+            for k in a.keys.iter().filter(|k| affects(k)) {
+                if !plan.deletes.contains(k) {
+                    plan.deletes.insert(k.to_owned());
+                }
+            }
+            for (k, x) in a.expire_keys.iter().zip(&a.expires) {
+                if affects(k) {
+                    plan.expires.insert(k.to_owned(), x.clone());
+                }
+            }
+            for t in a.tags.iter() {
+                if affects(&format!("{tag_prefix}{t}")) && !plan.tags.contains_key(t) {
+                    plan.tags.insert(t.to_owned(), Vec::new());
+                }
+            }
+        }
+        (plan, w.tags.clone())
+    }
+
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().expect("rewind lock").bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied(keys: &[&str]) -> Applied {
+        let mut a = Applied::default();
+        a.keys.extend(keys.iter().copied());
+        a
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        let mut k = Keys::default();
+        k.extend(["a", "", "ccc", "é"]);
+        assert_eq!(k.iter().collect::<Vec<_>>(), ["a", "", "ccc", "é"]);
+        assert_eq!(k.len(), 4);
+    }
+
+    #[test]
+    fn a_moved_epoch_refuses_the_record() {
+        let r = Rewind::new(Duration::from_secs(30), 1 << 20);
+        assert!(!r.record(applied(&["k"]), None, || false));
+        assert!(r.plan(|_| true).0.deletes.is_empty());
+        assert!(r.record(applied(&["k"]), None, || true));
+        assert_eq!(r.plan(|_| true).0.deletes.len(), 1);
+    }
+
+    #[test]
+    fn the_byte_cap_drops_the_oldest() {
+        let r = Rewind::new(Duration::from_secs(30), 10_000);
+        for i in 0..1000 {
+            let k = format!("key:{i:04}");
+            assert!(r.record(applied(&[&k]), None, || true));
+        }
+        assert!(r.bytes() <= 10_000, "{}", r.bytes());
+        let (plan, _) = r.plan(|_| true);
+        assert!(plan.deletes.len() < 1000);
+        assert!(plan.deletes.contains("key:0999"));
+        assert!(!plan.deletes.contains("key:0000"));
+    }
+
+    #[test]
+    fn off_keeps_nothing() {
+        let r = Rewind::new(Duration::ZERO, 1 << 20);
+        assert!(r.record(applied(&["k"]), None, || true));
+        assert_eq!(r.bytes(), 0);
+    }
+
+    #[test]
+    fn the_plan_filters_by_key_and_keeps_tags() {
+        let r = Rewind::new(Duration::from_secs(30), 1 << 20);
+        let mut a = applied(&["a:1", "b:1"]);
+        a.tags.push("t1");
+        a.expire_keys.push("a:2");
+        a.expires.push(Expire {
+            ttl: Duration::from_secs(5),
+            jitter: 0.0,
+        });
+        assert!(r.record(a, Some((TagMode::Set, "tag:")), || true));
+        let (plan, tags) = r.plan(|k| k.starts_with("a:") || k == "tag:t1");
+        assert_eq!(plan.deletes.iter().collect::<Vec<_>>(), ["a:1"]);
+        assert_eq!(plan.expires.len(), 1);
+        assert_eq!(plan.tags.keys().collect::<Vec<_>>(), ["t1"]);
+        assert_eq!(tags, Some((TagMode::Set, "tag:".to_owned())));
+    }
+}

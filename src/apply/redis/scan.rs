@@ -1,0 +1,116 @@
+//! `SCAN MATCH` over every primary: pattern deletes, and the sweeper's pass of a TTL policy.
+//!
+//! The pattern is glob-escaped by the planner (but its final `*`). Each batch of keys found is
+//! handled before the next `SCAN`, so memory holds one batch (`scan_count` keys) at a time.
+
+use super::reply::{Failure, int_signed, parse_scan, sum_ints};
+use super::rewind::Applied;
+use super::topology::{Lease, NodeConn};
+use super::{Inner, SweepReport, jittered_ms};
+use crate::plan::Expire;
+use crate::rules::TtlPolicy;
+
+/// A `SCAN MATCH` in progress over the primaries of a lease.
+struct Scan<'a> {
+    lease: &'a Lease,
+    pattern: &'a str,
+    count: usize,
+    /// The primaries left, the current one last.
+    nodes: Vec<NodeConn>,
+    cursor: u64,
+}
+
+impl<'a> Scan<'a> {
+    fn new(inner: &Inner, lease: &'a Lease, pattern: &'a str) -> Scan<'a> {
+        let mut nodes = lease.primaries();
+        nodes.reverse();
+        Scan {
+            lease,
+            pattern,
+            count: inner.settings.scan_count,
+            nodes,
+            cursor: 0,
+        }
+    }
+
+    /// The next non-empty batch of keys, or `None` when every primary was scanned.
+    async fn next(&mut self) -> Result<Option<Vec<String>>, Failure> {
+        while let Some(node) = self.nodes.last() {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(self.cursor)
+                .arg("MATCH")
+                .arg(self.pattern)
+                .arg("COUNT")
+                .arg(self.count);
+            let (next, keys) = parse_scan(self.lease.query(node, &cmd).await?)?;
+            self.cursor = next;
+            if next == 0 {
+                self.nodes.pop();
+            }
+            if !keys.is_empty() {
+                return Ok(Some(keys));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// `SCAN MATCH pattern` + `UNLINK` on every primary; returns the keys removed. The keys found go
+/// to `applied`.
+pub(super) async fn delete_pattern(
+    inner: &Inner,
+    lease: &Lease,
+    pattern: &str,
+    applied: &mut Applied,
+) -> Result<u64, Failure> {
+    let mut removed = 0;
+    let mut scan = Scan::new(inner, lease, pattern);
+    while let Some(keys) = scan.next().await? {
+        let mut b = inner.writes();
+        b.unlinks(
+            keys.iter().map(String::as_str),
+            inner.settings.keys_per_command,
+        );
+        removed += sum_ints(&lease.run(b).await?)?;
+        applied.keys.extend(keys.iter().map(String::as_str));
+    }
+    Ok(removed)
+}
+
+/// One pass of `policy`: keys matching it with no TTL or a TTL over `max_ttl` get
+/// `PEXPIRE max_ttl LT` (minus jitter). Keys within the policy are never touched.
+pub(super) async fn sweep(
+    inner: &Inner,
+    lease: &Lease,
+    policy: &TtlPolicy,
+    dry_run: bool,
+) -> Result<SweepReport, Failure> {
+    let mut report = SweepReport::default();
+    let max_ms = policy.max_ttl.as_millis() as i64;
+    let e = Expire {
+        ttl: policy.max_ttl,
+        jitter: policy.jitter,
+    };
+    let mut scan = Scan::new(inner, lease, &policy.pattern);
+    while let Some(keys) = scan.next().await? {
+        report.scanned += keys.len() as u64;
+        let mut pttl = inner.reads();
+        for k in &keys {
+            pttl.cmd("PTTL", k).arg(k);
+        }
+        let ttls = lease.run(pttl).await?;
+        let mut fix = inner.writes();
+        for (k, ttl) in keys.iter().zip(&ttls) {
+            let ttl = int_signed(ttl)?;
+            // -1: no TTL; -2: gone since the scan.
+            if ttl == -1 || ttl > max_ms {
+                report.over_policy += 1;
+                fix.cmd("PEXPIRE", k).arg(k).arg(jittered_ms(&e)).arg("LT");
+            }
+        }
+        if !dry_run && !fix.is_empty() {
+            report.fixed += sum_ints(&lease.run(fix).await?)?;
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,636 @@
+//! The primaries of a Redis Cluster, by its slot map.
+//!
+//! - The slot map comes from `CLUSTER SLOTS`, asked of the nodes of the last map and then of the
+//!   seeds. Every primary in it gets `[redis] connections` connections and says who it is; a node
+//!   the map calls a primary that answers as a replica (the map is behind a failover) fails the
+//!   read, which is tried again.
+//! - A batch is grouped by the primary that owns each command's slot: one pipeline per primary,
+//!   primaries in parallel, replies put back in order.
+//! - `MOVED`: that command goes again to the node named, and the map is read again before the
+//!   next attempt. `ASK`: `ASKING` and the command, to the node named. At most five redirects.
+//! - A slot whose owner changed between two maps (another node, or the same node with another
+//!   run id or replication id: a replica took over, a node restarted empty) is a failover of
+//!   that slot: the invalidations of its keys in the rewind window are applied again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use redis::aio::MultiplexedConnection;
+use redis::{Cmd, ConnectionInfo, IntoConnectionInfo, Value};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use super::identity::{Identity, identify};
+use super::{
+    ConnOptions, Failover, FailoverKind, Kind, Lease, NodeConn, addr_of, reply, with_addr,
+};
+use crate::apply::redis::batch::{Batch, slot};
+use crate::apply::redis::reply::{Failure, Reply, text, unexpected};
+use crate::config::redact_url;
+
+/// Hash slots of a Redis Cluster.
+pub const SLOTS: usize = 16384;
+/// No owner.
+const NONE: u16 = u16::MAX;
+/// Most redirects (`MOVED`, `ASK`) a command follows in one attempt.
+const MAX_REDIRECTS: usize = 5;
+
+/// A primary of the map.
+pub struct Node {
+    addr: Arc<str>,
+    /// The cluster node id.
+    id: String,
+    identity: Option<Identity>,
+    conns: Vec<MultiplexedConnection>,
+}
+
+/// Which primary owns each slot, with connections to every primary.
+pub struct SlotMap {
+    /// Slot → index in `nodes`, or [`NONE`].
+    owners: Vec<u16>,
+    nodes: Vec<Node>,
+    epoch: u64,
+}
+
+impl SlotMap {
+    /// Connection `index` of every primary.
+    pub fn primaries(&self, index: usize) -> Vec<NodeConn> {
+        self.nodes.iter().map(|n| n.conn(index)).collect()
+    }
+
+    fn owner(&self, slot: usize) -> Option<&Node> {
+        match self.owners[slot] {
+            NONE => None,
+            i => self.nodes.get(usize::from(i)),
+        }
+    }
+
+    /// The slots whose owner is not the same primary in `new` as in `self`.
+    fn changed(&self, new: &SlotMap) -> Vec<bool> {
+        let who = |n: Option<&Node>| n.map(|n| (n.id.clone(), n.identity.clone()));
+        (0..SLOTS)
+            .map(|s| who(self.owner(s)) != who(new.owner(s)))
+            .collect()
+    }
+}
+
+impl Node {
+    fn conn(&self, index: usize) -> NodeConn {
+        NodeConn {
+            addr: self.addr.clone(),
+            conn: self.conns[index % self.conns.len()].clone(),
+        }
+    }
+}
+
+pub struct Cluster {
+    seeds: Vec<ConnectionInfo>,
+    description: String,
+    opts: ConnOptions,
+    current: RwLock<Option<Arc<SlotMap>>>,
+    /// A `MOVED` was seen: read the map again before the next lease.
+    stale: AtomicBool,
+    epoch: AtomicU64,
+    /// The last committed map.
+    known: Arc<Mutex<Option<Arc<SlotMap>>>>,
+    next: AtomicUsize,
+}
+
+impl Cluster {
+    pub fn new(seeds: &[String], opts: ConnOptions) -> Result<Cluster, Failure> {
+        let infos = seeds
+            .iter()
+            .map(|s| s.as_str().into_connection_info().map_err(Failure::from))
+            .collect::<Result<Vec<_>, _>>()?;
+        if infos.is_empty() {
+            return Err(Failure::Fatal("no Redis Cluster seed node".into()));
+        }
+        let description = format!(
+            "cluster {}",
+            seeds
+                .iter()
+                .map(|s| redact_url(s))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        Ok(Cluster {
+            seeds: infos,
+            description,
+            opts,
+            current: RwLock::new(None),
+            stale: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            known: Arc::default(),
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.description
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// The current map, unless a `MOVED` said it is behind.
+    fn current(&self) -> Option<Arc<SlotMap>> {
+        if self.stale.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.current.read().expect("slot map lock").clone()
+    }
+
+    fn lease_on(self: &Arc<Self>, map: &Arc<SlotMap>) -> Lease {
+        Lease::new(
+            map.epoch,
+            Kind::Cluster {
+                map: map.clone(),
+                index: self.next.fetch_add(1, Ordering::Relaxed),
+                topo: self.clone(),
+                redirects: Default::default(),
+            },
+        )
+    }
+
+    pub async fn lease(self: &Arc<Self>) -> Result<(Lease, Option<Failover>), Failure> {
+        if let Some(m) = self.current() {
+            return Ok((self.lease_on(&m), None));
+        }
+        let mut known = self.known.clone().lock_owned().await;
+        if let Some(m) = self.current() {
+            return Ok((self.lease_on(&m), None));
+        }
+        // Cleared before the read: a MOVED seen meanwhile marks it again.
+        self.stale.store(false, Ordering::SeqCst);
+        let (owners, nodes) = match self.read_map(known.as_deref()).await {
+            Ok(m) => m,
+            Err(e) => {
+                self.stale.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        let mut map = SlotMap {
+            owners,
+            nodes,
+            epoch: self.epoch(),
+        };
+        let changed = known.as_ref().map(|old| old.changed(&map));
+        let Some(changed) = changed.filter(|c| c.iter().any(|&c| c)) else {
+            if known.is_none() {
+                tracing::info!(redis = %self.description, primaries = map.nodes.len(),
+                    "connected to the Redis Cluster");
+            }
+            let map = Arc::new(map);
+            *known = Some(map.clone());
+            *self.current.write().expect("slot map lock") = Some(map.clone());
+            return Ok((self.lease_on(&map), None));
+        };
+        let old = known.as_ref().expect("a change needs an old map");
+        let description = describe_change(old, &map, &changed);
+        map.epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        let map = Arc::new(map);
+        let lease = self.lease_on(&map);
+        let pending = Pending {
+            known,
+            map,
+            changed,
+            topo: self.clone(),
+        };
+        Ok((
+            lease,
+            Some(Failover {
+                description,
+                kind: FailoverKind::Cluster(pending),
+            }),
+        ))
+    }
+
+    /// Reads the slot map and connects to every primary in it.
+    async fn read_map(&self, last: Option<&SlotMap>) -> Result<(Vec<u16>, Vec<Node>), Failure> {
+        let template = &self.seeds[0];
+        let mut candidates: Vec<ConnectionInfo> = Vec::new();
+        for n in last.map(|m| m.nodes.as_slice()).unwrap_or_default() {
+            if let Some((host, port)) = split_addr(&n.addr) {
+                candidates.push(with_addr(template, host, port));
+            }
+        }
+        candidates.extend(self.seeds.iter().cloned());
+        let mut failed = Vec::new();
+        let mut ranges = None;
+        for info in &candidates {
+            let asked = addr_of(info);
+            let slots = async {
+                let mut conn = self.opts.one(info).await?;
+                let v: Value = redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query_async(&mut conn)
+                    .await?;
+                parse_slots(v, info)
+            };
+            match slots.await {
+                Ok(r) if !r.is_empty() => {
+                    ranges = Some(r);
+                    break;
+                }
+                Ok(_) => failed.push(format!("{asked}: no slot assigned")),
+                Err(e) => failed.push(format!("{asked}: {e}")),
+            }
+        }
+        let Some(ranges) = ranges else {
+            return Err(Failure::Transient(format!(
+                "no cluster node gave its slot map ({})",
+                failed.join("; ")
+            )));
+        };
+        let mut primaries: Vec<(String, u16, String)> = Vec::new();
+        let mut owners = vec![NONE; SLOTS];
+        for r in &ranges {
+            let at = match primaries
+                .iter()
+                .position(|(h, p, _)| *h == r.host && *p == r.port)
+            {
+                Some(i) => i,
+                None => {
+                    primaries.push((r.host.clone(), r.port, r.id.clone()));
+                    primaries.len() - 1
+                }
+            };
+            for s in r.start..=r.end {
+                owners[s] = at as u16;
+            }
+        }
+        let nodes = futures::future::try_join_all(primaries.into_iter().map(
+            |(host, port, id)| async move {
+                let info = with_addr(template, &host, port);
+                let addr: Arc<str> = addr_of(&info).into();
+                let mut conns = self.opts.pool(&info).await?;
+                let identity = identify(&mut conns[0], &addr).await?;
+                Ok::<_, Failure>(Node {
+                    addr,
+                    id,
+                    identity,
+                    conns,
+                })
+            },
+        ))
+        .await?;
+        Ok((owners, nodes))
+    }
+
+    /// Drops the map's connections if they are still those of `epoch`.
+    pub fn broken(&self, epoch: u64) {
+        if self
+            .epoch
+            .compare_exchange(epoch, epoch + 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            *self.current.write().expect("slot map lock") = None;
+        }
+    }
+}
+
+/// A failover found, not yet committed.
+pub struct Pending {
+    known: OwnedMutexGuard<Option<Arc<SlotMap>>>,
+    map: Arc<SlotMap>,
+    /// Slot → its owner changed.
+    changed: Vec<bool>,
+    topo: Arc<Cluster>,
+}
+
+impl Pending {
+    pub fn affects(&self, key: &str) -> bool {
+        self.changed[usize::from(slot(key.as_bytes()))]
+    }
+
+    pub fn commit(mut self) {
+        *self.known = Some(self.map.clone());
+        if self.topo.epoch() == self.map.epoch {
+            *self.topo.current.write().expect("slot map lock") = Some(self.map);
+        }
+    }
+}
+
+/// "slots 0-5460: 127.0.0.1:7001 (…) → 127.0.0.1:7004 (…)", one per changed owner.
+fn describe_change(old: &SlotMap, new: &SlotMap, changed: &[bool]) -> String {
+    let name = |n: Option<&Node>| match n {
+        None => "no primary".to_owned(),
+        Some(n) => match &n.identity {
+            Some(i) => format!("{} (node {}, {i})", n.addr, n.id.get(..12).unwrap_or(&n.id)),
+            None => format!("{} (node {})", n.addr, n.id.get(..12).unwrap_or(&n.id)),
+        },
+    };
+    let mut parts: Vec<String> = Vec::new();
+    let mut s = 0;
+    while s < SLOTS {
+        if !changed[s] {
+            s += 1;
+            continue;
+        }
+        let start = s;
+        let (from, to) = (old.owners[s], new.owners[s]);
+        while s + 1 < SLOTS
+            && changed[s + 1]
+            && old.owners[s + 1] == from
+            && new.owners[s + 1] == to
+        {
+            s += 1;
+        }
+        parts.push(format!(
+            "slots {start}-{s}: {} -> {}",
+            name(old.owner(start)),
+            name(new.owner(start))
+        ));
+        s += 1;
+    }
+    if parts.len() > 8 {
+        let more = parts.len() - 8;
+        parts.truncate(8);
+        parts.push(format!("and {more} more ranges"));
+    }
+    format!("primary changed for {}", parts.join("; "))
+}
+
+/// One range of `CLUSTER SLOTS`.
+struct Range {
+    start: usize,
+    end: usize,
+    host: String,
+    port: u16,
+    id: String,
+}
+
+/// `CLUSTER SLOTS`: `[[start, end, [host, port, id, ...], replicas...], ...]`. An empty host
+/// (a node that does not know its own address) is the host that was asked.
+fn parse_slots(v: Value, asked: &ConnectionInfo) -> Result<Vec<Range>, Failure> {
+    let bad = || unexpected("CLUSTER SLOTS", &Value::Nil);
+    let Value::Array(items) = v else {
+        return Err(unexpected("CLUSTER SLOTS", &v));
+    };
+    let asked_host = addr_of(asked)
+        .rsplit_once(':')
+        .map(|(h, _)| h.to_owned())
+        .unwrap_or_default();
+    let mut ranges = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(parts) = item else {
+            return Err(bad());
+        };
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(primary))) =
+            (parts.first(), parts.get(1), parts.get(2))
+        else {
+            return Err(bad());
+        };
+        let (Ok(start), Ok(end)) = (usize::try_from(*start), usize::try_from(*end)) else {
+            return Err(bad());
+        };
+        if start > end || end >= SLOTS {
+            return Err(bad());
+        }
+        let host = primary.first().and_then(text).unwrap_or_default();
+        let host = if host.is_empty() || host == "?" {
+            asked_host.clone()
+        } else {
+            host
+        };
+        let Some(Value::Int(port)) = primary.get(1) else {
+            return Err(bad());
+        };
+        let Ok(port) = u16::try_from(*port) else {
+            return Err(bad());
+        };
+        let id = primary.get(2).and_then(text).unwrap_or_default();
+        ranges.push(Range {
+            start,
+            end,
+            host,
+            port,
+            id,
+        });
+    }
+    Ok(ranges)
+}
+
+fn split_addr(addr: &str) -> Option<(&str, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    Some((host, port.parse().ok()?))
+}
+
+/// A redirect of one command: the node named, and whether it is an `ASK`.
+fn redirect(v: &Value) -> Option<(String, bool)> {
+    let Value::ServerError(e) = v else {
+        return None;
+    };
+    let ask = match e.code() {
+        "MOVED" => false,
+        "ASK" => true,
+        _ => return None,
+    };
+    // "<slot> <host>:<port>"
+    let addr = e.details()?.split_whitespace().nth(1)?;
+    Some((addr.to_owned(), ask))
+}
+
+/// Runs `batch` on the primaries of `map` (see the module docs).
+pub(super) async fn run(
+    lease: &Lease,
+    map: &SlotMap,
+    index: usize,
+    batch: Batch,
+) -> Result<Vec<Reply>, Failure> {
+    let Kind::Cluster {
+        topo, redirects, ..
+    } = &lease.kind
+    else {
+        unreachable!("a cluster batch runs on a cluster lease");
+    };
+    let cmds: Vec<&Cmd> = batch.pipe.cmd_iter().collect();
+    let mut replies: Vec<Option<Reply>> = vec![None; cmds.len()];
+    let mut groups: HashMap<u16, Vec<usize>> = HashMap::new();
+    for (i, &s) in batch.slots.iter().enumerate() {
+        match map.owners[usize::from(s)] {
+            NONE => {
+                topo.stale.store(true, Ordering::SeqCst);
+                return Err(Failure::Transient(format!(
+                    "slot {s} has no primary in the cluster's slot map"
+                )));
+            }
+            owner => groups.entry(owner).or_default().push(i),
+        }
+    }
+    let sends = groups.into_iter().map(|(owner, idxs)| {
+        let node = map.nodes[usize::from(owner)].conn(index);
+        let cmds = &cmds;
+        async move {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &i in &idxs {
+                pipe.add_command(cmds[i].clone());
+            }
+            let r = values(&node, &pipe).await;
+            (node, idxs, r)
+        }
+    });
+    let mut pending: Vec<(usize, String, bool)> = Vec::new();
+    for (node, idxs, r) in futures::future::join_all(sends).await {
+        let vals = r?;
+        if batch.writes {
+            lease.wrote(&node);
+        }
+        settle(
+            &node,
+            idxs.into_iter().zip(vals),
+            &mut replies,
+            &mut pending,
+        )?;
+    }
+    for _ in 0..MAX_REDIRECTS {
+        if pending.is_empty() {
+            break;
+        }
+        if pending.iter().any(|(_, _, ask)| !ask) {
+            topo.stale.store(true, Ordering::SeqCst);
+        }
+        let mut by_node: HashMap<String, Vec<(usize, bool)>> = HashMap::new();
+        for (i, addr, ask) in pending.drain(..) {
+            by_node.entry(addr).or_default().push((i, ask));
+        }
+        for (addr, items) in by_node {
+            let node = redirected(topo, redirects, &addr).await?;
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &(i, ask) in &items {
+                if ask {
+                    pipe.cmd("ASKING").ignore();
+                }
+                pipe.add_command(cmds[i].clone());
+            }
+            let vals = values(&node, &pipe).await?;
+            if batch.writes {
+                lease.wrote(&node);
+            }
+            let idxs = items.iter().map(|(i, _)| *i);
+            settle(&node, idxs.zip(vals), &mut replies, &mut pending)?;
+        }
+    }
+    if !pending.is_empty() {
+        return Err(Failure::Transient(format!(
+            "commands still redirected after {MAX_REDIRECTS} redirects (slots migrating?)"
+        )));
+    }
+    Ok(replies
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err("no reply".into())))
+        .collect())
+}
+
+/// Puts replies in their places, and redirects aside.
+fn settle(
+    node: &NodeConn,
+    replies_of: impl Iterator<Item = (usize, Value)>,
+    replies: &mut [Option<Reply>],
+    pending: &mut Vec<(usize, String, bool)>,
+) -> Result<(), Failure> {
+    for (i, v) in replies_of {
+        match redirect(&v) {
+            Some((addr, ask)) => pending.push((i, addr, ask)),
+            None => replies[i] = Some(reply(&node.addr, v)?),
+        }
+    }
+    Ok(())
+}
+
+/// The raw replies of `pipe` (made with `ignore_errors`) on `node`, errors among them.
+async fn values(node: &NodeConn, pipe: &redis::Pipeline) -> Result<Vec<Value>, Failure> {
+    pipe.query_async(&mut node.conn.clone())
+        .await
+        .map_err(|e| match Failure::from(e) {
+            Failure::Transient(e) => Failure::Transient(format!("{}: {e}", node.addr)),
+            other => other,
+        })
+}
+
+/// A connection to the node a redirect named, made once per lease.
+async fn redirected(
+    topo: &Cluster,
+    redirects: &tokio::sync::Mutex<HashMap<String, NodeConn>>,
+    addr: &str,
+) -> Result<NodeConn, Failure> {
+    let mut r = redirects.lock().await;
+    if let Some(n) = r.get(addr) {
+        return Ok(n.clone());
+    }
+    let Some((host, port)) = split_addr(addr) else {
+        return Err(Failure::Fatal(format!(
+            "redirect to `{addr}`: not host:port"
+        )));
+    };
+    let info = with_addr(&topo.seeds[0], host, port);
+    let node = NodeConn {
+        addr: addr.into(),
+        conn: topo.opts.one(&info).await?,
+    };
+    r.insert(addr.to_owned(), node.clone());
+    Ok(node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn slots_reply() {
+        let asked = "redis://10.0.0.9:7000".into_connection_info().unwrap();
+        let v = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                Value::Array(vec![bulk("10.0.0.1"), Value::Int(7001), bulk("aaa")]),
+                Value::Array(vec![bulk("10.0.0.4"), Value::Int(7004), bulk("ddd")]),
+            ]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(16383),
+                Value::Array(vec![bulk(""), Value::Int(7002), bulk("bbb")]),
+            ]),
+        ]);
+        let r = parse_slots(v, &asked).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].start, r[0].end, r[0].port), (0, 5460, 7001));
+        assert_eq!(r[0].host, "10.0.0.1");
+        assert_eq!(r[1].host, "10.0.0.9");
+        assert_eq!(r[1].id, "bbb");
+        for odd in [
+            Value::Nil,
+            Value::Array(vec![Value::Int(1)]),
+            Value::Array(vec![Value::Array(vec![
+                Value::Int(5),
+                Value::Int(99999),
+                Value::Array(vec![bulk("h"), Value::Int(1)]),
+            ])]),
+            Value::Array(vec![Value::Array(vec![
+                Value::Int(0),
+                Value::Int(1),
+                Value::Array(vec![bulk("h"), Value::Int(70000)]),
+            ])]),
+        ] {
+            assert!(parse_slots(odd, &asked).is_err());
+        }
+    }
+
+    #[test]
+    fn redirects() {
+        let moved = redis::parse_redis_value(b"-MOVED 3999 127.0.0.1:6381\r\n").unwrap();
+        assert_eq!(redirect(&moved), Some(("127.0.0.1:6381".into(), false)));
+        let ask = redis::parse_redis_value(b"-ASK 3999 127.0.0.1:6382\r\n").unwrap();
+        assert_eq!(redirect(&ask), Some(("127.0.0.1:6382".into(), true)));
+        let other = redis::parse_redis_value(b"-WRONGTYPE no\r\n").unwrap();
+        assert_eq!(redirect(&other), None);
+        assert_eq!(redirect(&Value::Int(1)), None);
+    }
+}
