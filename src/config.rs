@@ -1028,6 +1028,77 @@ listen = "127.0.0.1:9464"
     }
 
     #[test]
+    fn redis_topologies() {
+        let c = Config::from_toml(
+            "[redis]\nsentinels = [\"redis://s1:26379\", \"redis://s2:26379\"]\nsentinel_master = \"catalog\"\npassword = \"pw\"",
+        )
+        .unwrap();
+        assert!(matches!(
+            c.redis.topology(),
+            Topology::Sentinel { master: "catalog", sentinels } if sentinels.len() == 2
+        ));
+        assert!(
+            !format!("{c:?}").contains("pw\""),
+            "the password is never printed"
+        );
+        let c = Config::from_toml("[redis]\ncluster = [\"redis://a:7001\"]").unwrap();
+        assert!(matches!(c.redis.topology(), Topology::Cluster { .. }));
+        assert_eq!(c.redis.wait_replicas, 0);
+        assert_eq!(c.redis.failover_rewind, Duration::from_secs(30));
+        assert_eq!(c.redis.failover_rewind_max_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn redis_errors_name_the_key() {
+        let err = |toml: &str| {
+            Config::from_toml(&format!("[redis]\n{toml}"))
+                .unwrap_err()
+                .0
+        };
+        for (toml, key) in [
+            // Both: never fall back to one of them silently.
+            (
+                "url = \"redis://a\"\nsentinels = [\"redis://s:26379\"]\nsentinel_master = \"m\"",
+                "redis.sentinels",
+            ),
+            (
+                "url = \"redis://a\"\ncluster = [\"redis://c:7001\"]",
+                "redis.cluster",
+            ),
+            ("sentinels = [\"redis://s:26379\"]", "redis.sentinel_master"),
+            ("sentinel_master = \"m\"", "redis.sentinels"),
+            ("sentinels = []\nsentinel_master = \"m\"", "redis.sentinels"),
+            (
+                "sentinels = [\"http://s\"]\nsentinel_master = \"m\"",
+                "redis.sentinels",
+            ),
+            ("cluster = []", "redis.cluster"),
+            ("password = \"x\"", "redis.password"),
+            (
+                "wait_replicas = 1\nwait_timeout = \"0s\"",
+                "redis.wait_timeout",
+            ),
+            (
+                "wait_replicas = 1\nwait_timeout = \"10s\"",
+                "redis.wait_timeout",
+            ),
+            ("wait_replicas = -1", "redis.wait_replicas"),
+            ("failover_rewind = \"soon\"", "redis.failover_rewind"),
+            (
+                "failover_rewind_max_bytes = 0",
+                "redis.failover_rewind_max_bytes",
+            ),
+            ("connections = 0", "redis.connections"),
+        ] {
+            let e = err(toml);
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+        // Off is fine without a cap.
+        Config::from_toml("[redis]\nfailover_rewind = \"0s\"\nfailover_rewind_max_bytes = 0")
+            .unwrap();
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = Config::from_toml("[limits]\nmax_fanout = \"many\"")
             .unwrap_err()

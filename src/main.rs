@@ -288,7 +288,9 @@ async fn cmd_run(cli: &Cli) -> Result<u8, Exit> {
         }
     };
     health.set_redis_ok(true);
-    tracing::info!(redis = %redis.describe(), rules = rules.rules.len(), listen = %config.http.listen, "starting");
+    tracing::info!(redis = %redis.describe(), wait_replicas = config.redis.wait_replicas,
+        failover_rewind = %humantime::format_duration(config.redis.failover_rewind),
+        rules = rules.rules.len(), listen = %config.http.listen, "starting");
     let engine = Arc::new(
         Engine::build(config, rules, redis)
             .await

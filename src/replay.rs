@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use crate::apply::cdn::CdnStats;
 use crate::apply::cdn::cloudfront::FREE_PATHS_PER_MONTH;
 use crate::apply::dlq::DlqFile;
-use crate::apply::redis::ApplyReport;
+use crate::apply::redis::{ApplyReport, RedisStats};
 use crate::engine::{Engine, EngineError, Outcome, UnitResult, finished, joined};
 use crate::event::DlqRecord;
 use crate::plan::{Redelete, Redeletes};
@@ -70,6 +70,9 @@ pub struct Summary {
     pub notices_dropped: u64,
     /// Actions planned (for `--dry-run`).
     pub actions_planned: u64,
+    /// Failovers of the Redis primary met during the replay, what their rewinds applied again, and
+    /// `WAIT` shortfalls (each retried).
+    pub redis: RedisStats,
     pub seconds: f64,
     pub dlq: Option<PathBuf>,
     /// The outage that stopped the replay, if any.
@@ -159,6 +162,25 @@ impl Summary {
                     _ => {}
                 }
             }
+            if self.redis.failovers > 0 {
+                writeln!(
+                    out,
+                    "failovers:       {} (Redis primary changed; keys removed counts removals on the primary of the moment)",
+                    self.redis.failovers
+                )?;
+                writeln!(
+                    out,
+                    "rewound actions: {} (applied again on the new primary)",
+                    self.redis.rewound_actions
+                )?;
+            }
+            if self.redis.wait_shortfalls > 0 {
+                writeln!(
+                    out,
+                    "wait shortfalls: {} (fewer replicas than wait_replicas confirmed a unit; it was applied again)",
+                    self.redis.wait_shortfalls
+                )?;
+            }
             if self.notices_sent > 0 || self.notices_dropped > 0 {
                 writeln!(
                     out,
@@ -235,6 +257,7 @@ pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summ
     );
     let max_bytes = engine.config.limits.max_event_bytes;
     let cdn_before = engine.cdn.stats();
+    let redis_before = engine.redis.stats();
 
     let (tx, mut rx) = mpsc::channel::<Batch>(2);
     let inputs = options.inputs.clone();
@@ -379,6 +402,7 @@ pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summ
         .zip(&cdn_before)
         .map(|((name, now), (_, before))| (name, now.since(before)))
         .collect();
+    summary.redis = engine.redis.stats().since(&redis_before);
     summary.seconds = started.elapsed().as_secs_f64();
     summary.unavailable = outage.map(|e| e.to_string());
     if dlq.written() > 0 {

@@ -88,6 +88,17 @@ pub struct RedisStats {
     pub wait_shortfalls: u64,
 }
 
+impl RedisStats {
+    /// What happened after `before`.
+    pub fn since(&self, before: &RedisStats) -> RedisStats {
+        RedisStats {
+            failovers: self.failovers - before.failovers,
+            rewound_actions: self.rewound_actions - before.rewound_actions,
+            wait_shortfalls: self.wait_shortfalls - before.wait_shortfalls,
+        }
+    }
+}
+
 /// A connection to the Redis that holds the caches.
 pub struct Redis {
     inner: Arc<Inner>,
