@@ -6,11 +6,11 @@
 
 use std::collections::HashMap;
 
-use redis::Pipeline;
+use redis::{Cmd, Pipeline};
 
 /// Commands sent together; failed commands give error replies of their own.
 pub struct Batch {
-    pub(super) pipe: Pipeline,
+    pub(super) cmds: Vec<Cmd>,
     /// The hash slot of each command (Cluster only; empty otherwise).
     pub(super) slots: Vec<u16>,
     cluster: bool,
@@ -30,10 +30,8 @@ impl Batch {
     }
 
     fn new(cluster: bool, writes: bool) -> Batch {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
         Batch {
-            pipe,
+            cmds: Vec::new(),
             slots: Vec::new(),
             cluster,
             writes,
@@ -41,20 +39,26 @@ impl Batch {
     }
 
     /// Starts command `name` whose keys hash to the slot of `route`; add its arguments to the
-    /// pipeline returned.
-    pub fn cmd(&mut self, name: &str, route: &str) -> &mut Pipeline {
+    /// command returned.
+    pub fn cmd(&mut self, name: &str, route: &str) -> &mut Cmd {
         if self.cluster {
             self.slots.push(slot(route.as_bytes()));
         }
-        self.pipe.cmd(name)
+        self.cmds.push(redis::cmd(name));
+        self.cmds.last_mut().expect("just pushed")
     }
 
     pub fn len(&self) -> usize {
-        self.pipe.len()
+        self.cmds.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pipe.is_empty()
+        self.cmds.is_empty()
+    }
+
+    /// The commands as one pipeline whose failed commands give error replies of their own.
+    pub fn into_pipeline(self) -> Pipeline {
+        pipeline(self.cmds)
     }
 
     /// Adds `UNLINK`s of `keys`, at most `per` keys each, never across slots; returns how many.
@@ -73,16 +77,26 @@ impl Batch {
             for k in keys {
                 chunk.push(k);
                 if chunk.len() == per {
-                    self.pipe.cmd("UNLINK").arg(&chunk);
+                    self.cmd("UNLINK", "").arg(&chunk);
                     chunk.clear();
                 }
             }
             if !chunk.is_empty() {
-                self.pipe.cmd("UNLINK").arg(&chunk);
+                self.cmd("UNLINK", "").arg(&chunk);
             }
         }
         self.len() - before
     }
+}
+
+/// `cmds` as one pipeline whose failed commands give error replies of their own.
+pub fn pipeline(cmds: impl IntoIterator<Item = Cmd>) -> Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for c in cmds {
+        pipe.add_command(c);
+    }
+    pipe
 }
 
 /// The Redis Cluster hash slot of a key: CRC16/XMODEM (the `crc16` crate, as the redis crate
@@ -149,7 +163,7 @@ mod tests {
         let n = b.unlinks(keys.iter().map(String::as_str), 3);
         assert_eq!(n, b.len());
         assert_eq!(b.slots.len(), n);
-        for (cmd, &s) in b.pipe.cmd_iter().zip(&b.slots) {
+        for (cmd, &s) in b.cmds.iter().zip(&b.slots) {
             for arg in cmd.args_iter().skip(1) {
                 let redis::Arg::Simple(k) = arg else { panic!() };
                 assert_eq!(slot(k), s);

@@ -24,7 +24,7 @@ use super::identity::{Identity, identify};
 use super::{
     ConnOptions, Failover, FailoverKind, Kind, Lease, NodeConn, addr_of, reply, with_addr,
 };
-use crate::apply::redis::batch::{Batch, slot};
+use crate::apply::redis::batch::{Batch, pipeline, slot};
 use crate::apply::redis::reply::{Failure, Reply, text, unexpected};
 use crate::config::redact_url;
 
@@ -432,6 +432,9 @@ fn redirect(v: &Value) -> Option<(String, bool)> {
     Some((addr.to_owned(), ask))
 }
 
+/// A command sent to the wrong node: where to, whether it is an `ASK`, and the command.
+type Redirect = (usize, String, bool, Cmd);
+
 /// Runs `batch` on the primaries of `map` (see the module docs).
 pub(super) async fn run(
     lease: &Lease,
@@ -445,10 +448,9 @@ pub(super) async fn run(
     else {
         unreachable!("a cluster batch runs on a cluster lease");
     };
-    let cmds: Vec<&Cmd> = batch.pipe.cmd_iter().collect();
-    let mut replies: Vec<Option<Reply>> = vec![None; cmds.len()];
-    let mut groups: HashMap<u16, Vec<usize>> = HashMap::new();
-    for (i, &s) in batch.slots.iter().enumerate() {
+    let mut replies: Vec<Option<Reply>> = vec![None; batch.cmds.len()];
+    let mut groups: HashMap<u16, (Vec<usize>, Vec<Cmd>)> = HashMap::new();
+    for (i, (cmd, &s)) in batch.cmds.into_iter().zip(&batch.slots).enumerate() {
         match map.owners[usize::from(s)] {
             NONE => {
                 topo.stale.store(true, Ordering::SeqCst);
@@ -456,62 +458,56 @@ pub(super) async fn run(
                     "slot {s} has no primary in the cluster's slot map"
                 )));
             }
-            owner => groups.entry(owner).or_default().push(i),
+            owner => {
+                let (idxs, cmds) = groups.entry(owner).or_default();
+                idxs.push(i);
+                cmds.push(cmd);
+            }
         }
     }
-    let sends = groups.into_iter().map(|(owner, idxs)| {
+    let sends = groups.into_iter().map(|(owner, (idxs, cmds))| {
         let node = map.nodes[usize::from(owner)].conn(index);
-        let cmds = &cmds;
         async move {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for &i in &idxs {
-                pipe.add_command(cmds[i].clone());
-            }
+            let pipe = pipeline(cmds);
             let r = values(&node, &pipe).await;
-            (node, idxs, r)
+            (node, idxs, pipe, r)
         }
     });
-    let mut pending: Vec<(usize, String, bool)> = Vec::new();
-    for (node, idxs, r) in futures::future::join_all(sends).await {
+    let mut pending: Vec<Redirect> = Vec::new();
+    for (node, idxs, pipe, r) in futures::future::join_all(sends).await {
         let vals = r?;
         if batch.writes {
             lease.wrote(&node);
         }
-        settle(
-            &node,
-            idxs.into_iter().zip(vals),
-            &mut replies,
-            &mut pending,
-        )?;
+        let sent = idxs.into_iter().zip(pipe.cmd_iter());
+        settle(&node, sent.zip(vals), &mut replies, &mut pending)?;
     }
     for _ in 0..MAX_REDIRECTS {
         if pending.is_empty() {
             break;
         }
-        if pending.iter().any(|(_, _, ask)| !ask) {
+        if pending.iter().any(|(_, _, ask, _)| !ask) {
             topo.stale.store(true, Ordering::SeqCst);
         }
-        let mut by_node: HashMap<String, Vec<(usize, bool)>> = HashMap::new();
-        for (i, addr, ask) in pending.drain(..) {
-            by_node.entry(addr).or_default().push((i, ask));
+        let mut by_node: HashMap<String, Vec<(usize, bool, Cmd)>> = HashMap::new();
+        for (i, addr, ask, cmd) in pending.drain(..) {
+            by_node.entry(addr).or_default().push((i, ask, cmd));
         }
         for (addr, items) in by_node {
             let node = redirected(topo, redirects, &addr).await?;
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for &(i, ask) in &items {
-                if ask {
+            let mut pipe = pipeline([]);
+            for (_, ask, cmd) in &items {
+                if *ask {
                     pipe.cmd("ASKING").ignore();
                 }
-                pipe.add_command(cmds[i].clone());
+                pipe.add_command(cmd.clone());
             }
             let vals = values(&node, &pipe).await?;
             if batch.writes {
                 lease.wrote(&node);
             }
-            let idxs = items.iter().map(|(i, _)| *i);
-            settle(&node, idxs.zip(vals), &mut replies, &mut pending)?;
+            let sent = items.iter().map(|(i, _, cmd)| (*i, cmd));
+            settle(&node, sent.zip(vals), &mut replies, &mut pending)?;
         }
     }
     if !pending.is_empty() {
@@ -526,15 +522,15 @@ pub(super) async fn run(
 }
 
 /// Puts replies in their places, and redirects aside.
-fn settle(
+fn settle<'a>(
     node: &NodeConn,
-    replies_of: impl Iterator<Item = (usize, Value)>,
+    sent: impl Iterator<Item = ((usize, &'a Cmd), Value)>,
     replies: &mut [Option<Reply>],
-    pending: &mut Vec<(usize, String, bool)>,
+    pending: &mut Vec<Redirect>,
 ) -> Result<(), Failure> {
-    for (i, v) in replies_of {
+    for ((i, cmd), v) in sent {
         match redirect(&v) {
-            Some((addr, ask)) => pending.push((i, addr, ask)),
+            Some((addr, ask)) => pending.push((i, addr, ask, cmd.clone())),
             None => replies[i] = Some(reply(&node.addr, v)?),
         }
     }

@@ -198,7 +198,7 @@ impl Lease {
         let result = match &self.kind {
             Kind::Single { node, .. } => {
                 let writes = batch.writes;
-                let r = pipeline(node, &batch.pipe).await;
+                let r = pipeline(node, &batch.into_pipeline()).await;
                 if r.is_ok() && writes {
                     self.wrote(node);
                 }
