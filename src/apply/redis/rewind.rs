@@ -124,7 +124,8 @@ impl Rewind {
     }
 
     /// Keeps `applied` if `still_current()` says no connection failed since the operation began
-    /// (checked under the window's lock, so that a rewind never misses it); false otherwise.
+    /// (checked under the window's lock, so that a rewind never misses it); false otherwise. With
+    /// the rewind off, keeps nothing and says true.
     pub fn record(
         &self,
         mut applied: Applied,
@@ -200,7 +201,7 @@ impl Rewind {
             }
             for (k, x) in a.expire_keys.iter().zip(&a.expires) {
                 if affects(k) {
-                    plan.expires.insert(k.to_owned(), x.clone());
+                    plan.expires.insert(k.to_owned(), *x);
                 }
             }
             for t in a.tags.iter() {
@@ -262,7 +263,7 @@ mod tests {
     #[test]
     fn off_keeps_nothing() {
         let r = Rewind::new(Duration::ZERO, 1 << 20);
-        assert!(r.record(applied(&["k"]), None, || true));
+        assert!(r.record(applied(&["k"]), None, || false));
         assert_eq!(r.bytes(), 0);
     }
 

@@ -256,9 +256,7 @@ impl Cluster {
                     primaries.len() - 1
                 }
             };
-            for s in r.start..=r.end {
-                owners[s] = at as u16;
-            }
+            owners[r.start..=r.end].fill(at as u16);
         }
         let nodes = futures::future::try_join_all(primaries.into_iter().map(
             |(host, port, id)| async move {
