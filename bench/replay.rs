@@ -11,267 +11,50 @@
 //!    DB 8 and prints our keys/s as a ratio of it.
 //!
 //! Only Redis DB 8 is ever written; DB 0 is never touched. `--generate-only FILE` writes the events
-//! and exits (to profile a replay by hand).
+//! and exits (to profile a replay by hand). The events, the prefill and the measurements are shared
+//! with bench/topology.rs (bench/common/).
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+#[path = "common/mod.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
+
+use common::{
+    Sink, VALUE, build_release, config_toml, field, generate_events, prefill_commands,
+    replay_command, run_child,
+};
 
 const DB: &str = "8";
 const REDIS_URL: &str = "redis://127.0.0.1:6379/8";
-const CATEGORIES: u64 = 500;
-const PAGES_PER_CATEGORY: u64 = 5;
-const SECTIONS: &[&str] = &[
-    "home", "deals", "new", "sale", "men", "women", "kids", "outlet",
-];
-const PROMOTIONS: u64 = 100;
-const REVIEWS_PER_PRODUCT: u64 = 2;
-const VALUE: &str = "cached-value-0123456789abcdef0123456789abcdef";
-
-/// Knuth's MMIX LCG; the high bits are used.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
-fn categories_of(p: u64) -> [u64; 2] {
-    let a = p % CATEGORIES;
-    let mut b = (p * 7 + 3) % CATEGORIES;
-    if b == a {
-        b = (b + 1) % CATEGORIES;
-    }
-    [a, b]
-}
-
-fn generate_events(path: &Path, n: u64, products: u64) -> std::io::Result<[u64; 5]> {
-    let mut rng = Lcg(0x5eed_2026_1122);
-    let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
-    let mut counts = [0u64; 5];
-    for i in 0..n {
-        let p = 1 + rng.below(products);
-        let roll = rng.below(100);
-        let minute = (i / 60) % 60;
-        let second = i % 60;
-        if roll < 35 {
-            counts[0] += 1;
-            let [a, b] = categories_of(p);
-            let old = 1000 + rng.below(50_000);
-            // 5% of repricings re-send the same price (the rule's `when` skips them).
-            let new = if rng.chance(5) {
-                old
-            } else {
-                old - old / (2 + rng.below(8))
-            };
-            writeln!(
-                w,
-                r#"{{"type": "price.updated", "id": "bench-{i}", "time": "2026-11-22T08:{minute:02}:{second:02}Z", "source": "pricing", "data": {{"product_id": {p}, "sku": "SKU-{p}-42", "currency": "EUR", "old_price": {}.{:02}, "new_price": {}.{:02}, "category_ids": ["c{a}", "c{b}"]}}}}"#,
-                old / 100,
-                old % 100,
-                new / 100,
-                new % 100
-            )?;
-        } else if roll < 65 {
-            counts[1] += 1;
-            let prev = rng.below(50);
-            let qty = prev.saturating_sub(1 + rng.below(3));
-            let stock = if rng.chance(70) {
-                // 10% of the stock movements cross zero (in/out of stock).
-                let was = true;
-                let now = !rng.chance(10);
-                format!(r#", "was_in_stock": {was}, "in_stock": {now}"#)
-            } else {
-                String::new()
-            };
-            writeln!(
-                w,
-                r#"{{"event_type": "inventory.changed", "event_id": "bench-{i}", "occurred_at": "2026-11-22T08:{minute:02}:{second:02}Z", "source": "warehouse", "data": {{"product_id": {p}, "warehouse": "ams-{}", "previous_quantity": {prev}, "quantity": {qty}{stock}}}}}"#,
-                1 + rng.below(3)
-            )?;
-        } else if roll < 80 {
-            counts[2] += 1;
-            writeln!(
-                w,
-                r#"{{"type": "product.updated", "id": "bench-{i}", "time": "2026-11-22T08:{minute:02}:{second:02}Z", "source": "catalog", "data": {{"product_id": {p}, "fields": ["title", "images"]}}}}"#
-            )?;
-        } else if roll < 85 {
-            counts[3] += 1;
-            let promo = rng.below(PROMOTIONS);
-            let ns = 1 + rng.below(3) as usize;
-            let first = rng.below(SECTIONS.len() as u64) as usize;
-            let sections: Vec<String> = (0..ns)
-                .map(|k| format!("\"{}\"", SECTIONS[(first + k) % SECTIONS.len()]))
-                .collect();
-            let products_field = if rng.chance(50) {
-                let ids: Vec<String> = (0..1 + rng.below(3))
-                    .map(|_| (1 + rng.below(products)).to_string())
-                    .collect();
-                format!(r#", "product_ids": [{}]"#, ids.join(", "))
-            } else {
-                String::new()
-            };
-            writeln!(
-                w,
-                r#"{{"specversion": "1.0", "type": "promotion.changed", "id": "bench-{i}", "source": "/marketing/promotions", "time": "2026-11-22T08:{minute:02}:{second:02}Z", "datacontenttype": "application/json", "data": {{"promotion_id": "promo-{promo}", "sections": [{}]{products_field}}}}}"#,
-                sections.join(", ")
-            )?;
-        } else {
-            counts[4] += 1;
-            let r = rng.below(REVIEWS_PER_PRODUCT);
-            let s = rng.below(100);
-            let (status, source) = if s < 70 {
-                ("published", "reviews")
-            } else if s < 85 {
-                ("pending", "reviews")
-            } else {
-                ("removed", "moderation")
-            };
-            writeln!(
-                w,
-                r#"{{"type": "review.updated", "id": "bench-{i}", "time": "2026-11-22T08:{minute:02}:{second:02}Z", "source": "{source}", "data": {{"review_id": "r-{p}-{r}", "product_id": {p}, "rating": {}, "status": "{status}"}}}}"#,
-                1 + rng.below(5)
-            )?;
-        }
-    }
-    w.flush()?;
-    Ok(counts)
-}
-
-fn resp(w: &mut impl Write, args: &[&str]) -> std::io::Result<()> {
-    write!(w, "*{}\r\n", args.len())?;
-    for a in args {
-        write!(w, "${}\r\n{}\r\n", a.len(), a)?;
-    }
-    Ok(())
-}
 
 fn redis_cli(args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-n", DB])
-        .args(args)
-        .output()
-        .expect("redis-cli on PATH");
-    assert!(out.status.success(), "redis-cli {args:?} failed");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    common::redis_cli(&["-n", DB], args)
 }
 
 /// used_cpu_user + used_cpu_sys of the Redis server, in seconds.
 fn redis_cpu() -> f64 {
-    redis_cli(&["INFO", "cpu"])
-        .lines()
-        .filter(|l| l.starts_with("used_cpu_user:") || l.starts_with("used_cpu_sys:"))
-        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
-        .sum()
+    common::redis_cpu(&["-n", DB])
 }
 
 fn dbsize() -> u64 {
     redis_cli(&["DBSIZE"]).parse().unwrap_or(0)
 }
 
-/// Streams RESP commands into `redis-cli -n 8 --pipe`; returns (commands, seconds).
-fn pipe(fill: impl FnOnce(&mut dyn Write) -> std::io::Result<u64>) -> (u64, f64) {
+/// Streams commands into `redis-cli -n 8 --pipe`; returns (what `fill` counted, seconds).
+fn pipe(fill: impl FnOnce(&mut Sink) -> std::io::Result<u64>) -> (u64, f64) {
     let t = Instant::now();
-    let mut child = Command::new("redis-cli")
-        .args(["-n", DB, "--pipe"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("redis-cli on PATH");
-    let stdin = child.stdin.take().unwrap();
-    let mut w = BufWriter::with_capacity(1 << 20, stdin);
-    let n = fill(&mut w).expect("writing to redis-cli --pipe");
-    w.flush().unwrap();
-    drop(w);
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("errors: 0"),
-        "redis-cli --pipe: {text}"
-    );
+    let mut pipes = common::Pipes::start(&[vec!["-n".into(), DB.into()]], |_| 0);
+    let n = fill(&mut |args| pipes.send(args)).expect("writing to redis-cli --pipe");
+    pipes.finish();
     (n, t.elapsed().as_secs_f64())
 }
 
 /// FLUSHDB on DB 8, then every key the shipped rules can touch for `products` products.
 fn prefill(products: u64) -> (u64, f64) {
     redis_cli(&["FLUSHDB"]);
-    pipe(|w| {
-        let mut w = BufWriter::new(w);
-        let mut n = 0u64;
-        for p in 1..=products {
-            let ps = p.to_string();
-            for k in ["price", "product", "inventory", "review:product"] {
-                resp(&mut w, &["SET", &format!("{k}:{ps}"), VALUE])?;
-            }
-            resp(
-                &mut w,
-                &["SET", &format!("reco:product:{ps}"), VALUE, "EX", "3600"],
-            )?;
-            let [a, b] = categories_of(p);
-            resp(
-                &mut w,
-                &[
-                    "SADD",
-                    &format!("product:{ps}:categories"),
-                    &format!("c{a}"),
-                    &format!("c{b}"),
-                ],
-            )?;
-            let cart = format!("cart:preview:{ps}");
-            let cmp = format!("compare:{ps}");
-            resp(&mut w, &["SET", &cart, VALUE])?;
-            resp(&mut w, &["SET", &cmp, VALUE])?;
-            resp(&mut w, &["SADD", &format!("tag:product:{ps}"), &cart, &cmp])?;
-            for r in 0..REVIEWS_PER_PRODUCT {
-                resp(&mut w, &["SET", &format!("review:r-{ps}-{r}"), VALUE])?;
-            }
-            n += 8 + REVIEWS_PER_PRODUCT;
-        }
-        for c in 0..CATEGORIES {
-            let tag = format!("tag:category:c{c}");
-            for page in 1..=PAGES_PER_CATEGORY {
-                let key = format!("category:c{c}:page:{page}");
-                resp(&mut w, &["SET", &key, VALUE])?;
-                resp(&mut w, &["SADD", &tag, &key])?;
-                n += 2;
-            }
-        }
-        for s in SECTIONS {
-            resp(&mut w, &["SET", &format!("promo:{s}"), VALUE])?;
-            resp(
-                &mut w,
-                &["SET", &format!("reco:section:{s}"), VALUE, "EX", "3600"],
-            )?;
-            for k in 1..=3 {
-                let key = format!("promo-block:{s}:{k}");
-                resp(&mut w, &["SET", &key, VALUE])?;
-                resp(&mut w, &["SADD", &format!("tag:promo-section:{s}"), &key])?;
-                n += 2;
-            }
-            n += 2;
-        }
-        for pr in 0..PROMOTIONS {
-            let key = format!("promo:promo-{pr}:banner");
-            resp(&mut w, &["SET", &key, VALUE])?;
-            resp(&mut w, &["SADD", &format!("tag:promo:promo-{pr}"), &key])?;
-            n += 2;
-        }
-        w.flush()?;
-        Ok(n)
-    })
+    pipe(|send| prefill_commands(products, send))
 }
 
 struct Run {
@@ -289,15 +72,6 @@ struct Run {
     summary: String,
 }
 
-fn field(summary: &str, name: &str) -> Option<u64> {
-    summary.lines().find_map(|l| {
-        let l = l.trim_start_matches("[dry run] ").trim();
-        l.strip_prefix(name)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-    })
-}
-
 fn run_replay(
     bin: &Path,
     config: &Path,
@@ -309,60 +83,24 @@ fn run_replay(
 ) -> Run {
     let before = dbsize();
     let redis_before = redis_cpu();
-    let out_path = tmp.join(format!("{label}.stdout"));
-    let err_path = tmp.join(format!("{label}.stderr"));
-    let mut cmd = Command::new(bin);
-    cmd.arg("replay")
-        .arg("-c")
-        .arg(config)
-        .arg("--rules")
-        .arg(rules);
-    if dry_run {
-        cmd.arg("--dry-run");
-    }
-    cmd.arg(events)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(File::create(&out_path).unwrap())
-        .stderr(File::create(&err_path).unwrap());
-    let t = Instant::now();
-    let child = cmd.spawn().expect("spawning invalidator");
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // wait4 reaps the child and returns its own rusage (ru_maxrss in KiB on Linux).
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let wall = t.elapsed().as_secs_f64();
-    assert_eq!(r, pid, "wait4 failed: {}", std::io::Error::last_os_error());
-    std::mem::forget(child);
-    let exit = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
+    let child = run_child(
+        replay_command(bin, config, rules, events, dry_run),
+        label,
+        tmp,
+    );
     let redis_cpu = redis_cpu() - redis_before;
     let after = dbsize();
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    let cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
-    let summary = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-    if exit != 0 {
-        eprintln!(
-            "!! {label}: exit {exit}\n{}",
-            stderr.lines().take(20).collect::<Vec<_>>().join("\n")
-        );
-    }
     Run {
         label: label.to_string(),
-        wall,
-        events: field(&summary, "events:").unwrap_or(0),
-        keys_removed: field(&summary, "keys removed:"),
+        wall: child.wall,
+        events: field(&child.stdout, "events:").unwrap_or(0),
+        keys_removed: field(&child.stdout, "keys removed:"),
         dbsize_delta: before as i64 - after as i64,
-        maxrss_kib: usage.ru_maxrss,
-        cpu,
+        maxrss_kib: child.maxrss_kib,
+        cpu: child.cpu,
         redis_cpu,
-        exit,
-        summary,
+        exit: child.exit,
+        summary: child.stdout,
     }
 }
 
@@ -372,12 +110,10 @@ fn run_replay(
 /// only about 86% of the keyspace is removed, by 43% of the requests.
 fn redis_benchmark(cmd: &str) -> (f64, f64) {
     redis_cli(&["FLUSHDB"]);
-    pipe(|w| {
-        let mut w = BufWriter::new(w);
+    pipe(|send| {
         for i in 0..1_000_000u64 {
-            resp(&mut w, &["SET", &format!("key:{i:012}"), VALUE])?;
+            send(&["SET", &format!("key:{i:012}"), VALUE])?;
         }
-        w.flush()?;
         Ok(1_000_000)
     });
     let args = [
@@ -456,22 +192,7 @@ fn main() {
         return;
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| if p.is_relative() { root.join(p) } else { p })
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("release").join("invalidator");
-
-    if !skip_build {
-        println!("$ cargo build --release --bin invalidator");
-        let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--bin", "invalidator"])
-            .current_dir(&root)
-            .status()
-            .expect("running cargo");
-        assert!(st.success(), "cargo build --release failed");
-    }
-    assert!(bin.exists(), "{} not found", bin.display());
+    let bin = build_release(skip_build);
 
     let tmp = tempfile::Builder::new()
         .prefix("invalidator-bench-")
@@ -492,13 +213,7 @@ fn main() {
         counts[4]
     );
     let config = tmp.path().join("invalidator.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[redis]\nurl = \"{REDIS_URL}\"\n\n[tags]\nmode = \"set\"\nprefix = \"tag:\"\n\n[cdn.catalog-cdn]\nkind = \"log\"\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, config_toml(&format!("url = \"{REDIS_URL}\""))).unwrap();
 
     let plain = root.join("bench").join("rules-plain");
     let shipped = root.join("rules");

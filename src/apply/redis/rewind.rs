@@ -132,6 +132,9 @@ impl Rewind {
         tags: Option<(TagMode, &str)>,
         still_current: impl FnOnce() -> bool,
     ) -> bool {
+        if !self.enabled() {
+            return true;
+        }
         let now = Instant::now();
         for k in [
             &mut applied.keys,
@@ -146,7 +149,7 @@ impl Rewind {
         if !still_current() {
             return false;
         }
-        if !self.enabled() || applied.actions() == 0 {
+        if applied.actions() == 0 {
             return true;
         }
         if let Some((mode, prefix)) = tags
