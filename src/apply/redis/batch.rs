@@ -4,8 +4,6 @@
 //! hash slot of its key, and the lease sends one pipeline per primary (see
 //! [`super::topology::Lease::run`]); multi-key commands never cross a slot.
 
-use std::collections::HashMap;
-
 use redis::{Cmd, Pipeline};
 
 /// Commands sent together; failed commands give error replies of their own.
@@ -65,12 +63,18 @@ impl Batch {
     pub fn unlinks<'a>(&mut self, keys: impl IntoIterator<Item = &'a str>, per: usize) -> usize {
         let before = self.len();
         if self.cluster {
-            let mut by_slot: HashMap<u16, Vec<&str>> = HashMap::new();
-            for k in keys {
-                by_slot.entry(slot(k.as_bytes())).or_default().push(k);
-            }
-            for chunk in by_slot.values().flat_map(|keys| keys.chunks(per)) {
-                self.cmd("UNLINK", chunk[0]).arg(chunk);
+            let mut keyed: Vec<(u16, &str)> =
+                keys.into_iter().map(|k| (slot(k.as_bytes()), k)).collect();
+            keyed.sort_unstable_by_key(|&(s, _)| s);
+            let mut chunk: Vec<&str> = Vec::with_capacity(per);
+            for same in keyed.chunk_by(|a, b| a.0 == b.0) {
+                for part in same.chunks(per) {
+                    chunk.clear();
+                    chunk.extend(part.iter().map(|&(_, k)| k));
+                    self.slots.push(part[0].0);
+                    self.cmds.push(redis::cmd("UNLINK"));
+                    self.cmds.last_mut().expect("just pushed").arg(&chunk);
+                }
             }
         } else {
             let mut chunk: Vec<&str> = Vec::with_capacity(per);

@@ -447,30 +447,35 @@ pub(super) async fn run(
         unreachable!("a cluster batch runs on a cluster lease");
     };
     let mut replies: Vec<Option<Reply>> = vec![None; batch.cmds.len()];
-    let mut groups: HashMap<u16, (Vec<usize>, Vec<Cmd>)> = HashMap::new();
+    // Per primary (by index in the map): the commands' places in the batch, and the commands.
+    let mut groups: Vec<(Vec<usize>, Vec<Cmd>)> =
+        (0..map.nodes.len()).map(|_| Default::default()).collect();
     for (i, (cmd, &s)) in batch.cmds.into_iter().zip(&batch.slots).enumerate() {
-        match map.owners[usize::from(s)] {
-            NONE => {
+        match groups.get_mut(usize::from(map.owners[usize::from(s)])) {
+            Some((idxs, cmds)) => {
+                idxs.push(i);
+                cmds.push(cmd);
+            }
+            None => {
                 topo.stale.store(true, Ordering::SeqCst);
                 return Err(Failure::Transient(format!(
                     "slot {s} has no primary in the cluster's slot map"
                 )));
             }
-            owner => {
-                let (idxs, cmds) = groups.entry(owner).or_default();
-                idxs.push(i);
-                cmds.push(cmd);
-            }
         }
     }
-    let sends = groups.into_iter().map(|(owner, (idxs, cmds))| {
-        let node = map.nodes[usize::from(owner)].conn(index);
-        async move {
-            let pipe = pipeline(cmds);
-            let r = values(&node, &pipe).await;
-            (node, idxs, pipe, r)
-        }
-    });
+    let sends = groups
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (idxs, _))| !idxs.is_empty())
+        .map(|(owner, (idxs, cmds))| {
+            let node = map.nodes[owner].conn(index);
+            async move {
+                let pipe = pipeline(cmds);
+                let r = values(&node, &pipe).await;
+                (node, idxs, pipe, r)
+            }
+        });
     let mut pending: Vec<Redirect> = Vec::new();
     for (node, idxs, pipe, r) in futures::future::join_all(sends).await {
         let vals = r?;
