@@ -3,7 +3,8 @@
 # answering), a 3-node Redis Cluster on loopback ports 7001-7003 (redis-cluster.sh), a Kafka-protocol
 # broker on 127.0.0.1:19092 (tansu.sh; skipped when KAFKA_BROKERS names another) and the AWS emulator
 # moto_server on 127.0.0.1:5055 (moto.sh); cargo-lambda (its Lambda runtime API emulator runs the
-# Lambda tests) is installed from PyPI when missing.
+# Lambda tests) is installed from PyPI when missing, and redis-sentinel (the failover tests start
+# their own Sentinels) from Debian's packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,14 @@ ensure_redis() {
   exit 1
 }
 
+# The failover tests (tests/failover*.rs) start their own Redis Sentinels; Debian ships
+# redis-sentinel in a package of its own.
+ensure_sentinel() {
+  if command -v redis-sentinel >/dev/null 2>&1; then return; fi
+  echo "redis-sentinel not found: installing it from Debian's packages"
+  apt-get update -qq && apt-get install -y -qq redis-sentinel >/dev/null
+}
+
 ensure_cargo_lambda() {
   if cargo lambda --version >/dev/null 2>&1; then return; fi
   echo "cargo-lambda not found: installing it from PyPI"
@@ -32,6 +41,7 @@ ensure_cargo_lambda() {
 }
 
 ensure_redis
+ensure_sentinel
 ensure_cargo_lambda
 bash scripts/redis-cluster.sh start
 if [ -z "${KAFKA_BROKERS:-}" ]; then bash scripts/tansu.sh; fi

@@ -8,10 +8,12 @@
 
 pub mod aws;
 pub mod kafka;
+pub mod topology;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use invalidator::apply::redis::Redis;
 use invalidator::config::Config;
@@ -80,11 +82,14 @@ impl World {
     /// The config text: Redis URL, tag and dedupe prefixes under the test prefix, a `log` CDN target
     /// named `logcdn`, plus `extra_config` (with `P:` replaced).
     pub fn config_text(&self) -> String {
+        self.config_text_with_redis(&format!("url = \"{}\"\nretry_for = \"5s\"\n", redis_url()))
+    }
+
+    /// [`World::config_text`] with `redis` (lines) as the body of the `[redis]` section.
+    pub fn config_text_with_redis(&self, redis: &str) -> String {
         let mut t = format!(
-            "[redis]\nurl = \"{}\"\nretry_for = \"5s\"\n\n[tags]\nmode = \"{}\"\nprefix = \"{}tag:\"\n\n[cdn.logcdn]\nkind = \"log\"\n\n",
-            redis_url(),
-            self.tags_mode,
-            self.p
+            "[redis]\n{redis}\n[tags]\nmode = \"{}\"\nprefix = \"{}tag:\"\n\n[cdn.logcdn]\nkind = \"log\"\n\n",
+            self.tags_mode, self.p
         );
         let extra = self.k(&self.extra_config);
         if !extra.contains("[dedupe]") {
@@ -171,6 +176,37 @@ impl World {
         ];
         full.extend(args.iter().map(|s| s.to_string()));
         run_bin(self.dir.path(), &full, env)
+    }
+
+    /// Starts the binary in the background with `config` (written to `{name}.toml`) and
+    /// `--rules rules/`; its stdout and stderr go to `{name}.out` and `{name}.err`. Its `RUST_LOG`
+    /// is `warn`, or `TEST_BIN_RUST_LOG` (e.g. `warn,redis=debug` to see the Redis client's
+    /// reconnects).
+    pub fn spawn_bin(&self, name: &str, config: &str, args: &[&str]) -> Spawned {
+        let config_path = self.path(&format!("{name}.toml"));
+        std::fs::write(&config_path, config).unwrap();
+        let out = self.path(&format!("{name}.out"));
+        let err = self.path(&format!("{name}.err"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_invalidator"));
+        topology::die_with_parent(&mut cmd);
+        let child = cmd
+            .current_dir(self.dir.path())
+            .arg("-c")
+            .arg(&config_path)
+            .arg("--rules")
+            .arg(self.rules_dir())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_BIN_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .env_remove("INVALIDATOR_TEST_REDIS_URL")
+            .spawn()
+            .expect("start the binary");
+        Spawned { child, out, err }
     }
 
     /// Keys under the prefix matching `P:`-pattern (sorted).
@@ -273,5 +309,52 @@ pub fn run_bin(cwd: &Path, args: &[String], env: &[(&str, &str)]) -> Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The binary running in the background ([`World::spawn_bin`]); killed when dropped.
+pub struct Spawned {
+    pub child: Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Spawned {
+    /// Still running?
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the exit; `None` if it is still running after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Option<Run> {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(Run {
+                    code: status.code().unwrap_or(-1),
+                    stdout: self.stdout(),
+                    stderr: self.stderr(),
+                });
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
