@@ -41,10 +41,19 @@ const REWIND: &str = "failover_rewind = \"30s\"\n";
 /// `WAIT 1` after each unit, no rewind.
 const WAIT: &str = "failover_rewind = \"0s\"\nwait_replicas = 1\nwait_timeout = \"500ms\"\n";
 
-/// Keys seeded, one event each.
-const N: usize = 20_000;
+/// Keys seeded, one event each: 20,000, or `FAILOVER_KEYS` (BENCHMARKS.md's runs at 1,000,000).
+fn n() -> usize {
+    std::env::var("FAILOVER_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000)
+}
+
 /// Events per second (`--rate`): the replay lasts about 5 s.
-const RATE: &str = "4000";
+fn rate() -> String {
+    (n() / 5).to_string()
+}
+
 /// How long the replay may take from the fault to its exit: it rides through in seconds.
 const RIDE_THROUGH: Duration = Duration::from_secs(60);
 
@@ -61,15 +70,15 @@ impl Workload {
     fn new() -> Workload {
         let w = World::new();
         w.rules("price.yaml", RULES);
-        let keys = (0..N).map(|i| w.k(&format!("P:price:{i}"))).collect();
-        let lines: Vec<String> = (0..N)
+        let keys = (0..n()).map(|i| w.k(&format!("P:price:{i}"))).collect();
+        let lines: Vec<String> = (0..n())
             .map(|i| format!(r#"{{"type":"price.updated","id":"e-{i}","data":{{"sku":"{i}"}}}}"#))
             .collect();
         w.lines("events.jsonl", &lines);
         Workload { w, keys }
     }
 
-    /// `invalidator replay --rate RATE events.jsonl` in the background, with `redis` as the body
+    /// `invalidator replay --rate {n/5} events.jsonl` in the background, with `redis` as the body
     /// of `[redis]` (plus a 30 s `retry_for`).
     fn replay(&self, redis: &str) -> Spawned {
         let config = self
@@ -80,7 +89,7 @@ impl Workload {
         self.w.spawn_bin(
             "replay",
             &config,
-            &["replay", "--rate", RATE, "--dlq", &dlq, &input],
+            &["replay", "--rate", &rate(), "--dlq", &dlq, &input],
         )
     }
 }
@@ -237,7 +246,7 @@ fn endpoint_switch(protection: &str) -> Verdict {
     freeze(&p, &[&r]);
 
     let mut replay = wl.replay(&format!("url = \"{}\"\n{protection}", proxy.url()));
-    let deleted_before = wait_mid_run(&mut replay, &p, N, false);
+    let deleted_before = wait_mid_run(&mut replay, &p, n(), false);
     let fault = Instant::now();
     p.kill9();
     r.cont();
@@ -281,7 +290,7 @@ fn endpoint_switch_with_wait_leaves_no_stale_key() {
     freeze(&p, &[&r1, &r2]);
 
     let mut replay = wl.replay(&format!("url = \"{}\"\n{WAIT}", proxy.url()));
-    let deleted_before = wait_mid_run(&mut replay, &p, N, true);
+    let deleted_before = wait_mid_run(&mut replay, &p, n(), true);
     let fault = Instant::now();
     p.kill9();
     r1.cont();
@@ -347,7 +356,7 @@ impl SentinelSetup {
         let refs: Vec<&Server> = self.replicas.iter().collect();
         freeze(&self.p, &refs);
         let mut replay = self.wl.replay(redis);
-        let deleted_before = wait_mid_run(&mut replay, &self.p, N, wait);
+        let deleted_before = wait_mid_run(&mut replay, &self.p, n(), wait);
         let fault = Instant::now();
         self.p.kill9();
         for r in &self.replicas {
@@ -486,8 +495,10 @@ fn cluster_takeover(
     let r1 = c.replica_of(p1);
     let own = c.by_owner(&wl.keys)[&p1.port].len();
     eprintln!(
-        "primary {} owns {own} of the {N} keys; its replica {} is frozen",
-        p1.port, r1.port
+        "primary {} owns {own} of the {} keys; its replica {} is frozen",
+        p1.port,
+        n(),
+        r1.port
     );
     freeze(p1, &[r1]);
 
