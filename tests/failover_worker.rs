@@ -205,6 +205,13 @@ fn wait_mid_drain(
     if wait {
         std::thread::sleep(Duration::from_millis(1500));
         committed = s.committed();
+        // Readiness says why nothing moves (once a unit's retry budget, 2 s, ran out).
+        let mut ready = None;
+        let said = until(Duration::from_secs(10), || {
+            ready = worker.get("/readyz");
+            matches!(&ready, Some((503, body)) if body.contains("WAIT"))
+        });
+        assert!(said, "/readyz while every replica is frozen: {ready:?}");
     }
     left = redis::cmd("DBSIZE").query(&mut c).unwrap_or(left);
     assert!(

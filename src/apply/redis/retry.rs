@@ -32,17 +32,20 @@ where
         .build();
     let mut deadline: Option<Instant> = None;
     let mut attempts = 0u32;
+    // The cause of the outage: a last attempt cut off by the budget reports it, not itself.
+    let mut last = String::new();
     loop {
         attempts += 1;
         let result = match deadline {
             None => attempt().await,
-            Some(d) => tokio::time::timeout_at(d, attempt())
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Failure::Transient(format!(
-                        "{what} did not finish within the retry budget"
-                    )))
-                }),
+            Some(d) => match tokio::time::timeout_at(d, attempt()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(RedisError::Unavailable(format!(
+                        "{last} (still failing after the retry budget; the last attempt of {what} did not finish)"
+                    )));
+                }
+            },
         };
         let error = match result {
             Ok(v) => {
@@ -54,6 +57,7 @@ where
             Err(Failure::Fatal(e)) => return Err(RedisError::Unavailable(e)),
             Err(Failure::Transient(e)) => e,
         };
+        last.clone_from(&error);
         let now = Instant::now();
         let end = *deadline.get_or_insert_with(|| match budget {
             Some(b) => now + b,
@@ -89,7 +93,8 @@ mod tests {
             Err(Failure::Transient("down".into()))
         })
         .await;
-        assert!(r.is_err());
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("down"), "the cause, not the cut: {e}");
         let took = started.elapsed();
         assert!(
             took <= Duration::from_secs(13) + Duration::from_millis(10),
