@@ -8,9 +8,10 @@
 //!   primaries in parallel, replies put back in order.
 //! - `MOVED`: that command goes again to the node named, and the map is read again before the
 //!   next attempt. `ASK`: `ASKING` and the command, to the node named. At most five redirects.
-//! - A slot whose owner changed between two maps (another node, or the same node with another
-//!   run id or replication id: a replica took over, a node restarted empty) is a failover of
-//!   that slot: the invalidations of its keys in the rewind window are applied again.
+//! - A slot whose owner changed between two maps while the old owner is no longer the same primary
+//!   (a replica took over, the node restarted empty: another run id or replication id) is a
+//!   failover of that slot: the invalidations of its keys in the rewind window are applied again.
+//!   A slot moved between two live primaries (resharding) is not.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -65,11 +66,23 @@ impl SlotMap {
         }
     }
 
-    /// The slots whose owner is not the same primary in `new` as in `self`.
-    fn changed(&self, new: &SlotMap) -> Vec<bool> {
-        let who = |n: Option<&Node>| n.map(|n| (n.id.clone(), n.identity.clone()));
+    /// The slots whose owner failed over between `self` and `new`: the owner is another primary
+    /// (or none) and the old owner is no longer a primary with the same run id and replication
+    /// id. A slot moved from one live primary to another (resharding: `MIGRATE` moves the keys as
+    /// the old owner holds them) is not a failover.
+    fn failed_over(&self, new: &SlotMap) -> Vec<bool> {
+        let who = |n: &Node| (n.id.clone(), n.identity.clone());
+        let still_primary: Vec<bool> = self
+            .nodes
+            .iter()
+            .map(|old| new.nodes.iter().any(|n| who(n) == who(old)))
+            .collect();
         (0..SLOTS)
-            .map(|s| who(self.owner(s)) != who(new.owner(s)))
+            .map(|s| match (self.owners[s], new.owner(s)) {
+                (NONE, _) => false,
+                (o, Some(n)) if who(&self.nodes[usize::from(o)]) == who(n) => false,
+                (o, _) => !still_primary[usize::from(o)],
+            })
             .collect()
     }
 }
@@ -175,7 +188,7 @@ impl Cluster {
             nodes,
             epoch: self.epoch(),
         };
-        let changed = known.as_ref().map(|old| old.changed(&map));
+        let changed = known.as_ref().map(|old| old.failed_over(&map));
         let Some(changed) = changed.filter(|c| c.iter().any(|&c| c)) else {
             if known.is_none() {
                 tracing::info!(redis = %self.description, primaries = map.nodes.len(),
@@ -430,9 +443,6 @@ fn redirect(v: &Value) -> Option<(String, bool)> {
     Some((addr.to_owned(), ask))
 }
 
-/// A command sent to the wrong node: where to, whether it is an `ASK`, and the command.
-type Redirect = (usize, String, bool, Cmd);
-
 /// Runs `batch` on the primaries of `map` (see the module docs).
 pub(super) async fn run(
     lease: &Lease,
@@ -440,17 +450,75 @@ pub(super) async fn run(
     index: usize,
     batch: Batch,
 ) -> Result<Vec<Reply>, Failure> {
+    let slots = batch.slots.clone();
+    let (mut replies, splits) = route(lease, map, index, batch.cmds, &slots, batch.writes).await?;
+    if !splits.is_empty() {
+        // A multi-key UNLINK refused with TRYAGAIN: its slot is migrating and its keys are on both
+        // sides. One UNLINK per key instead, each following its own redirect.
+        let mut cmds = Vec::new();
+        let mut sub_slots = Vec::new();
+        let mut of = Vec::new();
+        for (i, cmd) in splits {
+            replies[i] = Some(Ok(Value::Int(0)));
+            for key in cmd.args_iter().skip(1) {
+                if let redis::Arg::Simple(k) = key {
+                    let mut c = redis::cmd("UNLINK");
+                    c.arg(k);
+                    cmds.push(c);
+                    sub_slots.push(slots[i]);
+                    of.push(i);
+                }
+            }
+        }
+        let (sub, again) = route(lease, map, index, cmds, &sub_slots, batch.writes).await?;
+        if !again.is_empty() {
+            return Err(Failure::Transient(
+                "TRYAGAIN: a slot is migrating; one key at a time was refused too".into(),
+            ));
+        }
+        for (i, r) in of.into_iter().zip(sub) {
+            let n = match r {
+                Some(Ok(Value::Int(n))) => n,
+                Some(Ok(other)) => return Err(unexpected("UNLINK", &other)),
+                Some(Err(e)) => return Err(Failure::Fatal(e)),
+                None => 0,
+            };
+            if let Some(Ok(Value::Int(total))) = &mut replies[i] {
+                *total += n;
+            }
+        }
+    }
+    Ok(replies
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err("no reply".into())))
+        .collect())
+}
+
+/// A command sent to the wrong node: where to, whether it is an `ASK`, and the command.
+type Redirect = (usize, String, bool, Cmd);
+
+/// The replies of `cmds` (the hash slot of each in `slots`) in order, following redirects; and
+/// the multi-key `UNLINK`s refused with `TRYAGAIN` (a slot migrating), left without a reply.
+async fn route(
+    lease: &Lease,
+    map: &SlotMap,
+    index: usize,
+    cmds: Vec<Cmd>,
+    slots: &[u16],
+    writes: bool,
+) -> Result<(Vec<Option<Reply>>, Vec<(usize, Cmd)>), Failure> {
     let Kind::Cluster {
         topo, redirects, ..
     } = &lease.kind
     else {
         unreachable!("a cluster batch runs on a cluster lease");
     };
-    let mut replies: Vec<Option<Reply>> = vec![None; batch.cmds.len()];
+    let mut replies: Vec<Option<Reply>> = vec![None; cmds.len()];
+    let mut splits: Vec<(usize, Cmd)> = Vec::new();
     // Per primary (by index in the map): the commands' places in the batch, and the commands.
     let mut groups: Vec<(Vec<usize>, Vec<Cmd>)> =
         (0..map.nodes.len()).map(|_| Default::default()).collect();
-    for (i, (cmd, &s)) in batch.cmds.into_iter().zip(&batch.slots).enumerate() {
+    for (i, (cmd, &s)) in cmds.into_iter().zip(slots).enumerate() {
         match groups.get_mut(usize::from(map.owners[usize::from(s)])) {
             Some((idxs, cmds)) => {
                 idxs.push(i);
@@ -479,11 +547,17 @@ pub(super) async fn run(
     let mut pending: Vec<Redirect> = Vec::new();
     for (node, idxs, pipe, r) in futures::future::join_all(sends).await {
         let vals = r?;
-        if batch.writes {
+        if writes {
             lease.wrote(&node);
         }
         let sent = idxs.into_iter().zip(pipe.cmd_iter());
-        settle(&node, sent.zip(vals), &mut replies, &mut pending)?;
+        settle(
+            &node,
+            sent.zip(vals),
+            &mut replies,
+            &mut pending,
+            &mut splits,
+        )?;
     }
     for _ in 0..MAX_REDIRECTS {
         if pending.is_empty() {
@@ -506,11 +580,17 @@ pub(super) async fn run(
                 pipe.add_command(cmd.clone());
             }
             let vals = values(&node, &pipe).await?;
-            if batch.writes {
+            if writes {
                 lease.wrote(&node);
             }
             let sent = items.iter().map(|(i, _, cmd)| (*i, cmd));
-            settle(&node, sent.zip(vals), &mut replies, &mut pending)?;
+            settle(
+                &node,
+                sent.zip(vals),
+                &mut replies,
+                &mut pending,
+                &mut splits,
+            )?;
         }
     }
     if !pending.is_empty() {
@@ -518,26 +598,35 @@ pub(super) async fn run(
             "commands still redirected after {MAX_REDIRECTS} redirects (slots migrating?)"
         )));
     }
-    Ok(replies
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err("no reply".into())))
-        .collect())
+    Ok((replies, splits))
 }
 
-/// Puts replies in their places, and redirects aside.
+/// Puts replies in their places, redirects aside, and multi-key `UNLINK`s refused with
+/// `TRYAGAIN` in `splits`.
 fn settle<'a>(
     node: &NodeConn,
     sent: impl Iterator<Item = ((usize, &'a Cmd), Value)>,
     replies: &mut [Option<Reply>],
     pending: &mut Vec<Redirect>,
+    splits: &mut Vec<(usize, Cmd)>,
 ) -> Result<(), Failure> {
     for ((i, cmd), v) in sent {
-        match redirect(&v) {
-            Some((addr, ask)) => pending.push((i, addr, ask, cmd.clone())),
-            None => replies[i] = Some(reply(&node.addr, v)?),
+        if let Some((addr, ask)) = redirect(&v) {
+            pending.push((i, addr, ask, cmd.clone()));
+        } else if matches!(&v, Value::ServerError(e) if e.code() == "TRYAGAIN")
+            && is_multi_key_unlink(cmd)
+        {
+            splits.push((i, cmd.clone()));
+        } else {
+            replies[i] = Some(reply(&node.addr, v)?);
         }
     }
     Ok(())
+}
+
+fn is_multi_key_unlink(cmd: &Cmd) -> bool {
+    let mut args = cmd.args_iter();
+    matches!(args.next(), Some(redis::Arg::Simple(b"UNLINK"))) && args.count() > 1
 }
 
 /// The raw replies of `pipe` (made with `ignore_errors`) on `node`, errors among them.
@@ -620,6 +709,57 @@ mod tests {
         ] {
             assert!(parse_slots(odd, &asked).is_err());
         }
+    }
+
+    fn node(id: &str, run_id: &str) -> Node {
+        Node {
+            addr: format!("{id}:1").into(),
+            id: id.to_owned(),
+            identity: Some(Identity {
+                run_id: run_id.to_owned(),
+                replid: format!("repl-{run_id}"),
+            }),
+            conns: Vec::new(),
+        }
+    }
+
+    /// A map of `nodes` where node `i` owns the slots of `ranges[i]`.
+    fn map(nodes: Vec<Node>, ranges: &[std::ops::Range<usize>]) -> SlotMap {
+        let mut owners = vec![NONE; SLOTS];
+        for (i, r) in ranges.iter().enumerate() {
+            owners[r.clone()].fill(i as u16);
+        }
+        SlotMap {
+            owners,
+            nodes,
+            epoch: 0,
+        }
+    }
+
+    fn changed(old: &SlotMap, new: &SlotMap) -> Vec<usize> {
+        let c = old.failed_over(new);
+        (0..SLOTS).filter(|&s| c[s]).collect()
+    }
+
+    #[test]
+    fn failovers_are_told_from_resharding() {
+        let old = map(vec![node("a", "1"), node("b", "2")], &[0..100, 100..SLOTS]);
+        // The same map: nothing.
+        let same = map(vec![node("a", "1"), node("b", "2")], &[0..100, 100..SLOTS]);
+        assert!(changed(&old, &same).is_empty());
+        // Slots 50..100 moved to a live b (resharding): not a failover.
+        let moved = map(vec![node("a", "1"), node("b", "2")], &[0..50, 50..SLOTS]);
+        assert!(changed(&old, &moved).is_empty());
+        // a's replica c took over a's slots, a is gone: those slots failed over.
+        let takeover = map(vec![node("c", "3"), node("b", "2")], &[0..100, 100..SLOTS]);
+        assert_eq!(changed(&old, &takeover), (0..100).collect::<Vec<_>>());
+        // a restarted (a new run id: its data is gone or not the same history).
+        let restarted = map(vec![node("a", "9"), node("b", "2")], &[0..100, 100..SLOTS]);
+        assert_eq!(changed(&old, &restarted), (0..100).collect::<Vec<_>>());
+        // A slot no one served before has nothing to rewind.
+        let mut partial = map(vec![node("a", "1"), node("b", "2")], &[0..100, 100..SLOTS]);
+        partial.owners[5] = NONE;
+        assert!(changed(&partial, &old).is_empty());
     }
 
     #[test]
