@@ -1,0 +1,264 @@
+//! A batch on the primaries of a slot map: one pipeline per primary, primaries in parallel,
+//! replies put back in order; `MOVED` and `ASK` followed (at most five redirects); a multi-key
+//! `UNLINK` refused with `TRYAGAIN` (its slot migrating) sent again one key at a time.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use redis::{Cmd, Value};
+
+use super::{Cluster, MAX_REDIRECTS, SlotMap, split_addr};
+use crate::apply::redis::batch::{Batch, pipeline};
+use crate::apply::redis::reply::{Failure, Reply, unexpected};
+use crate::apply::redis::topology::{Kind, Lease, NodeConn, reply, with_addr};
+
+/// A redirect of one command: the node named, and whether it is an `ASK`.
+fn redirect(v: &Value) -> Option<(String, bool)> {
+    let Value::ServerError(e) = v else {
+        return None;
+    };
+    let ask = match e.code() {
+        "MOVED" => false,
+        "ASK" => true,
+        _ => return None,
+    };
+    // "<slot> <host>:<port>"
+    let addr = e.details()?.split_whitespace().nth(1)?;
+    Some((addr.to_owned(), ask))
+}
+
+/// Runs `batch` on the primaries of `map` (see the module docs).
+pub(in crate::apply::redis::topology) async fn run(
+    lease: &Lease,
+    map: &SlotMap,
+    index: usize,
+    batch: Batch,
+) -> Result<Vec<Reply>, Failure> {
+    let slots = batch.slots.clone();
+    let (mut replies, splits) = route(lease, map, index, batch.cmds, &slots, batch.writes).await?;
+    if !splits.is_empty() {
+        // A multi-key UNLINK refused with TRYAGAIN: its slot is migrating and its keys are on both
+        // sides. One UNLINK per key instead, each following its own redirect.
+        let mut cmds = Vec::new();
+        let mut sub_slots = Vec::new();
+        let mut of = Vec::new();
+        for (i, cmd) in splits {
+            replies[i] = Some(Ok(Value::Int(0)));
+            for key in cmd.args_iter().skip(1) {
+                if let redis::Arg::Simple(k) = key {
+                    let mut c = redis::cmd("UNLINK");
+                    c.arg(k);
+                    cmds.push(c);
+                    sub_slots.push(slots[i]);
+                    of.push(i);
+                }
+            }
+        }
+        let (sub, again) = route(lease, map, index, cmds, &sub_slots, batch.writes).await?;
+        if !again.is_empty() {
+            return Err(Failure::Transient(
+                "TRYAGAIN: a slot is migrating; one key at a time was refused too".into(),
+            ));
+        }
+        for (i, r) in of.into_iter().zip(sub) {
+            let n = match r {
+                Some(Ok(Value::Int(n))) => n,
+                Some(Ok(other)) => return Err(unexpected("UNLINK", &other)),
+                Some(Err(e)) => return Err(Failure::Fatal(e)),
+                None => 0,
+            };
+            if let Some(Ok(Value::Int(total))) = &mut replies[i] {
+                *total += n;
+            }
+        }
+    }
+    Ok(replies
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err("no reply".into())))
+        .collect())
+}
+
+/// A command sent to the wrong node: where to, whether it is an `ASK`, and the command.
+type Redirect = (usize, String, bool, Cmd);
+
+/// The replies of `cmds` (the hash slot of each in `slots`) in order, following redirects; and
+/// the multi-key `UNLINK`s refused with `TRYAGAIN` (a slot migrating), left without a reply.
+async fn route(
+    lease: &Lease,
+    map: &SlotMap,
+    index: usize,
+    cmds: Vec<Cmd>,
+    slots: &[u16],
+    writes: bool,
+) -> Result<(Vec<Option<Reply>>, Vec<(usize, Cmd)>), Failure> {
+    let Kind::Cluster {
+        topo, redirects, ..
+    } = &lease.kind
+    else {
+        unreachable!("a cluster batch runs on a cluster lease");
+    };
+    let mut replies: Vec<Option<Reply>> = vec![None; cmds.len()];
+    let mut splits: Vec<(usize, Cmd)> = Vec::new();
+    // Per primary (by index in the map): the commands' places in the batch, and the commands.
+    let mut groups: Vec<(Vec<usize>, Vec<Cmd>)> =
+        (0..map.nodes.len()).map(|_| Default::default()).collect();
+    for (i, (cmd, &s)) in cmds.into_iter().zip(slots).enumerate() {
+        match groups.get_mut(usize::from(map.owners[usize::from(s)])) {
+            Some((idxs, cmds)) => {
+                idxs.push(i);
+                cmds.push(cmd);
+            }
+            None => {
+                topo.stale.store(true, Ordering::SeqCst);
+                return Err(Failure::Transient(format!(
+                    "slot {s} has no primary in the cluster's slot map"
+                )));
+            }
+        }
+    }
+    let sends = groups
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (idxs, _))| !idxs.is_empty())
+        .map(|(owner, (idxs, cmds))| {
+            let node = map.nodes[owner].conn(index);
+            async move {
+                let pipe = pipeline(cmds);
+                let r = values(&node, &pipe).await;
+                (node, idxs, pipe, r)
+            }
+        });
+    let mut pending: Vec<Redirect> = Vec::new();
+    for (node, idxs, pipe, r) in futures::future::join_all(sends).await {
+        let vals = r?;
+        if writes {
+            lease.wrote(&node);
+        }
+        let sent = idxs.into_iter().zip(pipe.cmd_iter());
+        settle(
+            &node,
+            sent.zip(vals),
+            &mut replies,
+            &mut pending,
+            &mut splits,
+        )?;
+    }
+    for _ in 0..MAX_REDIRECTS {
+        if pending.is_empty() {
+            break;
+        }
+        if pending.iter().any(|(_, _, ask, _)| !ask) {
+            topo.stale.store(true, Ordering::SeqCst);
+        }
+        let mut by_node: HashMap<String, Vec<(usize, bool, Cmd)>> = HashMap::new();
+        for (i, addr, ask, cmd) in pending.drain(..) {
+            by_node.entry(addr).or_default().push((i, ask, cmd));
+        }
+        for (addr, items) in by_node {
+            let node = redirected(topo, redirects, &addr).await?;
+            let mut pipe = pipeline([]);
+            for (_, ask, cmd) in &items {
+                if *ask {
+                    pipe.cmd("ASKING").ignore();
+                }
+                pipe.add_command(cmd.clone());
+            }
+            let vals = values(&node, &pipe).await?;
+            if writes {
+                lease.wrote(&node);
+            }
+            let sent = items.iter().map(|(i, _, cmd)| (*i, cmd));
+            settle(
+                &node,
+                sent.zip(vals),
+                &mut replies,
+                &mut pending,
+                &mut splits,
+            )?;
+        }
+    }
+    if !pending.is_empty() {
+        return Err(Failure::Transient(format!(
+            "commands still redirected after {MAX_REDIRECTS} redirects (slots migrating?)"
+        )));
+    }
+    Ok((replies, splits))
+}
+
+/// Puts replies in their places, redirects aside, and multi-key `UNLINK`s refused with
+/// `TRYAGAIN` in `splits`.
+fn settle<'a>(
+    node: &NodeConn,
+    sent: impl Iterator<Item = ((usize, &'a Cmd), Value)>,
+    replies: &mut [Option<Reply>],
+    pending: &mut Vec<Redirect>,
+    splits: &mut Vec<(usize, Cmd)>,
+) -> Result<(), Failure> {
+    for ((i, cmd), v) in sent {
+        if let Some((addr, ask)) = redirect(&v) {
+            pending.push((i, addr, ask, cmd.clone()));
+        } else if matches!(&v, Value::ServerError(e) if e.code() == "TRYAGAIN")
+            && is_multi_key_unlink(cmd)
+        {
+            splits.push((i, cmd.clone()));
+        } else {
+            replies[i] = Some(reply(&node.addr, v)?);
+        }
+    }
+    Ok(())
+}
+
+fn is_multi_key_unlink(cmd: &Cmd) -> bool {
+    let mut args = cmd.args_iter();
+    matches!(args.next(), Some(redis::Arg::Simple(b"UNLINK"))) && args.count() > 1
+}
+
+/// The raw replies of `pipe` (made with `ignore_errors`) on `node`, errors among them.
+async fn values(node: &NodeConn, pipe: &redis::Pipeline) -> Result<Vec<Value>, Failure> {
+    pipe.query_async(&mut node.conn.clone())
+        .await
+        .map_err(|e| match Failure::from(e) {
+            Failure::Transient(e) => Failure::Transient(format!("{}: {e}", node.addr)),
+            other => other,
+        })
+}
+
+/// A connection to the node a redirect named, made once per lease.
+async fn redirected(
+    topo: &Cluster,
+    redirects: &tokio::sync::Mutex<HashMap<String, NodeConn>>,
+    addr: &str,
+) -> Result<NodeConn, Failure> {
+    let mut r = redirects.lock().await;
+    if let Some(n) = r.get(addr) {
+        return Ok(n.clone());
+    }
+    let Some((host, port)) = split_addr(addr) else {
+        return Err(Failure::Fatal(format!(
+            "redirect to `{addr}`: not host:port"
+        )));
+    };
+    let info = with_addr(&topo.seeds[0], host, port);
+    let node = NodeConn {
+        addr: addr.into(),
+        conn: topo.opts.one(&info).await?,
+    };
+    r.insert(addr.to_owned(), node.clone());
+    Ok(node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects() {
+        let moved = redis::parse_redis_value(b"-MOVED 3999 127.0.0.1:6381\r\n").unwrap();
+        assert_eq!(redirect(&moved), Some(("127.0.0.1:6381".into(), false)));
+        let ask = redis::parse_redis_value(b"-ASK 3999 127.0.0.1:6382\r\n").unwrap();
+        assert_eq!(redirect(&ask), Some(("127.0.0.1:6382".into(), true)));
+        let other = redis::parse_redis_value(b"-WRONGTYPE no\r\n").unwrap();
+        assert_eq!(redirect(&other), None);
+        assert_eq!(redirect(&Value::Int(1)), None);
+    }
+}
