@@ -274,6 +274,24 @@ async fn an_outage_fails_the_whole_batch_and_dead_letters_nothing() {
 }
 
 #[tokio::test]
+async fn a_wait_shortfall_fails_the_batch_and_dead_letters_nothing() {
+    // The test Redis has no replica: `WAIT 1` always falls short, an outage like any other.
+    let w = World::new();
+    let mut config = w.config(None, "");
+    config.redis.wait_replicas = 1;
+    config.redis.wait_timeout = Duration::from_millis(100);
+    let app = invalidator_lambda::app::App::new(config, None)
+        .await
+        .expect("init");
+    let (report, response) = app.run(fixture_json("sqs-batch.json"), None).await.unwrap();
+    let all: Vec<String> = (0..10).map(batch_id).collect();
+    assert_eq!(failures(&response.unwrap()), all, "SQS retries every message");
+    let outage = report.outage.expect("an outage");
+    assert!(outage.contains("WAIT"), "{outage}");
+    assert_eq!(report.dead_lettered, 0);
+}
+
+#[tokio::test]
 async fn the_deadline_reached_fails_the_batch() {
     let w = World::new();
     let app = w.app(None).await;
