@@ -987,6 +987,50 @@ fn redis_unreachable_exits_3_and_dead_letters_nothing() {
 }
 
 #[test]
+fn without_the_replicas_wait_asks_for_replay_and_sweep_stop_with_exit_3() {
+    // The test Redis has no replica: `WAIT 1` always falls short, an outage like any other.
+    let w = World::new();
+    w.rules("r.yaml", K_RULES);
+    w.rules(
+        "ttl.yaml",
+        "ttl_policies:\n  - match: P:k:*\n    max_ttl: 30s\n",
+    );
+    let mut c = conn();
+    w.set(&mut c, &["P:k:1"]);
+    let input = w.lines("in.jsonl", &[ev("k.changed", "e1", json!({"n": 1}))]);
+    let dlq = w.path("dlq.jsonl");
+    let env = [
+        ("INVALIDATOR_REDIS__WAIT_REPLICAS", "1"),
+        ("INVALIDATOR_REDIS__WAIT_TIMEOUT", "100ms"),
+        ("INVALIDATOR_REDIS__RETRY_FOR", "1s"),
+    ];
+    let r = w.bin_env(
+        &[
+            "replay",
+            "--dlq",
+            dlq.to_str().unwrap(),
+            input.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(
+        r.stdout.contains("stopped: Redis unavailable: WAIT"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.count("wait shortfalls") >= 1, "{}", r.stdout);
+    assert_eq!(r.count("NOT applied"), 1, "{}", r.stdout);
+    assert!(!dlq.exists(), "nothing is dead-lettered for an outage");
+
+    // A key over policy: the sweep writes, and its WAIT falls short too.
+    w.set(&mut c, &["P:k:2"]);
+    let r = w.bin_env(&["sweep"], &env);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("WAIT"), "{}", r.stderr);
+}
+
+#[test]
 fn dry_run_and_explain_touch_nothing() {
     let mut w = World::new();
     w.extra_config = "[dedupe]\nwindow = \"10m\"\nprefix = \"P:seen:\"\n".into();

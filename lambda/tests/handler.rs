@@ -285,7 +285,11 @@ async fn a_wait_shortfall_fails_the_batch_and_dead_letters_nothing() {
         .expect("init");
     let (report, response) = app.run(fixture_json("sqs-batch.json"), None).await.unwrap();
     let all: Vec<String> = (0..10).map(batch_id).collect();
-    assert_eq!(failures(&response.unwrap()), all, "SQS retries every message");
+    assert_eq!(
+        failures(&response.unwrap()),
+        all,
+        "SQS retries every message"
+    );
     let outage = report.outage.expect("an outage");
     assert!(outage.contains("WAIT"), "{outage}");
     assert_eq!(report.dead_lettered, 0);

@@ -93,6 +93,39 @@ impl Batch {
     }
 }
 
+/// The key written just before a `WAIT` (see [`super::topology::Lease::wait`]): on a single Redis
+/// `invalidator:wait`; on a Cluster one in `slot`, `invalidator:wait:{tag}`.
+pub fn barrier_key(slot: Option<u16>) -> String {
+    match slot {
+        None => "invalidator:wait".to_owned(),
+        Some(s) => format!(
+            "invalidator:wait:{{{}}}",
+            slot_tags()[usize::from(s) % 16384]
+        ),
+    }
+}
+
+/// For every hash slot, a short tag (a decimal number) that hashes to it; made once, on first
+/// use (about 160,000 hashes).
+fn slot_tags() -> &'static [String] {
+    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    TAGS.get_or_init(|| {
+        let mut tags = vec![String::new(); 16384];
+        let mut missing = tags.len();
+        let mut i = 0u64;
+        while missing > 0 {
+            let tag = i.to_string();
+            let t = &mut tags[usize::from(slot(tag.as_bytes()))];
+            if t.is_empty() {
+                *t = tag;
+                missing -= 1;
+            }
+            i += 1;
+        }
+        tags
+    })
+}
+
 /// `cmds` as one pipeline whose failed commands give error replies of their own.
 pub fn pipeline(cmds: impl IntoIterator<Item = Cmd>) -> Pipeline {
     let mut pipe = redis::pipe();
@@ -158,6 +191,14 @@ mod tests {
                 String::from_utf8_lossy(k)
             );
         }
+    }
+
+    #[test]
+    fn barrier_keys_hash_to_their_slot() {
+        for s in [0u16, 1, 5461, 10922, 16383] {
+            assert_eq!(slot(barrier_key(Some(s)).as_bytes()), s);
+        }
+        assert_eq!(barrier_key(None), "invalidator:wait");
     }
 
     #[test]

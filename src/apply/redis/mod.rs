@@ -205,13 +205,15 @@ impl Redis {
         tag_prefix: &str,
     ) -> Result<ApplyReport, RedisError> {
         let inner = &self.inner;
+        let attempts = &AtomicU64::new(0);
         retrying(inner.retry_for, "apply", || async move {
+            let again = attempts.fetch_add(1, Ordering::Relaxed) > 0;
             let lease = self.lease().await?;
             let mut applied = Applied::default();
             let report = inner
                 .apply_on(&lease, plan, tag_mode, tag_prefix, &mut applied)
                 .await?;
-            inner.confirm(&lease).await?;
+            inner.confirm(&lease, again).await?;
             let kept = inner
                 .rewind
                 .record(applied, Some((tag_mode, tag_prefix)), || {
@@ -302,10 +304,12 @@ impl Redis {
         dry_run: bool,
     ) -> Result<SweepReport, RedisError> {
         let inner = &self.inner;
+        let attempts = &AtomicU64::new(0);
         retrying(inner.retry_for, "sweep", || async move {
+            let again = attempts.fetch_add(1, Ordering::Relaxed) > 0 && !dry_run;
             let lease = self.lease().await?;
             let report = scan::sweep(inner, &lease, policy, dry_run).await?;
-            inner.confirm(&lease).await?;
+            inner.confirm(&lease, again).await?;
             Ok(report)
         })
         .await
@@ -374,14 +378,15 @@ impl Inner {
         Ok(report)
     }
 
-    /// With `wait_replicas`: `WAIT` on every connection of `lease` that wrote; a shortfall fails
-    /// the attempt.
-    async fn confirm(&self, lease: &Lease) -> Result<(), Failure> {
+    /// With `wait_replicas`: `WAIT` on every connection of `lease` that wrote (`again`: on every
+    /// primary, because an earlier attempt of the same operation may have written where this one
+    /// found nothing left to do); a shortfall fails the attempt.
+    async fn confirm(&self, lease: &Lease, again: bool) -> Result<(), Failure> {
         let want = self.settings.wait_replicas;
         if want == 0 {
             return Ok(());
         }
-        let short = lease.wait(want, self.settings.wait_timeout).await?;
+        let short = lease.wait(want, self.settings.wait_timeout, again).await?;
         if short.is_empty() {
             return Ok(());
         }
@@ -412,7 +417,7 @@ impl Inner {
             let mut again = Applied::default();
             self.apply_on(&lease, &plan, mode, &prefix, &mut again)
                 .await?;
-            self.confirm(&lease).await?;
+            self.confirm(&lease, false).await?;
         }
         failover.commit();
         self.failovers.fetch_add(1, Ordering::Relaxed);

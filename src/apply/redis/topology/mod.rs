@@ -156,7 +156,14 @@ pub fn with_addr(info: &ConnectionInfo, host: &str, port: u16) -> ConnectionInfo
 pub struct NodeConn {
     pub addr: Arc<str>,
     pub conn: MultiplexedConnection,
+    /// The key written just before a `WAIT` on this node (one of its slots on a Cluster).
+    pub barrier: Arc<str>,
+    /// The barrier's slot is being imported by this node: the write needs `ASKING`.
+    pub asking: bool,
 }
+
+/// How long a `WAIT` barrier key lives (it is written again before every `WAIT`).
+const BARRIER_TTL_MS: u64 = 3_600_000;
 
 /// What one attempt works through (see the module docs).
 pub struct Lease {
@@ -231,24 +238,45 @@ impl Lease {
         }
     }
 
-    /// `WAIT replicas timeout` on every connection that carried writes, in parallel; returns the
-    /// primaries that got fewer replicas than asked, with the count they got.
+    /// `WAIT replicas timeout` on every connection that carried writes (`everywhere`: on every
+    /// primary), in parallel; returns the primaries that got fewer replicas than asked, with the
+    /// count they got.
+    ///
+    /// Each `WAIT` follows a write of the node's barrier key on the same connection. `WAIT` waits
+    /// for the connection's own last replicated write, and a write that changed nothing (an
+    /// `UNLINK` of a key already gone, as when a unit is applied again) is not replicated: without
+    /// the barrier, a `WAIT` after a retry could confirm nothing and still succeed. With it, the
+    /// `WAIT` covers every write the primary took before it, from any connection.
     pub async fn wait(
         &self,
         replicas: u32,
         timeout: Duration,
+        everywhere: bool,
     ) -> Result<Vec<(Arc<str>, i64)>, Failure> {
-        let written = self.written.lock().expect("lease lock").clone();
-        let mut cmd = redis::cmd("WAIT");
-        cmd.arg(replicas).arg(timeout.as_millis().max(1) as u64);
-        let waits = written.iter().map(|node| {
-            let cmd = &cmd;
-            async move {
-                match cmd.query_async::<Value>(&mut node.conn.clone()).await {
-                    Ok(Value::Int(n)) => Ok((node.addr.clone(), n)),
-                    Ok(other) => Err(super::reply::unexpected("WAIT", &other)),
-                    Err(e) => Err(Failure::from(e)),
-                }
+        let nodes = if everywhere {
+            self.primaries()
+        } else {
+            self.written.lock().expect("lease lock").clone()
+        };
+        let ms = timeout.as_millis().max(1) as u64;
+        let waits = nodes.iter().map(|node| async move {
+            let mut pipe = redis::pipe();
+            if node.asking {
+                pipe.cmd("ASKING").ignore();
+            }
+            pipe.cmd("SET")
+                .arg(&*node.barrier)
+                .arg(1)
+                .arg("PX")
+                .arg(BARRIER_TTL_MS)
+                .ignore()
+                .cmd("WAIT")
+                .arg(replicas)
+                .arg(ms);
+            match pipe.query_async::<(Value,)>(&mut node.conn.clone()).await {
+                Ok((Value::Int(n),)) => Ok((node.addr.clone(), n)),
+                Ok((other,)) => Err(super::reply::unexpected("WAIT", &other)),
+                Err(e) => Err(Failure::from(e)),
             }
         });
         match futures::future::try_join_all(waits).await {

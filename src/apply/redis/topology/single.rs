@@ -15,6 +15,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::identity::{Identity, identify};
 use super::{ConnOptions, Failover, FailoverKind, Kind, Lease, NodeConn, addr_of};
+use crate::apply::redis::batch::barrier_key;
 use crate::apply::redis::reply::Failure;
 use crate::config::{RedisConfig, redact_url};
 
@@ -52,6 +53,8 @@ pub struct Single {
     epoch: AtomicU64,
     known: Arc<Mutex<Known>>,
     next: AtomicUsize,
+    /// The key written before each `WAIT`.
+    barrier: Arc<str>,
 }
 
 impl Single {
@@ -103,6 +106,7 @@ impl Single {
             epoch: AtomicU64::new(0),
             known: Arc::default(),
             next: AtomicUsize::new(0),
+            barrier: barrier_key(None).into(),
         }
     }
 
@@ -123,6 +127,8 @@ impl Single {
         let node = NodeConn {
             addr: p.addr.clone(),
             conn: p.conns[i].clone(),
+            barrier: self.barrier.clone(),
+            asking: false,
         };
         Lease::new(
             p.epoch,

@@ -26,7 +26,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::identity::{Identity, identify};
 use super::{ConnOptions, Failover, FailoverKind, Kind, Lease, NodeConn, addr_of, with_addr};
-use crate::apply::redis::batch::slot;
+use crate::apply::redis::batch::{barrier_key, slot};
 use crate::apply::redis::reply::{Failure, text, unexpected};
 use crate::config::redact_url;
 
@@ -44,6 +44,8 @@ pub struct Node {
     id: String,
     identity: Option<Identity>,
     conns: Vec<MultiplexedConnection>,
+    /// The key written before a `WAIT` on this node (in its first slot).
+    barrier: Arc<str>,
 }
 
 /// Which primary owns each slot, with connections to every primary.
@@ -93,6 +95,8 @@ impl Node {
         NodeConn {
             addr: self.addr.clone(),
             conn: self.conns[index % self.conns.len()].clone(),
+            barrier: self.barrier.clone(),
+            asking: false,
         }
     }
 }
@@ -257,23 +261,24 @@ impl Cluster {
                 failed.join("; ")
             )));
         };
-        let mut primaries: Vec<(String, u16, String)> = Vec::new();
+        // host, port, node id, and one slot of each primary.
+        let mut primaries: Vec<(String, u16, String, u16)> = Vec::new();
         let mut owners = vec![NONE; SLOTS];
         for r in &ranges {
             let at = match primaries
                 .iter()
-                .position(|(h, p, _)| *h == r.host && *p == r.port)
+                .position(|(h, p, _, _)| *h == r.host && *p == r.port)
             {
                 Some(i) => i,
                 None => {
-                    primaries.push((r.host.clone(), r.port, r.id.clone()));
+                    primaries.push((r.host.clone(), r.port, r.id.clone(), r.start as u16));
                     primaries.len() - 1
                 }
             };
             owners[r.start..=r.end].fill(at as u16);
         }
         let nodes = futures::future::try_join_all(primaries.into_iter().map(
-            |(host, port, id)| async move {
+            |(host, port, id, slot)| async move {
                 let info = with_addr(template, &host, port);
                 let addr: Arc<str> = addr_of(&info).into();
                 let mut conns = self.opts.pool(&info).await?;
@@ -283,6 +288,7 @@ impl Cluster {
                     id,
                     identity,
                     conns,
+                    barrier: barrier_key(Some(slot)).into(),
                 })
             },
         ))
@@ -486,6 +492,7 @@ mod tests {
                 replid: format!("repl-{run_id}"),
             }),
             conns: Vec::new(),
+            barrier: barrier_key(None).into(),
         }
     }
 

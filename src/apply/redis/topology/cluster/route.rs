@@ -8,12 +8,12 @@ use std::sync::atomic::Ordering;
 use redis::{Cmd, Value};
 
 use super::{Cluster, MAX_REDIRECTS, SlotMap, split_addr};
-use crate::apply::redis::batch::{Batch, pipeline};
+use crate::apply::redis::batch::{Batch, barrier_key, pipeline};
 use crate::apply::redis::reply::{Failure, Reply, unexpected};
 use crate::apply::redis::topology::{Kind, Lease, NodeConn, reply, with_addr};
 
 /// A redirect of one command: the node named, and whether it is an `ASK`.
-fn redirect(v: &Value) -> Option<(String, bool)> {
+fn redirect(v: &Value) -> Option<(String, u16, bool)> {
     let Value::ServerError(e) = v else {
         return None;
     };
@@ -23,8 +23,14 @@ fn redirect(v: &Value) -> Option<(String, bool)> {
         _ => return None,
     };
     // "<slot> <host>:<port>"
-    let addr = e.details()?.split_whitespace().nth(1)?;
-    Some((addr.to_owned(), ask))
+    let mut parts = e.details()?.split_whitespace();
+    let slot = parts
+        .next()?
+        .parse()
+        .ok()
+        .filter(|&s: &u16| usize::from(s) < super::SLOTS)?;
+    let addr = parts.next()?;
+    Some((addr.to_owned(), slot, ask))
 }
 
 /// Runs `batch` on the primaries of `map` (see the module docs).
@@ -78,8 +84,9 @@ pub(in crate::apply::redis::topology) async fn run(
         .collect())
 }
 
-/// A command sent to the wrong node: where to, whether it is an `ASK`, and the command.
-type Redirect = (usize, String, bool, Cmd);
+/// A command sent to the wrong node: its place, where to, its slot, whether it is an `ASK`, and
+/// the command.
+type Redirect = (usize, String, u16, bool, Cmd);
 
 /// The replies of `cmds` (the hash slot of each in `slots`) in order, following redirects; and
 /// the multi-key `UNLINK`s refused with `TRYAGAIN` (a slot migrating), left without a reply.
@@ -147,17 +154,18 @@ async fn route(
         if pending.is_empty() {
             break;
         }
-        if pending.iter().any(|(_, _, ask, _)| !ask) {
+        if pending.iter().any(|(_, _, _, ask, _)| !ask) {
             topo.stale.store(true, Ordering::SeqCst);
         }
-        let mut by_node: HashMap<String, Vec<(usize, bool, Cmd)>> = HashMap::new();
-        for (i, addr, ask, cmd) in pending.drain(..) {
-            by_node.entry(addr).or_default().push((i, ask, cmd));
+        let mut by_node: HashMap<String, Vec<(usize, u16, bool, Cmd)>> = HashMap::new();
+        for (i, addr, slot, ask, cmd) in pending.drain(..) {
+            by_node.entry(addr).or_default().push((i, slot, ask, cmd));
         }
         for (addr, items) in by_node {
-            let node = redirected(topo, redirects, &addr).await?;
+            let (_, slot, ask, _) = items[0];
+            let node = redirected(topo, map, index, redirects, &addr, slot, ask).await?;
             let mut pipe = pipeline([]);
-            for (_, ask, cmd) in &items {
+            for (_, _, ask, cmd) in &items {
                 if *ask {
                     pipe.cmd("ASKING").ignore();
                 }
@@ -167,7 +175,7 @@ async fn route(
             if writes {
                 lease.wrote(&node);
             }
-            let sent = items.iter().map(|(i, _, cmd)| (*i, cmd));
+            let sent = items.iter().map(|(i, _, _, cmd)| (*i, cmd));
             settle(
                 &node,
                 sent.zip(vals),
@@ -195,8 +203,8 @@ fn settle<'a>(
     splits: &mut Vec<(usize, Cmd)>,
 ) -> Result<(), Failure> {
     for ((i, cmd), v) in sent {
-        if let Some((addr, ask)) = redirect(&v) {
-            pending.push((i, addr, ask, cmd.clone()));
+        if let Some((addr, slot, ask)) = redirect(&v) {
+            pending.push((i, addr, slot, ask, cmd.clone()));
         } else if matches!(&v, Value::ServerError(e) if e.code() == "TRYAGAIN")
             && is_multi_key_unlink(cmd)
         {
@@ -223,12 +231,20 @@ async fn values(node: &NodeConn, pipe: &redis::Pipeline) -> Result<Vec<Value>, F
         })
 }
 
-/// A connection to the node a redirect named, made once per lease.
+/// A connection to the node a redirect named: the map's own when the node is a primary of the map,
+/// otherwise one made once per lease (its `WAIT` barrier in the redirected `slot`).
 async fn redirected(
     topo: &Cluster,
+    map: &SlotMap,
+    index: usize,
     redirects: &tokio::sync::Mutex<HashMap<String, NodeConn>>,
     addr: &str,
+    slot: u16,
+    ask: bool,
 ) -> Result<NodeConn, Failure> {
+    if let Some(n) = map.nodes.iter().find(|n| &*n.addr == addr) {
+        return Ok(n.conn(index));
+    }
     let mut r = redirects.lock().await;
     if let Some(n) = r.get(addr) {
         return Ok(n.clone());
@@ -242,6 +258,8 @@ async fn redirected(
     let node = NodeConn {
         addr: addr.into(),
         conn: topo.opts.one(&info).await?,
+        barrier: barrier_key(Some(slot)).into(),
+        asking: ask,
     };
     r.insert(addr.to_owned(), node.clone());
     Ok(node)
@@ -254,9 +272,12 @@ mod tests {
     #[test]
     fn redirects() {
         let moved = redis::parse_redis_value(b"-MOVED 3999 127.0.0.1:6381\r\n").unwrap();
-        assert_eq!(redirect(&moved), Some(("127.0.0.1:6381".into(), false)));
+        assert_eq!(
+            redirect(&moved),
+            Some(("127.0.0.1:6381".into(), 3999, false))
+        );
         let ask = redis::parse_redis_value(b"-ASK 3999 127.0.0.1:6382\r\n").unwrap();
-        assert_eq!(redirect(&ask), Some(("127.0.0.1:6382".into(), true)));
+        assert_eq!(redirect(&ask), Some(("127.0.0.1:6382".into(), 3999, true)));
         let other = redis::parse_redis_value(b"-WRONGTYPE no\r\n").unwrap();
         assert_eq!(redirect(&other), None);
         assert_eq!(redirect(&Value::Int(1)), None);
