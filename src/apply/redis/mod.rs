@@ -411,12 +411,17 @@ impl Inner {
             rewind = %window, "Redis failover: invalidations of the rewind window are applied again on the new primary");
         let mut actions = 0u64;
         if self.rewind.enabled() {
-            let (plan, tags) = self.rewind.plan(|k| failover.affects(k));
-            actions = (plan.deletes.len() + plan.expires.len() + plan.tags.len()) as u64;
-            let (mode, prefix) = tags.unwrap_or((TagMode::Set, String::new()));
-            let mut again = Applied::default();
-            self.apply_on(&lease, &plan, mode, &prefix, &mut again)
-                .await?;
+            let snapshot = self.rewind.snapshot();
+            let (mode, prefix) = snapshot
+                .tags
+                .clone()
+                .unwrap_or((TagMode::Set, String::new()));
+            for plan in snapshot.plans(|k| failover.affects(k), REWIND_CHUNK) {
+                actions += (plan.deletes.len() + plan.expires.len() + plan.tags.len()) as u64;
+                let mut again = Applied::default();
+                self.apply_on(&lease, &plan, mode, &prefix, &mut again)
+                    .await?;
+            }
             self.confirm(&lease, false).await?;
         }
         failover.commit();
@@ -428,6 +433,9 @@ impl Inner {
         Ok(lease)
     }
 }
+
+/// Actions of the rewind window applied in one go after a failover.
+const REWIND_CHUNK: usize = 10_000;
 
 /// The TTL to set, in ms: `ttl` minus a random share of up to `jitter` of it (never longer).
 fn jittered_ms(e: &Expire) -> u64 {

@@ -19,7 +19,7 @@
 //!   (`invalidator_redis_rewind_dropped_total`).
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::TagMode;
@@ -93,7 +93,7 @@ impl Applied {
 struct Entry {
     at: Instant,
     bytes: usize,
-    applied: Applied,
+    applied: Arc<Applied>,
 }
 
 #[derive(Default)]
@@ -163,7 +163,7 @@ impl Rewind {
         w.entries.push_back(Entry {
             at: now,
             bytes,
-            applied,
+            applied: Arc::new(applied),
         });
         let mut dropped = 0;
         while let Some(first) = w.entries.front() {
@@ -184,36 +184,19 @@ impl Rewind {
         true
     }
 
-    /// What the window holds (within `failover_rewind` of now) for the keys `affects` accepts, as
-    /// a plan, with the tag mode and prefix it was applied with.
-    pub fn plan(&self, affects: impl Fn(&str) -> bool) -> (Plan, Option<(TagMode, String)>) {
+    /// What the window holds now (within `failover_rewind`), shared, not copied.
+    pub fn snapshot(&self) -> Snapshot {
         let now = Instant::now();
         let w = self.inner.lock().expect("rewind lock");
-        let mut plan = Plan::default();
-        let tag_prefix = w.tags.as_ref().map(|(_, p)| p.as_str()).unwrap_or("");
-        for e in w
-            .entries
-            .iter()
-            .filter(|e| now.duration_since(e.at) <= self.window)
-        {
-            let a = &e.applied;
-            for k in a.keys.iter().filter(|k| affects(k)) {
-                if !plan.deletes.contains(k) {
-                    plan.deletes.insert(k.to_owned());
-                }
-            }
-            for (k, x) in a.expire_keys.iter().zip(&a.expires) {
-                if affects(k) {
-                    plan.expires.insert(k.to_owned(), *x);
-                }
-            }
-            for t in a.tags.iter() {
-                if affects(&format!("{tag_prefix}{t}")) && !plan.tags.contains_key(t) {
-                    plan.tags.insert(t.to_owned(), Vec::new());
-                }
-            }
+        Snapshot {
+            entries: w
+                .entries
+                .iter()
+                .filter(|e| now.duration_since(e.at) <= self.window)
+                .map(|e| e.applied.clone())
+                .collect(),
+            tags: w.tags.clone(),
         }
-        (plan, w.tags.clone())
     }
 
     /// Bytes held now.
@@ -222,9 +205,80 @@ impl Rewind {
     }
 }
 
+/// The window at the moment of a failover.
+pub struct Snapshot {
+    entries: Vec<Arc<Applied>>,
+    /// How tags were invalidated.
+    pub tags: Option<(TagMode, String)>,
+}
+
+impl Snapshot {
+    /// Plans of at most `size` actions each, of the keys `affects` accepts (a tag by its key),
+    /// made as they are taken: the window is never copied whole.
+    pub fn plans<'a>(
+        &'a self,
+        affects: impl Fn(&str) -> bool + 'a,
+        size: usize,
+    ) -> impl Iterator<Item = Plan> + 'a {
+        let prefix = self.tags.as_ref().map_or("", |(_, p)| p.as_str());
+        let mut items = self
+            .entries
+            .iter()
+            .flat_map(move |a| {
+                let keys = a.keys.iter().map(Item::Key);
+                let expires = a
+                    .expire_keys
+                    .iter()
+                    .zip(&a.expires)
+                    .map(|(k, x)| Item::Expire(k, *x));
+                let tags = a.tags.iter().map(Item::Tag);
+                keys.chain(expires).chain(tags)
+            })
+            .filter(move |i| match i {
+                Item::Key(k) | Item::Expire(k, _) => affects(k),
+                Item::Tag(t) => affects(&format!("{prefix}{t}")),
+            });
+        std::iter::from_fn(move || {
+            let mut plan = Plan::default();
+            for item in items.by_ref().take(size.max(1)) {
+                match item {
+                    Item::Key(k) => {
+                        if !plan.deletes.contains(k) {
+                            plan.deletes.insert(k.to_owned());
+                        }
+                    }
+                    Item::Expire(k, x) => {
+                        plan.expires.insert(k.to_owned(), x);
+                    }
+                    Item::Tag(t) => {
+                        if !plan.tags.contains_key(t) {
+                            plan.tags.insert(t.to_owned(), Vec::new());
+                        }
+                    }
+                }
+            }
+            (!plan.is_empty()).then_some(plan)
+        })
+    }
+}
+
+enum Item<'a> {
+    Key(&'a str),
+    Expire(&'a str, Expire),
+    Tag(&'a str),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Everything in one plan.
+    fn all(r: &Rewind) -> Plan {
+        r.snapshot()
+            .plans(|_| true, usize::MAX)
+            .next()
+            .unwrap_or_default()
+    }
 
     fn applied(keys: &[&str]) -> Applied {
         let mut a = Applied::default();
@@ -244,9 +298,9 @@ mod tests {
     fn a_moved_epoch_refuses_the_record() {
         let r = Rewind::new(Duration::from_secs(30), 1 << 20);
         assert!(!r.record(applied(&["k"]), None, || false));
-        assert!(r.plan(|_| true).0.deletes.is_empty());
+        assert_eq!(all(&r).deletes.len(), 0);
         assert!(r.record(applied(&["k"]), None, || true));
-        assert_eq!(r.plan(|_| true).0.deletes.len(), 1);
+        assert_eq!(all(&r).deletes.len(), 1);
     }
 
     #[test]
@@ -257,7 +311,7 @@ mod tests {
             assert!(r.record(applied(&[&k]), None, || true));
         }
         assert!(r.bytes() <= 10_000, "{}", r.bytes());
-        let (plan, _) = r.plan(|_| true);
+        let plan = all(&r);
         assert!(plan.deletes.len() < 1000);
         assert!(plan.deletes.contains("key:0999"));
         assert!(!plan.deletes.contains("key:0000"));
@@ -281,10 +335,30 @@ mod tests {
             jitter: 0.0,
         });
         assert!(r.record(a, Some((TagMode::Set, "tag:")), || true));
-        let (plan, tags) = r.plan(|k| k.starts_with("a:") || k == "tag:t1");
+        let snapshot = r.snapshot();
+        let plans: Vec<Plan> = snapshot
+            .plans(|k| k.starts_with("a:") || k == "tag:t1", 1000)
+            .collect();
+        assert_eq!(plans.len(), 1);
+        let plan = &plans[0];
         assert_eq!(plan.deletes.iter().collect::<Vec<_>>(), ["a:1"]);
         assert_eq!(plan.expires.len(), 1);
         assert_eq!(plan.tags.keys().collect::<Vec<_>>(), ["t1"]);
-        assert_eq!(tags, Some((TagMode::Set, "tag:".to_owned())));
+        assert_eq!(snapshot.tags, Some((TagMode::Set, "tag:".to_owned())));
+    }
+
+    #[test]
+    fn plans_come_in_chunks() {
+        let r = Rewind::new(Duration::from_secs(30), 1 << 20);
+        for i in 0..25 {
+            let k = format!("k:{i}");
+            assert!(r.record(applied(&[&k]), None, || true));
+        }
+        let snapshot = r.snapshot();
+        let sizes: Vec<usize> = snapshot
+            .plans(|_| true, 10)
+            .map(|p| p.deletes.len())
+            .collect();
+        assert_eq!(sizes, [10, 10, 5]);
     }
 }
