@@ -23,7 +23,8 @@ pub mod identity;
 pub mod single;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -73,6 +74,63 @@ impl Topology {
         match self {
             Topology::Single(s) => s.epoch(),
             Topology::Cluster(c) => c.epoch(),
+        }
+    }
+}
+
+/// What a topology uses now (a primary, a slot map) and its epoch; and, behind a lock held
+/// through every (re)connect, what the last commit found (see the module docs).
+pub struct Current<T, K> {
+    value: RwLock<Option<Arc<T>>>,
+    epoch: AtomicU64,
+    known: Arc<tokio::sync::Mutex<K>>,
+}
+
+impl<T, K: Default> Default for Current<T, K> {
+    fn default() -> Self {
+        Current {
+            value: RwLock::new(None),
+            epoch: AtomicU64::new(0),
+            known: Arc::default(),
+        }
+    }
+}
+
+impl<T, K> Current<T, K> {
+    pub fn get(&self) -> Option<Arc<T>> {
+        self.value.read().expect("topology lock").clone()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Moves the epoch on (a failover found) and returns the new one.
+    pub fn next_epoch(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The lock every (re)connect holds, with what the last commit found.
+    pub async fn lock(&self) -> tokio::sync::OwnedMutexGuard<K> {
+        self.known.clone().lock_owned().await
+    }
+
+    /// `value` is used from now on, unless a failure moved the epoch past `epoch` meanwhile.
+    pub fn set(&self, epoch: u64, value: Arc<T>) {
+        if self.epoch() == epoch {
+            *self.value.write().expect("topology lock") = Some(value);
+        }
+    }
+
+    /// Drops what is used if it is still that of `epoch` (once per epoch): the next lease
+    /// connects again.
+    pub fn broken(&self, epoch: u64) {
+        if self
+            .epoch
+            .compare_exchange(epoch, epoch + 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            *self.value.write().expect("topology lock") = None;
         }
     }
 }

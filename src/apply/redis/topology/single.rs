@@ -6,15 +6,15 @@
 //! `Sentinel`, which also checks with `ROLE` that the server it names is a primary). Each
 //! (re)connect asks the server who it is; a different primary than the last one is a failover.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, TlsMode};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::identity::{Identity, identify};
-use super::{ConnOptions, Failover, FailoverKind, Kind, Lease, NodeConn, addr_of};
+use super::{ConnOptions, Current, Failover, FailoverKind, Kind, Lease, NodeConn, addr_of};
 use crate::apply::redis::batch::barrier_key;
 use crate::apply::redis::reply::Failure;
 use crate::config::{RedisConfig, redact_url};
@@ -49,9 +49,7 @@ pub struct Single {
     /// For logs (no password).
     description: String,
     opts: ConnOptions,
-    current: RwLock<Option<Arc<Primary>>>,
-    epoch: AtomicU64,
-    known: Arc<Mutex<Known>>,
+    current: Current<Primary, Known>,
     next: AtomicUsize,
     /// The key written before each `WAIT`.
     barrier: Arc<str>,
@@ -102,9 +100,7 @@ impl Single {
             source,
             description,
             opts,
-            current: RwLock::new(None),
-            epoch: AtomicU64::new(0),
-            known: Arc::default(),
+            current: Current::default(),
             next: AtomicUsize::new(0),
             barrier: barrier_key(None).into(),
         }
@@ -115,11 +111,7 @@ impl Single {
     }
 
     pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
-    }
-
-    fn current(&self) -> Option<Arc<Primary>> {
-        self.current.read().expect("primary lock").clone()
+        self.current.epoch()
     }
 
     fn lease_on(self: &Arc<Self>, p: &Primary) -> Lease {
@@ -140,11 +132,11 @@ impl Single {
     }
 
     pub async fn lease(self: &Arc<Self>) -> Result<(Lease, Option<Failover>), Failure> {
-        if let Some(p) = self.current() {
+        if let Some(p) = self.current.get() {
             return Ok((self.lease_on(&p), None));
         }
-        let mut known = self.known.clone().lock_owned().await;
-        if let Some(p) = self.current() {
+        let mut known = self.current.lock().await;
+        if let Some(p) = self.current.get() {
             return Ok((self.lease_on(&p), None));
         }
         let info = self.resolve().await?;
@@ -173,7 +165,7 @@ impl Single {
                 addr: addr.to_string(),
                 identity,
             };
-            *self.current.write().expect("primary lock") = Some(p.clone());
+            self.current.set(p.epoch, p.clone());
             return Ok((self.lease_on(&p), None));
         }
         let show = |a: &str, i: &Option<Identity>| match i {
@@ -189,7 +181,7 @@ impl Single {
             addr,
             identity,
             conns,
-            epoch: self.epoch.fetch_add(1, Ordering::SeqCst) + 1,
+            epoch: self.current.next_epoch(),
         });
         let lease = self.lease_on(&p);
         let pending = Pending {
@@ -243,13 +235,7 @@ impl Single {
 
     /// Drops the primary's connections if they are still those of `epoch`.
     pub fn broken(&self, epoch: u64) {
-        if self
-            .epoch
-            .compare_exchange(epoch, epoch + 1, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-        {
-            *self.current.write().expect("primary lock") = None;
-        }
+        self.current.broken(epoch);
     }
 }
 
@@ -267,8 +253,6 @@ impl Pending {
             addr: self.primary.addr.to_string(),
             identity: self.primary.identity.clone(),
         };
-        if self.topo.epoch() == self.primary.epoch {
-            *self.topo.current.write().expect("primary lock") = Some(self.primary);
-        }
+        self.topo.current.set(self.primary.epoch, self.primary);
     }
 }

@@ -17,15 +17,17 @@ mod route;
 
 pub(in crate::apply::redis::topology) use route::run;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use redis::aio::MultiplexedConnection;
 use redis::{ConnectionInfo, IntoConnectionInfo, Value};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::OwnedMutexGuard;
 
 use super::identity::{Identity, identify};
-use super::{ConnOptions, Failover, FailoverKind, Kind, Lease, NodeConn, addr_of, with_addr};
+use super::{
+    ConnOptions, Current, Failover, FailoverKind, Kind, Lease, NodeConn, addr_of, with_addr,
+};
 use crate::apply::redis::batch::{barrier_key, slot};
 use crate::apply::redis::reply::{Failure, text, unexpected};
 use crate::config::redact_url;
@@ -105,12 +107,10 @@ pub struct Cluster {
     seeds: Vec<ConnectionInfo>,
     description: String,
     opts: ConnOptions,
-    current: RwLock<Option<Arc<SlotMap>>>,
+    /// The map in use; what is known: the last committed map.
+    current: Current<SlotMap, Option<Arc<SlotMap>>>,
     /// A `MOVED` was seen: read the map again before the next lease.
     stale: AtomicBool,
-    epoch: AtomicU64,
-    /// The last committed map.
-    known: Arc<Mutex<Option<Arc<SlotMap>>>>,
     next: AtomicUsize,
 }
 
@@ -135,10 +135,8 @@ impl Cluster {
             seeds: infos,
             description,
             opts,
-            current: RwLock::new(None),
+            current: Current::default(),
             stale: AtomicBool::new(false),
-            epoch: AtomicU64::new(0),
-            known: Arc::default(),
             next: AtomicUsize::new(0),
         })
     }
@@ -148,7 +146,7 @@ impl Cluster {
     }
 
     pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
+        self.current.epoch()
     }
 
     /// The current map, unless a `MOVED` said it is behind.
@@ -156,7 +154,7 @@ impl Cluster {
         if self.stale.load(Ordering::SeqCst) {
             return None;
         }
-        self.current.read().expect("slot map lock").clone()
+        self.current.get()
     }
 
     fn lease_on(self: &Arc<Self>, map: &Arc<SlotMap>) -> Lease {
@@ -175,7 +173,7 @@ impl Cluster {
         if let Some(m) = self.current() {
             return Ok((self.lease_on(&m), None));
         }
-        let mut known = self.known.clone().lock_owned().await;
+        let mut known = self.current.lock().await;
         if let Some(m) = self.current() {
             return Ok((self.lease_on(&m), None));
         }
@@ -201,12 +199,12 @@ impl Cluster {
             }
             let map = Arc::new(map);
             *known = Some(map.clone());
-            *self.current.write().expect("slot map lock") = Some(map.clone());
+            self.current.set(map.epoch, map.clone());
             return Ok((self.lease_on(&map), None));
         };
         let old = known.as_ref().expect("a change needs an old map");
         let description = describe_change(old, &map, &changed);
-        map.epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        map.epoch = self.current.next_epoch();
         let map = Arc::new(map);
         let lease = self.lease_on(&map);
         let pending = Pending {
@@ -298,13 +296,7 @@ impl Cluster {
 
     /// Drops the map's connections if they are still those of `epoch`.
     pub fn broken(&self, epoch: u64) {
-        if self
-            .epoch
-            .compare_exchange(epoch, epoch + 1, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-        {
-            *self.current.write().expect("slot map lock") = None;
-        }
+        self.current.broken(epoch);
     }
 }
 
@@ -324,9 +316,7 @@ impl Pending {
 
     pub fn commit(mut self) {
         *self.known = Some(self.map.clone());
-        if self.topo.epoch() == self.map.epoch {
-            *self.topo.current.write().expect("slot map lock") = Some(self.map);
-        }
+        self.topo.current.set(self.map.epoch, self.map);
     }
 }
 
