@@ -42,13 +42,13 @@ fn dbsize() -> u64 {
     redis_cli(&["DBSIZE"]).parse().unwrap_or(0)
 }
 
-/// Streams commands into `redis-cli -n 8 --pipe`; returns (what `fill` counted, seconds).
+/// Streams commands into `redis-cli -n 8 --pipe`; returns (commands sent, seconds).
 fn pipe(fill: impl FnOnce(&mut Sink) -> std::io::Result<u64>) -> (u64, f64) {
     let t = Instant::now();
     let mut pipes = common::Pipes::start(&[vec!["-n".into(), DB.into()]], |_| 0);
-    let n = fill(&mut |args| pipes.send(args)).expect("writing to redis-cli --pipe");
-    pipes.finish();
-    (n, t.elapsed().as_secs_f64())
+    fill(&mut |args| pipes.send(args)).expect("writing to redis-cli --pipe");
+    let sent = pipes.finish().iter().sum();
+    (sent, t.elapsed().as_secs_f64())
 }
 
 /// FLUSHDB on DB 8, then every key the shipped rules can touch for `products` products.
