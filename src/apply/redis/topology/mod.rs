@@ -14,7 +14,7 @@
 //!   applies it again);
 //! - on every (re)connect each primary says who it is ([`identity`]); a replica is never used.
 //!   A primary that is not the one last seen (a promoted replica, a restarted process, an
-//!   endpoint that now points elsewhere), or a Cluster slot whose owner changed, is a failover:
+//!   endpoint that now points elsewhere), or a Cluster slot whose owner failed over, is a failover:
 //!   the lease comes with a [`Failover`], and nothing is published (other attempts wait) until
 //!   the caller has rewound onto the new primary and called [`Failover::commit`].
 
