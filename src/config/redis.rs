@@ -163,15 +163,17 @@ impl RedisConfig {
                 "only for the data nodes found through `sentinels`; put credentials and the database in the URL".into(),
             );
         }
-        for (key, urls) in [
-            ("url", self.url.iter().cloned().collect::<Vec<_>>()),
-            ("cluster", self.cluster.clone().unwrap_or_default()),
-            ("sentinels", self.sentinels.clone().unwrap_or_default()),
-        ] {
-            if key != "url" && self.topology_key() == key && urls.is_empty() {
+        for (key, list) in [("cluster", &self.cluster), ("sentinels", &self.sentinels)] {
+            if list.as_ref().is_some_and(Vec::is_empty) {
                 return bad(key, "lists no node".into());
             }
-            for url in &urls {
+        }
+        for (key, urls) in [
+            ("url", self.url.as_slice()),
+            ("cluster", self.cluster.as_deref().unwrap_or_default()),
+            ("sentinels", self.sentinels.as_deref().unwrap_or_default()),
+        ] {
+            for url in urls {
                 if redis::Client::open(url.as_str()).is_err() {
                     return bad(
                         key,
@@ -220,14 +222,6 @@ impl RedisConfig {
             );
         }
         Ok(())
-    }
-
-    fn topology_key(&self) -> &'static str {
-        match self.topology() {
-            Topology::Single { .. } => "url",
-            Topology::Sentinel { .. } => "sentinels",
-            Topology::Cluster { .. } => "cluster",
-        }
     }
 }
 

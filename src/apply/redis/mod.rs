@@ -33,7 +33,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use batch::slot;
-pub use reply::is_transient;
 
 use batch::Batch;
 use reply::{Failure, int, strings, sum_ints};
@@ -166,11 +165,6 @@ impl Redis {
         }
     }
 
-    /// Bytes held by the failover rewind window.
-    pub fn rewind_bytes(&self) -> usize {
-        self.inner.rewind.bytes()
-    }
-
     /// A lease for one attempt. After a failover, the rewind runs first, on a task of its own
     /// so that a caller that gives up (a readiness probe's timeout) does not cut it short.
     async fn lease(&self) -> Result<Lease, Failure> {
@@ -209,7 +203,7 @@ impl Redis {
         retrying(inner.retry_for, "apply", || async move {
             let again = attempts.fetch_add(1, Ordering::Relaxed) > 0;
             let lease = self.lease().await?;
-            let mut applied = Applied::default();
+            let mut applied = Applied::new(inner.rewind.enabled());
             let report = inner
                 .apply_on(&lease, plan, tag_mode, tag_prefix, &mut applied)
                 .await?;
@@ -362,12 +356,11 @@ impl Inner {
                 _ => report.tags_invalidated += 1,
             }
         }
-        applied.keys.extend(plan.deletes.iter().map(String::as_str));
+        applied.keys(plan.deletes.iter().map(String::as_str));
         for (key, e) in &plan.expires {
-            applied.expire_keys.push(key);
-            applied.expires.push(*e);
+            applied.expire(key, *e);
         }
-        applied.tags.extend(plan.tags.keys().map(String::as_str));
+        applied.tags(plan.tags.keys().map(String::as_str));
         if tag_mode == TagMode::Set && !plan.tags.is_empty() {
             let tags = plan.tags.keys().map(String::as_str);
             tags::invalidate(self, lease, tags, tag_prefix, &mut report, applied).await?;
@@ -418,7 +411,7 @@ impl Inner {
                 .unwrap_or((TagMode::Set, String::new()));
             for plan in snapshot.plans(|k| failover.affects(k), REWIND_CHUNK) {
                 actions += (plan.deletes.len() + plan.expires.len() + plan.tags.len()) as u64;
-                let mut again = Applied::default();
+                let mut again = Applied::new(false);
                 self.apply_on(&lease, &plan, mode, &prefix, &mut again)
                     .await?;
             }

@@ -72,7 +72,7 @@ pub(super) async fn delete_pattern(
             inner.settings.keys_per_command,
         );
         removed += sum_ints(&lease.run(b).await?)?;
-        applied.keys.extend(keys.iter().map(String::as_str));
+        applied.keys(keys.iter().map(String::as_str));
     }
     Ok(removed)
 }

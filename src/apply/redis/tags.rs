@@ -77,7 +77,7 @@ pub(super) async fn invalidate(
         }
         report.keys_removed += remove_members(inner, lease, &found).await?;
         for (_, members) in &found {
-            applied.keys.extend(members.iter().map(String::as_str));
+            applied.keys(members.iter().map(String::as_str));
         }
         active = next;
     }

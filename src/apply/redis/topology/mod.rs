@@ -367,14 +367,19 @@ impl Lease {
 
 /// Runs `pipe` on `node`: a command's own error is its reply; an outage reply fails the whole.
 async fn pipeline(node: &NodeConn, pipe: &Pipeline) -> Result<Vec<Reply>, Failure> {
-    let values: Vec<Value> = pipe
-        .query_async(&mut node.conn.clone())
+    let values = values(node, pipe).await?;
+    values.into_iter().map(|v| reply(&node.addr, v)).collect()
+}
+
+/// The raw replies of `pipe` (made with `ignore_errors`) on `node`, errors among them; a failure
+/// of the connection names the node.
+async fn values(node: &NodeConn, pipe: &Pipeline) -> Result<Vec<Value>, Failure> {
+    pipe.query_async(&mut node.conn.clone())
         .await
         .map_err(|e| match Failure::from(e) {
             Failure::Transient(e) => Failure::Transient(format!("{}: {e}", node.addr)),
             other => other,
-        })?;
-    values.into_iter().map(|v| reply(&node.addr, v)).collect()
+        })
 }
 
 fn reply(addr: &str, v: Value) -> Result<Reply, Failure> {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
-use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, TlsMode};
+use redis::{ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, TlsMode};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::identity::{Identity, identify};
@@ -223,11 +223,7 @@ impl Single {
                     }
                 };
                 let info = client.get_connection_info().clone();
-                if let ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } =
-                    info.addr()
-                {
-                    tracing::debug!(master, primary = %format!("{host}:{port}"), "sentinels named the primary");
-                }
+                tracing::debug!(master, primary = %addr_of(&info), "sentinels named the primary");
                 Ok(info)
             }
         }

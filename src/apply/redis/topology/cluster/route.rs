@@ -10,7 +10,7 @@ use redis::{Cmd, Value};
 use super::{Cluster, MAX_REDIRECTS, SlotMap, split_addr};
 use crate::apply::redis::batch::{Batch, barrier_key, pipeline};
 use crate::apply::redis::reply::{Failure, Reply, unexpected};
-use crate::apply::redis::topology::{Kind, Lease, NodeConn, reply, with_addr};
+use crate::apply::redis::topology::{Kind, Lease, NodeConn, reply, values, with_addr};
 
 /// A redirect of one command: the node named, and whether it is an `ASK`.
 fn redirect(v: &Value) -> Option<(String, u16, bool)> {
@@ -219,16 +219,6 @@ fn settle<'a>(
 fn is_multi_key_unlink(cmd: &Cmd) -> bool {
     let mut args = cmd.args_iter();
     matches!(args.next(), Some(redis::Arg::Simple(b"UNLINK"))) && args.count() > 1
-}
-
-/// The raw replies of `pipe` (made with `ignore_errors`) on `node`, errors among them.
-async fn values(node: &NodeConn, pipe: &redis::Pipeline) -> Result<Vec<Value>, Failure> {
-    pipe.query_async(&mut node.conn.clone())
-        .await
-        .map_err(|e| match Failure::from(e) {
-            Failure::Transient(e) => Failure::Transient(format!("{}: {e}", node.addr)),
-            other => other,
-        })
 }
 
 /// A connection to the node a redirect named: the map's own when the node is a primary of the map,
