@@ -66,12 +66,16 @@ impl Invalidate {
         messages: &[Message],
         deadline: Option<Instant>,
     ) -> Result<(Vec<Verdict>, Counts), Outage> {
+        let late = || Outage("the invocation deadline came before the batch was applied".into());
+        // A deadline already passed starts nothing. (`timeout_at` alone would let a unit that
+        // finishes within the timer's 1 ms resolution through.)
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            return Err(late());
+        }
         let inputs = messages.iter().map(Self::input).collect();
         let work = self.engine.process(inputs, false, false);
         let unit = match deadline {
-            Some(d) => tokio::time::timeout_at(d, work).await.map_err(|_| {
-                Outage("the invocation deadline came before the batch was applied".into())
-            })?,
+            Some(d) => tokio::time::timeout_at(d, work).await.map_err(|_| late())?,
             None => work.await,
         }
         .map_err(|e| match e {
