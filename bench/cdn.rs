@@ -212,7 +212,7 @@ async fn batched(engine: &Engine, a: &Args, events: &[(u64, String)]) -> (usize,
         let can_start = next.is_some() && in_flight.len() < a.in_flight;
         if can_start && Instant::now() >= due {
             let unit = next.take().unwrap();
-            in_flight.push(engine.process(unit, false, false));
+            in_flight.push(engine.process(unit, false));
             next = units.next();
             due += every;
             continue;

@@ -6,136 +6,160 @@ use std::io::{self, Write};
 use serde_json::json;
 
 use crate::config::{Config, TagMode};
-use crate::event::Event;
-use crate::plan::{Action, EventPlan, Plan};
+use crate::engine::{Outcome, Prepared, prepare};
+use crate::event::{Position, expand_document};
+use crate::plan::Action;
 use crate::rules::RuleSet;
 
-/// The explanation of one event (built once per explained event; size does not matter).
-#[allow(clippy::large_enum_variant)]
-pub enum Explained {
-    Plan {
-        event: Event,
-        event_plan: EventPlan,
-        plan: Plan,
-    },
-    DeadLetter {
-        reason: &'static str,
-        error: String,
-    },
-}
-
-impl Explained {
-    pub fn to_json(&self) -> serde_json::Value {
-        match self {
-            Explained::Plan {
-                event,
-                event_plan,
-                plan,
-            } => json!({
-                "event": event,
-                "outcome": if event_plan.matched() { "applied" } else { "skipped" },
-                "hits": event_plan.hits,
-                "needs_members_of": event_plan.needs,
-                "notes": event_plan.notes,
-                "plan": plan,
-            }),
-            Explained::DeadLetter { reason, error } => json!({
-                "outcome": "dead_lettered",
-                "reason": reason,
-                "error": error,
-            }),
+/// Explains every event of `text` (one event, a JSON array, a Lambda event document or a DLQ
+/// record) to `out`, through [`prepare`]: what it prints is what a unit would apply. Returns the
+/// exit status: 1 when an event would be dead-lettered, 0 otherwise.
+pub fn explain(
+    rules: &RuleSet,
+    config: &Config,
+    text: Vec<u8>,
+    json: bool,
+    out: &mut dyn Write,
+) -> io::Result<u8> {
+    let position = Position {
+        file: Some("explain".into()),
+        ..Position::default()
+    };
+    let inputs = expand_document(text, position, config.limits.max_event_bytes);
+    let mut code = 0;
+    for p in prepare(rules, &config.limits, inputs) {
+        if matches!(p.outcome, Outcome::DeadLettered { .. }) {
+            code = 1;
+        }
+        if json {
+            serde_json::to_writer_pretty(&mut *out, &to_json(&p)).map_err(io::Error::from)?;
+            writeln!(out)?;
+        } else {
+            write_human(&p, out, config)?;
         }
     }
+    Ok(code)
+}
 
-    pub fn write_human(&self, out: &mut dyn Write, config: &Config) -> io::Result<()> {
-        let (event, event_plan, plan) = match self {
-            Explained::DeadLetter { reason, error } => {
-                return writeln!(out, "dead-lettered ({reason}): {error}");
-            }
-            Explained::Plan {
-                event,
-                event_plan,
-                plan,
-            } => (event, event_plan, plan),
-        };
-        writeln!(out, "event {} ({})", event.id, event.kind)?;
-        if event_plan.hits.is_empty() {
-            writeln!(out, "  no rule listens to `{}`: skipped", event.kind)?;
+/// One event's explanation as JSON.
+pub fn to_json(p: &Prepared) -> serde_json::Value {
+    let mut v = match (&p.outcome, &p.plan) {
+        (Outcome::DeadLettered { reason, error }, _) => json!({
+            "outcome": "dead_lettered",
+            "reason": reason,
+            "error": error,
+        }),
+        (outcome, Some(event_plan)) => json!({
+            "outcome": outcome.label(),
+            "hits": event_plan.hits,
+            "needs_members_of": event_plan.needs,
+            "notes": event_plan.notes,
+            "plan": p.actions(),
+        }),
+        (outcome, None) => json!({ "outcome": outcome.label() }),
+    };
+    if let Some(e) = &p.event {
+        v["event"] = json!(e);
+    }
+    v
+}
+
+/// One event's explanation in words.
+pub fn write_human(p: &Prepared, out: &mut dyn Write, config: &Config) -> io::Result<()> {
+    let (Some(event), Some(event_plan)) = (&p.event, &p.plan) else {
+        if let Outcome::DeadLettered { reason, error } = &p.outcome {
+            return writeln!(out, "dead-lettered ({reason}): {error}");
         }
-        let prefix = &config.tags.prefix;
-        for hit in &event_plan.hits {
-            let indent = "  ".repeat(hit.depth as usize + 1);
-            if hit.depth > 0 {
-                writeln!(
-                    out,
-                    "{indent}↳ cascaded {} ({})",
-                    hit.event_type, hit.event_id
-                )?;
+        return Ok(());
+    };
+    let plan = p.actions();
+    writeln!(out, "event {} ({})", event.id, event.kind)?;
+    if event_plan.hits.is_empty() {
+        match &p.outcome {
+            Outcome::DeadLettered { reason, error } => {
+                writeln!(out, "  dead-lettered ({reason}): {error}")?
             }
-            if !hit.condition {
-                writeln!(
-                    out,
-                    "{indent}rule {} ({}): condition false, nothing to do",
-                    hit.rule, hit.at
-                )?;
-                continue;
-            }
-            writeln!(out, "{indent}rule {} ({})", hit.rule, hit.at)?;
-            for a in &hit.actions {
-                let line = match a {
-                    Action::Delete { key } => format!("delete   {key}"),
-                    Action::DeletePattern { pattern } => {
-                        format!("pattern  {pattern}   (SCAN MATCH on every primary, then UNLINK)")
-                    }
-                    Action::Tag { tag } => match config.tags.mode {
-                        TagMode::Set => format!(
-                            "tag      {tag}   (SSCAN {prefix}{tag} → UNLINK members → SREM them)"
-                        ),
-                        TagMode::Version => format!("tag      {tag}   (INCR {prefix}{tag})"),
-                    },
-                    Action::Expire { key, ttl, jitter } => {
-                        let j = if *jitter > 0.0 {
-                            format!(", jitter {:.0}%", jitter * 100.0)
-                        } else {
-                            String::new()
-                        };
-                        format!(
-                            "expire   {key}   (TTL at most {}{j}, never lengthened)",
-                            humantime::format_duration(*ttl)
-                        )
-                    }
-                    Action::Purge { target, path } => format!("purge    {target} {path}"),
-                };
-                writeln!(out, "{indent}  {line}")?;
-            }
-            if let Some(after) = hit.redelete_after {
-                writeln!(
-                    out,
-                    "{indent}  again after {}: its deletes and tags",
-                    humantime::format_duration(after)
-                )?;
-            }
+            _ => writeln!(out, "  no rule listens to `{}`: skipped", event.kind)?,
         }
-        for set in &event_plan.needs {
+    }
+    for hit in &event_plan.hits {
+        let indent = "  ".repeat(hit.depth as usize + 1);
+        if hit.depth > 0 {
             writeln!(
                 out,
-                "  cascade over the members of set {set}: read at apply time (explain touches nothing)"
+                "{indent}↳ cascaded {} ({})",
+                hit.event_type, hit.event_id
             )?;
         }
-        for note in &event_plan.notes {
-            writeln!(out, "  note: {note}")?;
+        if !hit.condition {
+            writeln!(
+                out,
+                "{indent}rule {} ({}): condition false, nothing to do",
+                hit.rule, hit.at
+            )?;
+            continue;
         }
-        let purge_paths: usize = plan.purges.values().map(|p| p.len()).sum();
+        writeln!(out, "{indent}rule {} ({})", hit.rule, hit.at)?;
+        for a in &hit.actions {
+            let line = describe(a, config);
+            writeln!(out, "{indent}  {line}")?;
+        }
+        if let Some(after) = hit.redelete_after {
+            writeln!(
+                out,
+                "{indent}  again after {}: its deletes and tags",
+                humantime::format_duration(after)
+            )?;
+        }
+    }
+    for set in &event_plan.needs {
         writeln!(
             out,
-            "plan: {} deletes, {} pattern deletes, {} tags, {} expires, {} purge paths, {} redelete groups",
-            plan.deletes.len(),
-            plan.patterns.len(),
-            plan.tags.len(),
-            plan.expires.len(),
-            purge_paths,
-            plan.redeletes.len()
-        )
+            "  cascade over the members of set {set}: read at apply time (explain touches nothing)"
+        )?;
+    }
+    for note in &event_plan.notes {
+        writeln!(out, "  note: {note}")?;
+    }
+    let purge_paths: usize = plan.purges.values().map(|p| p.len()).sum();
+    writeln!(
+        out,
+        "plan: {} deletes, {} pattern deletes, {} tags, {} expires, {} purge paths, {} redelete groups",
+        plan.deletes.len(),
+        plan.patterns.len(),
+        plan.tags.len(),
+        plan.expires.len(),
+        purge_paths,
+        plan.redeletes.len()
+    )
+}
+
+/// One action in words, with the Redis commands it becomes.
+fn describe(a: &Action, config: &Config) -> String {
+    let prefix = &config.tags.prefix;
+    match a {
+        Action::Delete { key } => format!("delete   {key}"),
+        Action::DeletePattern { pattern } => {
+            format!("pattern  {pattern}   (SCAN MATCH on every primary, then UNLINK)")
+        }
+        Action::Tag { tag } => match config.tags.mode {
+            TagMode::Set => {
+                format!("tag      {tag}   (SSCAN {prefix}{tag} → UNLINK members → SREM them)")
+            }
+            TagMode::Version => format!("tag      {tag}   (INCR {prefix}{tag})"),
+        },
+        Action::Expire { key, ttl, jitter } => {
+            let j = if *jitter > 0.0 {
+                format!(", jitter {:.0}%", jitter * 100.0)
+            } else {
+                String::new()
+            };
+            format!(
+                "expire   {key}   (TTL at most {}{j}, never lengthened)",
+                humantime::format_duration(*ttl)
+            )
+        }
+        Action::Purge { target, path } => format!("purge    {target} {path}"),
     }
 }
 

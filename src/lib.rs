@@ -19,10 +19,14 @@
 
 pub mod apply;
 pub mod config;
+pub mod dead_letter;
+pub mod driver;
 pub mod engine;
 pub mod event;
 pub mod explain;
 pub mod health;
+#[cfg(feature = "kafka")]
+pub mod kafka_client;
 pub mod plan;
 pub mod replay;
 pub mod rules;

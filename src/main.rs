@@ -12,13 +12,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use invalidator::apply::redis::Redis;
 use invalidator::config::Config;
-use invalidator::engine::{self, Engine};
-use invalidator::event::{Expanded, Position, decode_value, expand_document};
+use invalidator::engine::Engine;
 use invalidator::explain;
-use invalidator::health::{self, Health};
 use invalidator::replay::{self, ReplayOptions};
 use invalidator::rules::{CompileOptions, RuleSet};
-use invalidator::{telemetry, worker};
+use invalidator::worker;
 
 #[derive(Parser)]
 #[command(
@@ -223,145 +221,13 @@ async fn build_engine(cli: &Cli) -> Result<Engine, Exit> {
         .map_err(|e| usage(anyhow::anyhow!(e)))
 }
 
-/// How long one attempt of a unit retries Redis in `run` before the worker reports an outage (and
-/// then retries the unit, without end, with backoff).
-const WORKER_REDIS_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
-
 async fn cmd_run(cli: &Cli) -> Result<u8, Exit> {
     let config = load_config(cli)?;
     let rules = load_rules(cli, &config, None, true)?;
-    let metrics = telemetry::install_prometheus().map_err(|e| usage(anyhow::anyhow!(e)))?;
-    let listener = tokio::net::TcpListener::bind(&config.http.listen)
+    let report = worker::serve(config, rules)
         .await
-        .with_context(|| {
-            format!(
-                "config key `http.listen`: cannot listen on {}",
-                config.http.listen
-            )
-        })
-        .map_err(usage)?;
-    let health = Arc::new(Health::default());
-
-    // SIGTERM or SIGINT: stop.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("stop signal received");
-        let _ = stop_tx.send(true);
-    });
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-
-    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http = tokio::spawn(health::serve(
-        listener,
-        health.clone(),
-        metrics.clone(),
-        async {
-            let _ = http_stopped.await;
-        },
-    ));
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
-            every.tick().await;
-            metrics.run_upkeep();
-        }
-    });
-
-    // Redis may be down at start: wait for it (not ready meanwhile) rather than exit.
-    let redis = loop {
-        tokio::select! {
-            r = Redis::connect(&config.redis, Some(WORKER_REDIS_RETRY)) => match r {
-                Ok(r) => break r,
-                Err(e) => {
-                    health.set_redis_ok(false);
-                    tracing::warn!(error = %e, "Redis not reachable at start; waiting for it");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                }
-            },
-            () = stopped() => return Ok(0),
-        }
-    };
-    health.set_redis_ok(true);
-    tracing::info!(redis = %redis.describe(), wait_replicas = config.redis.wait_replicas,
-        failover_rewind = %humantime::format_duration(config.redis.failover_rewind),
-        rules = rules.rules.len(), listen = %config.http.listen, "starting");
-    let engine = Arc::new(
-        Engine::build(config, rules, redis)
-            .await
-            .map_err(|e| usage(anyhow::anyhow!(e)))?,
-    );
-    // The Redis watch and the sweeper run beside the worker (on its task) and end with it.
-    let report = tokio::select! {
-        r = worker::run(engine.clone(), health.clone(), stopped()) => r.map_err(usage)?,
-        () = watch_redis(&engine, &health) => unreachable!("the Redis watch never ends"),
-        () = sweep_periodically(&engine) => unreachable!("the sweeper never ends"),
-    };
-    let _ = http_stop.send(());
-    let _ = http.await;
+        .map_err(|e| usage(anyhow::anyhow!(e)))?;
     Ok(if report.clean { 0 } else { 3 })
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// Readiness follows Redis even when no event flows.
-async fn watch_redis(engine: &Engine, health: &Health) {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
-    loop {
-        every.tick().await;
-        let ok = matches!(
-            tokio::time::timeout(std::time::Duration::from_secs(1), engine.redis.ping()).await,
-            Ok(Ok(()))
-        );
-        health.set_redis_ok(ok);
-    }
-}
-
-/// The TTL safety net, every `[sweeper] interval`.
-async fn sweep_periodically(engine: &Engine) {
-    if engine.rules.ttl_policies.is_empty() {
-        return std::future::pending().await;
-    }
-    let mut every = tokio::time::interval(engine.config.sweeper.interval);
-    every.tick().await;
-    loop {
-        every.tick().await;
-        for policy in &engine.rules.ttl_policies {
-            match engine.redis.sweep(policy, false).await {
-                Ok(r) => {
-                    tracing::info!(pattern = %policy.pattern, scanned = r.scanned, over_policy = r.over_policy, fixed = r.fixed, "sweep")
-                }
-                Err(e) => {
-                    tracing::warn!(pattern = %policy.pattern, error = %e, "sweep failed; next pass at the next interval")
-                }
-            }
-        }
-    }
 }
 
 async fn cmd_replay(cli: &Cli, options: ReplayOptions) -> Result<u8, Exit> {
@@ -410,61 +276,10 @@ fn cmd_explain(cli: &Cli, arg: &str, json: bool) -> Result<u8, Exit> {
             .with_context(|| format!("{arg} is neither JSON nor a readable file"))
             .map_err(usage)?
     };
-    let expanded = expand_document(
-        text.into_bytes(),
-        Position {
-            file: Some("explain".into()),
-            ..Position::default()
-        },
-        config.limits.max_event_bytes,
-    );
     let mut out = io::stdout().lock();
-    let mut code = 0;
-    for item in expanded {
-        let (value, record) = match item {
-            Expanded::Parsed { value, record } => (Ok(value), record),
-            Expanded::Raw(record) => (
-                serde_json::from_slice(&record.payload)
-                    .map_err(|e| invalidator::event::DecodeError::InvalidJson(e.to_string())),
-                record,
-            ),
-            Expanded::Failed { record, error } => (Err(error), record),
-        };
-        let decoded = value.and_then(|v| {
-            decode_value(v, config.limits.max_event_bytes, &|| {
-                record.position.fallback_id()
-            })
-        });
-        let result = match decoded {
-            Ok(event) => match engine::explain(&rules, &event) {
-                Ok((event_plan, plan)) => explain::Explained::Plan {
-                    event,
-                    event_plan,
-                    plan,
-                },
-                Err(e) => explain::Explained::DeadLetter {
-                    reason: e.reason(),
-                    error: e.to_string(),
-                },
-            },
-            Err(e) => explain::Explained::DeadLetter {
-                reason: e.reason(),
-                error: e.to_string(),
-            },
-        };
-        if matches!(result, explain::Explained::DeadLetter { .. }) {
-            code = 1;
-        }
-        let written = if json {
-            serde_json::to_writer_pretty(&mut out, &result.to_json())
-                .map_err(io::Error::from)
-                .and_then(|_| writeln!(out))
-        } else {
-            result.write_human(&mut out, &config)
-        };
-        written.context("writing to stdout").map_err(usage)?;
-    }
-    Ok(code)
+    explain::explain(&rules, &config, text.into_bytes(), json, &mut out)
+        .context("writing to stdout")
+        .map_err(usage)
 }
 
 fn cmd_rules_check(cli: &Cli, dir: Option<&Path>) -> Result<u8, Exit> {

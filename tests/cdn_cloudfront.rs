@@ -57,7 +57,7 @@ async fn process_concurrently(engine: Arc<Engine>, units: Vec<Vec<String>>) -> V
     let results = join_all(
         units
             .iter()
-            .map(|lines| engine.process(inputs(lines), false, false)),
+            .map(|lines| engine.process(inputs(lines), false)),
     )
     .await;
     let mut outcomes = Vec::new();
@@ -181,7 +181,7 @@ async fn the_same_paths_twice_are_two_invalidations_with_distinct_references() {
     let engine = w.engine().await;
     for i in 0..2 {
         let unit = engine
-            .process(inputs(&[price_event(i, "p1")]), false, false)
+            .process(inputs(&[price_event(i, "p1")]), false)
             .await
             .unwrap();
         assert_eq!(unit.items[0].outcome, Outcome::Applied);
@@ -261,7 +261,6 @@ async fn throttling_and_too_many_in_progress_are_retried_as_the_same_request() {
                 price_event(3, "p1"),
             ]),
             false,
-            false,
         )
         .await
         .unwrap();
@@ -294,13 +293,11 @@ async fn paths_that_arrive_while_a_batch_is_throttled_merge_into_it() {
     w.rules("price.yaml", PRICE_RULES);
     w.extra_config = cf_target("cf", "E1STUB", &s.uri(), "window = \"50ms\"");
     let engine = Arc::new(w.engine().await);
-    let first = engine.process(inputs(&[price_event(1, "a")]), false, false);
+    let first = engine.process(inputs(&[price_event(1, "a")]), false);
     // The first batch is refused at once and waits at least 200 ms for its retry.
     let second = async {
         first_answered(&s).await;
-        engine
-            .process(inputs(&[price_event(2, "b")]), false, false)
-            .await
+        engine.process(inputs(&[price_event(2, "b")]), false).await
     };
     let (first, second) = futures::join!(first, second);
     let (first, second) = (first.unwrap(), second.unwrap());
@@ -327,12 +324,10 @@ async fn a_request_with_an_unknown_outcome_is_retried_unchanged() {
     w.rules("price.yaml", PRICE_RULES);
     w.extra_config = cf_target("cf", "E1STUB", &s.uri(), "window = \"50ms\"");
     let engine = Arc::new(w.engine().await);
-    let first = engine.process(inputs(&[price_event(1, "a")]), false, false);
+    let first = engine.process(inputs(&[price_event(1, "a")]), false);
     let second = async {
         first_answered(&s).await;
-        engine
-            .process(inputs(&[price_event(2, "b")]), false, false)
-            .await
+        engine.process(inputs(&[price_event(2, "b")]), false).await
     };
     let (first, second) = futures::join!(first, second);
     first.unwrap();
@@ -459,7 +454,7 @@ async fn access_denied_is_an_outage_not_a_rejection() {
     );
     let engine = w.engine().await;
     let err = engine
-        .process(inputs(&[price_event(1, "p1")]), false, false)
+        .process(inputs(&[price_event(1, "p1")]), false)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("AccessDenied"), "{err}");

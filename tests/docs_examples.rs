@@ -19,7 +19,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use invalidator::config::Config;
-use invalidator::event::decode_event;
+use invalidator::engine::{Outcome, prepare};
+use invalidator::event::{Position, expand_document};
 use invalidator::rules::{CompileOptions, RuleSet};
 
 /// The configuration the rule examples compile against: the CDN target they purge on.
@@ -146,14 +147,21 @@ fn words(s: &str) -> String {
 /// dead-lettered REASON            the event goes to the dead-letter queue
 /// ```
 fn plan_lines(rules: &RuleSet, event_json: &str) -> Vec<String> {
-    let event = match decode_event(event_json.trim().as_bytes(), 1 << 20, &|| "example".into()) {
-        Ok(e) => e,
-        Err(e) => return vec![format!("dead-lettered {}", e.reason())],
+    // The same seam `explain` and every mode go through: `prepare` decodes and plans.
+    let limits = docs_config().limits;
+    let bytes = event_json.trim().as_bytes().to_vec();
+    let inputs = expand_document(bytes, Position::default(), limits.max_event_bytes);
+    let [p] = &prepare(rules, &limits, inputs)[..] else {
+        panic!("one event expected in {event_json}");
     };
-    let (event_plan, plan) = match invalidator::engine::explain(rules, &event) {
-        Ok(p) => p,
-        Err(e) => return vec![format!("dead-lettered {}", e.reason())],
-    };
+    if let Outcome::DeadLettered { reason, .. } = &p.outcome {
+        return vec![format!("dead-lettered {reason}")];
+    }
+    let event_plan = p
+        .plan
+        .as_ref()
+        .expect("a decoded event that is not dead-lettered is planned");
+    let plan = p.actions();
     let mut out = Vec::new();
     if !event_plan.hits.iter().any(|h| h.condition) {
         out.push("skipped".to_owned());

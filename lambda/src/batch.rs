@@ -18,6 +18,8 @@ use std::future::Future;
 
 use aws_lambda_events::event::sns::SnsEvent;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use invalidator::dead_letter::{DeadLetter, DeadLetterSink};
+use invalidator::event::{Carried, Position, Record};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -73,19 +75,26 @@ pub trait Processor {
     ) -> impl Future<Output = Result<(Vec<Verdict>, Self::Summary), Outage>>;
 }
 
-/// A poison message on its way to the dead-letter queue.
-#[derive(Debug, Clone, Copy)]
-pub struct DeadLetter<'a> {
-    pub message: &'a Message,
-    pub poison: &'a Poison,
-    /// RFC 3339 time of the dead-lettering.
-    pub time: &'a str,
-}
-
-pub trait DeadLetterSink {
-    /// Writes every letter durably; returns the indexes of those that were not acknowledged, with
-    /// the error.
-    fn send(&self, letters: &[DeadLetter<'_>]) -> impl Future<Output = Vec<(usize, String)>>;
+impl Message {
+    /// The message as a record: its body byte for byte, where it came from, and its ARN and FIFO
+    /// group (for the dead-letter queue).
+    pub fn record(&self) -> Record {
+        let position = Position {
+            message_id: Some(self.id.clone()),
+            ..Position::default()
+        };
+        let body = self.body.clone().unwrap_or_default();
+        let mut record = Record::new(body.into_bytes(), position);
+        record.attempts = self.previous_attempts;
+        if self.source_arn.is_some() || self.group_id.is_some() {
+            record.carried = Some(Box::new(Carried {
+                source_arn: self.source_arn.clone(),
+                group_id: self.group_id.clone(),
+                ..Carried::default()
+            }));
+        }
+        record
+    }
 }
 
 /// Where a batch came from.
@@ -289,6 +298,11 @@ pub async fn handle<P: Processor, D: DeadLetterSink>(
     // ok[i]: message i may be acknowledged.
     let mut ok = vec![false; messages.len()];
     let mut why: Vec<Option<String>> = vec![None; messages.len()];
+    let records: Vec<Option<Record>> = messages
+        .iter()
+        .zip(&verdicts)
+        .map(|(m, v)| matches!(v, Verdict::Poison(_)).then(|| m.record()))
+        .collect();
     let mut letters = Vec::new();
     let mut letter_of = Vec::new();
     for (i, (m, v)) in messages.iter().zip(&verdicts).enumerate() {
@@ -301,12 +315,11 @@ pub async fn handle<P: Processor, D: DeadLetterSink>(
                 tracing::warn!(message_id = %m.id, event_id = p.event_id.as_deref().unwrap_or("-"),
                     event_type = p.event_type.as_deref().unwrap_or("-"), reason = p.reason,
                     error = %p.error, "poison message");
-                if sink.is_some() {
-                    letters.push(DeadLetter {
-                        message: m,
-                        poison: p,
-                        time: now,
-                    });
+                if let (Some(_), Some(record)) = (sink, &records[i]) {
+                    let mut letter = DeadLetter::new(record, p.reason, &p.error, now);
+                    letter.event_id = p.event_id.as_deref();
+                    letter.event_type = p.event_type.as_deref();
+                    letters.push(letter);
                     letter_of.push(i);
                 } else {
                     why[i] = Some(format!(
@@ -403,11 +416,12 @@ mod tests {
         async fn send(&self, letters: &[DeadLetter<'_>]) -> Vec<(usize, String)> {
             let mut failed = Vec::new();
             for (i, l) in letters.iter().enumerate() {
-                let body = l.message.body.clone().unwrap_or_default();
-                if self.refuse.contains(&body.as_str()) {
+                let body = String::from_utf8_lossy(&l.record.payload);
+                if self.refuse.contains(&&*body) {
                     failed.push((i, "refused".into()));
                 } else {
-                    self.kept.lock().unwrap().push(l.message.id.clone());
+                    let id = l.record.position.message_id.clone().unwrap_or_default();
+                    self.kept.lock().unwrap().push(id);
                 }
             }
             failed

@@ -1,12 +1,13 @@
-//! The SQS dead-letter queue of poison messages (`[lambda] dlq_url`), through `SendMessageBatch`.
+//! The SQS dead-letter queue of poison messages (`[lambda] dlq_url`), through `SendMessageBatch`:
+//! the shared [`DeadLetterSink`] of invalidator.
 //!
 //! Invariants:
 //! - the body is the original payload, byte for byte (the SQS body or the SNS `Message`), so the
 //!   queue's own "redrive to source" sends an SQS message back as it came;
-//! - the metadata travels as message attributes named like the Kafka DLQ headers
-//!   (`invalidator.reason`, `invalidator.error`, `invalidator.attempts`,
-//!   `invalidator.source.message_id`, `invalidator.source.arn`, `invalidator.time`,
-//!   `invalidator.event_id`, `invalidator.event_type`);
+//! - the metadata travels as message attributes named and filled as every other sink's
+//!   ([`DeadLetter::fields`]: `invalidator.reason`, `invalidator.error`, `invalidator.attempts`,
+//!   `invalidator.time`, `invalidator.event_id`, `invalidator.event_type`,
+//!   `invalidator.source.message_id`, `invalidator.source.arn`, ...), at most SQS's 10;
 //! - a letter counts as written only when SQS accepted it (listed as successful); everything else
 //!   is returned as failed, with the error.
 
@@ -14,14 +15,14 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
-use crate::batch::{DeadLetter, DeadLetterSink};
+use invalidator::dead_letter::{DeadLetter, DeadLetterSink, cut};
 
 /// Most entries of one `SendMessageBatch`.
 const MAX_ENTRIES: usize = 10;
 /// Most bytes of one `SendMessageBatch` (bodies and attributes), the historical SQS limit.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
-/// Error texts are cut to this many bytes (at a character boundary).
-const MAX_ERROR_BYTES: usize = 1024;
+/// Most message attributes SQS takes on one message.
+const MAX_ATTRIBUTES: usize = 10;
 
 pub struct SqsDeadLetters {
     client: Client,
@@ -50,43 +51,16 @@ impl SqsDeadLetters {
     }
 
     fn entry(&self, id: usize, l: &DeadLetter<'_>) -> (SendMessageBatchRequestEntry, usize) {
-        let attempts = (l.message.previous_attempts.saturating_add(1)).to_string();
-        let error = cut(&l.poison.error, MAX_ERROR_BYTES);
-        let attrs: [(&str, Option<&str>, &str); 8] = [
-            ("invalidator.reason", Some(l.poison.reason), "String"),
-            ("invalidator.error", Some(error), "String"),
-            ("invalidator.attempts", Some(&attempts), "Number"),
-            (
-                "invalidator.source.message_id",
-                Some(l.message.id.as_str()),
-                "String",
-            ),
-            (
-                "invalidator.source.arn",
-                l.message.source_arn.as_deref(),
-                "String",
-            ),
-            ("invalidator.time", Some(l.time), "String"),
-            (
-                "invalidator.event_id",
-                l.poison.event_id.as_deref(),
-                "String",
-            ),
-            (
-                "invalidator.event_type",
-                l.poison.event_type.as_deref(),
-                "String",
-            ),
-        ];
-        let body = l.message.body.clone().unwrap_or_default();
+        let body = String::from_utf8_lossy(&l.record.payload).into_owned();
         let mut size = body.len();
         let mut e = SendMessageBatchRequestEntry::builder()
             .id(id.to_string())
             .message_body(body);
-        for (name, value, kind) in attrs {
-            // SQS refuses empty attribute values.
-            let Some(value) = value.filter(|v| !v.is_empty()) else {
-                continue;
+        for (name, value) in l.fields().into_iter().take(MAX_ATTRIBUTES) {
+            let kind = if name == "invalidator.attempts" {
+                "Number"
+            } else {
+                "String"
             };
             size += name.len() + value.len() + kind.len();
             e = e.message_attributes(
@@ -99,14 +73,12 @@ impl SqsDeadLetters {
             );
         }
         if self.fifo {
+            let carried = l.record.carried.as_deref();
+            let group = carried.and_then(|c| c.group_id.clone());
+            let id = l.record.position.message_id.as_deref().unwrap_or_default();
             e = e
-                .message_group_id(
-                    l.message
-                        .group_id
-                        .clone()
-                        .unwrap_or_else(|| "invalidator-dlq".into()),
-                )
-                .message_deduplication_id(cut(&l.message.id, 128));
+                .message_group_id(group.unwrap_or_else(|| "invalidator-dlq".into()))
+                .message_deduplication_id(cut(id, 128));
         }
         (e.build().expect("id and body are set"), size)
     }
@@ -184,29 +156,5 @@ impl SqsDeadLetters {
                 ids.into_iter().map(|i| (i, msg.clone())).collect()
             }
         }
-    }
-}
-
-/// `s` cut to at most `max` bytes, at a character boundary.
-fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cut_keeps_characters_whole() {
-        assert_eq!(cut("abc", 10), "abc");
-        assert_eq!(cut("aé", 2), "a");
-        assert_eq!(cut("aéb", 3), "aé");
     }
 }

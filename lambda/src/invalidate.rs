@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use invalidator::engine::{Engine, EngineError, Outcome};
-use invalidator::event::{DecodeError, Expanded, Position, Record};
+use invalidator::event::{DecodeError, Expanded};
 use invalidator::plan::Plan;
 use tokio::time::Instant;
 
@@ -43,18 +43,10 @@ impl Invalidate {
     }
 
     fn input(m: &Message) -> Expanded {
-        let position = Position {
-            message_id: Some(m.id.clone()),
-            ..Position::default()
-        };
         match &m.body {
-            Some(body) => {
-                let mut record = Record::new(body.as_bytes().to_vec(), position);
-                record.attempts = m.previous_attempts;
-                Expanded::Raw(record)
-            }
+            Some(_) => Expanded::Raw(m.record()),
             None => Expanded::Failed {
-                record: Record::new(Vec::new(), position),
+                record: m.record(),
                 error: DecodeError::InvalidEnvelope(format!("message {} has no body", m.id)),
             },
         }
@@ -73,7 +65,7 @@ impl Invalidate {
             return Err(late());
         }
         let inputs = messages.iter().map(Self::input).collect();
-        let work = self.engine.process(inputs, false, false);
+        let work = self.engine.process(inputs, false);
         let unit = match deadline {
             Some(d) => tokio::time::timeout_at(d, work).await.map_err(|_| late())?,
             None => work.await,

@@ -15,6 +15,10 @@
 //! a duplicate), or after it was durably written to the dead-letter queue. An outage acknowledges
 //! nothing of the batch.
 
+// The invocation future nests the SQS client's futures inside the batch handler's: computing its
+// layout needs more than the default 128 query levels.
+#![recursion_limit = "256"]
+
 pub mod app;
 pub mod batch;
 pub mod dlq;

@@ -1,9 +1,8 @@
 //! Plan → effects. The only module that talks to the targets of invalidation: Redis
-//! ([`redis`]), CDNs ([`cdn`]), the dead-letter file ([`dlq`]), and the completion notices
-//! ([`notify`]).
+//! ([`redis`]), CDNs ([`cdn`]) and the completion notices ([`notify`]). Dead letters
+//! are in [`crate::dead_letter`].
 
 pub mod aws;
 pub mod cdn;
-pub mod dlq;
 pub mod notify;
 pub mod redis;

@@ -10,7 +10,7 @@ pub(crate) mod decode;
 mod record;
 
 pub use decode::{DecodeError, decode_event, decode_value};
-pub use record::{DlqRecord, Expanded, Position, Record, expand_document};
+pub use record::{Carried, DlqRecord, Expanded, Position, Record, expand_document};
 
 use serde::Serialize;
 use serde_json::Value;

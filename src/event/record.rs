@@ -94,6 +94,22 @@ pub struct Record {
     pub origin: Option<Position>,
     /// Only the first bytes of an over-long input line were kept.
     pub truncated: bool,
+    /// What the source carried beside the payload (a Kafka key and headers, an SQS message
+    /// group), kept so that a dead letter goes out as the record came in.
+    pub carried: Option<Box<Carried>>,
+}
+
+/// What a source carried beside a record's payload.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Carried {
+    /// The Kafka message key.
+    pub key: Option<Vec<u8>>,
+    /// The Kafka headers, as they came.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The SQS queue or SNS topic ARN.
+    pub source_arn: Option<String>,
+    /// The SQS FIFO message group.
+    pub group_id: Option<String>,
 }
 
 impl Record {
@@ -104,6 +120,7 @@ impl Record {
             attempts: 0,
             origin: None,
             truncated: false,
+            carried: None,
         }
     }
 }
@@ -232,6 +249,7 @@ fn expand_value(
                         attempts: dlq.attempts,
                         origin: Some(dlq.origin.unwrap_or(dlq.source)),
                         truncated: false,
+                        carried: None,
                     })
                 });
             match result {

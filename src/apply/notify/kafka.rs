@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::{Notice, NoticeReport};
 use crate::config::KafkaConfig;
-use crate::source::kafka::producer;
+use crate::kafka_client::producer;
 
 pub struct KafkaSink {
     producer: FutureProducer,

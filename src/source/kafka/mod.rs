@@ -1,5 +1,7 @@
 //! Kafka as a source: the consumer-group member, message → record conversion (native,
-//! CloudEvents structured and binary), the per-partition offset watermark, and the DLQ topic.
+//! CloudEvents structured and binary) and the per-partition offset watermark ([`Watermarks`]).
+//! The client settings are in [`crate::kafka_client`], the dead-letter topic in
+//! [`crate::dead_letter::kafka`].
 //!
 //! Invariants:
 //! - an offset is stored (and later committed) only when every message before it on its partition
@@ -7,114 +9,29 @@
 //! - offsets are committed periodically by librdkafka (`enable.auto.commit` with
 //!   `enable.auto.offset.store=false`: only what we stored), synchronously before partitions are
 //!   revoked, and at shutdown;
-//! - a DLQ record keeps the original key, payload (byte-exact) and headers; our metadata is added as
-//!   `invalidator.*` headers. A DLQ write is done only when the broker acknowledged it.
+//! - a record keeps the message's key and headers ([`Carried`]), so that its dead letter goes out
+//!   as it came.
 
-use std::collections::{BTreeMap, HashMap};
+mod watermarks;
+
+pub use watermarks::Watermarks;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use rdkafka::client::ClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Message, TopicPartitionList};
 use serde_json::{Map, Value};
 
 use crate::config::KafkaConfig;
-use crate::event::{DecodeError, Expanded, Position, Record};
+use crate::event::{Carried, DecodeError, Expanded, Position, Record};
+use crate::kafka_client::{ClientError, client_config, consumer_defaults};
 use crate::telemetry;
-
-/// Defaults the worker sets before the user's `[kafka.properties]` (which win).
-fn consumer_defaults(config: &KafkaConfig) -> Vec<(&'static str, String)> {
-    vec![
-        ("bootstrap.servers", config.brokers.clone()),
-        ("group.id", config.group.clone()),
-        // We store offsets ourselves, only for events that are done; librdkafka commits what
-        // was stored, every second and when partitions are revoked.
-        ("enable.auto.offset.store", "false".into()),
-        ("enable.auto.commit", "true".into()),
-        ("auto.commit.interval.ms", "1000".into()),
-        // A new group starts from the oldest event: an invalidation missed is a stale cache.
-        ("auto.offset.reset", "earliest".into()),
-        // Bounded prefetch (librdkafka's default is 64 MiB per consumer).
-        ("queued.max.messages.kbytes", "16384".into()),
-        ("statistics.interval.ms", "5000".into()),
-        ("client.id", "invalidator".into()),
-    ]
-}
-
-fn producer_defaults(config: &KafkaConfig) -> Vec<(&'static str, String)> {
-    vec![
-        ("bootstrap.servers", config.brokers.clone()),
-        ("acks", "all".into()),
-        ("linger.ms", "5".into()),
-        ("message.timeout.ms", "30000".into()),
-        ("client.id", "invalidator-dlq".into()),
-    ]
-}
-
-/// Properties that make sense only for a consumer; not passed to the DLQ producer.
-fn consumer_only(key: &str) -> bool {
-    key.starts_with("group.")
-        || key.starts_with("session.")
-        || key.starts_with("heartbeat.")
-        || key.starts_with("auto.")
-        || key.starts_with("enable.auto.")
-        || key.starts_with("fetch.")
-        || key.starts_with("queued.")
-        || key.starts_with("max.poll.")
-        || key.starts_with("partition.assignment.")
-        || matches!(
-            key,
-            "isolation.level"
-                | "check.crcs"
-                | "enable.partition.eof"
-                | "consume.callback.max.messages"
-        )
-}
-
-/// A producer with the worker's producer defaults, `overrides`, then the user's
-/// `[kafka.properties]` (those that make sense for a producer). Used by the DLQ topic and the
-/// completion notices.
-pub fn producer(
-    config: &KafkaConfig,
-    overrides: &[(&'static str, String)],
-) -> Result<FutureProducer, ClientError> {
-    let mut defaults = producer_defaults(config);
-    defaults.retain(|(k, _)| !overrides.iter().any(|(o, _)| o == k));
-    defaults.extend(overrides.iter().cloned());
-    client_config(defaults, &config.properties, |k| !consumer_only(k))
-        .create()
-        .map_err(|e| ClientError(e.to_string()))
-}
-
-/// Failures to build the Kafka clients (bad properties): a configuration error.
-#[derive(Debug, thiserror::Error)]
-#[error("config key `kafka.properties`: {0}")]
-pub struct ClientError(String);
-
-fn client_config(
-    defaults: Vec<(&'static str, String)>,
-    properties: &BTreeMap<String, String>,
-    keep: impl Fn(&str) -> bool,
-) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    for (k, v) in defaults {
-        c.set(k, v);
-    }
-    for (k, v) in properties {
-        if keep(k) {
-            c.set(k, v);
-        }
-    }
-    c.set_log_level(RDKafkaLogLevel::Warning);
-    c
-}
 
 /// State shared between the consumer's callbacks (rebalances, statistics) and the worker.
 #[derive(Default)]
@@ -240,9 +157,8 @@ pub fn consumer(config: &KafkaConfig, shared: Arc<Shared>) -> Result<KafkaConsum
 /// One consumed message, owned, with what is needed to decode it and to dead-letter it.
 #[derive(Debug, Clone)]
 pub struct Input {
+    /// The payload, where it came from, and its key and headers ([`Record::carried`]).
     pub record: Record,
-    pub key: Option<Vec<u8>>,
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
     /// CloudEvents binary mode: the envelope built from `ce_*` headers (`data` = the payload), or
     /// why it could not be built.
     pub binary: Option<Result<Value, DecodeError>>,
@@ -266,12 +182,16 @@ impl Input {
         };
         let payload = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
         let binary = binary_envelope(&headers, &payload, max_bytes);
-        Input {
-            record: Record::new(payload, position),
-            key: m.key().map(<[u8]>::to_vec),
-            headers,
-            binary,
+        let mut record = Record::new(payload, position);
+        let key = m.key().map(<[u8]>::to_vec);
+        if key.is_some() || !headers.is_empty() {
+            record.carried = Some(Box::new(Carried {
+                key,
+                headers,
+                ..Carried::default()
+            }));
         }
+        Input { record, binary }
     }
 
     /// The record for the engine; `attempts` earlier tries of this unit failed for an outage.
@@ -340,166 +260,9 @@ fn binary_envelope(
     })())
 }
 
-/// Per-partition watermark of done offsets: stores only the contiguous prefix.
-#[derive(Debug, Default)]
-pub struct Watermarks {
-    parts: HashMap<(String, i32), BTreeMap<i64, bool>>,
-}
-
-impl Watermarks {
-    /// A message was taken in.
-    pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
-        self.parts
-            .entry((topic.to_owned(), partition))
-            .or_default()
-            .insert(offset, false);
-    }
-
-    /// A message is done. Returns the offset to store (the next one to read) when the partition's
-    /// contiguous done prefix grew.
-    pub fn finish(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
-        let track = self.parts.get_mut(&(topic.to_owned(), partition))?;
-        if let Some(done) = track.get_mut(&offset) {
-            *done = true;
-        }
-        let mut next = None;
-        while let Some(entry) = track.first_entry() {
-            if !*entry.get() {
-                break;
-            }
-            next = Some(*entry.key() + 1);
-            entry.remove();
-        }
-        next
-    }
-
-    /// The partition was revoked or assigned anew: it restarts from its committed offset.
-    pub fn forget(&mut self, topic: &str, partition: i32) {
-        self.parts.remove(&(topic.to_owned(), partition));
-    }
-
-    /// Messages taken in and not done.
-    pub fn pending(&self) -> usize {
-        self.parts
-            .values()
-            .map(|t| t.values().filter(|d| !**d).count())
-            .sum()
-    }
-}
-
-/// A dead letter for the DLQ topic.
-pub struct DeadLetter<'a> {
-    pub input: &'a Input,
-    pub reason: &'a str,
-    pub error: &'a str,
-    pub attempts: u32,
-    pub event_id: Option<&'a str>,
-    pub event_type: Option<&'a str>,
-    pub time: &'a str,
-}
-
-/// The DLQ topic producer.
-pub struct DlqProducer {
-    producer: FutureProducer,
-    config: KafkaConfig,
-}
-
-impl DlqProducer {
-    pub fn new(config: &KafkaConfig) -> Result<DlqProducer, ClientError> {
-        let c = client_config(producer_defaults(config), &config.properties, |k| {
-            !consumer_only(k)
-        });
-        let producer = c.create().map_err(|e| ClientError(e.to_string()))?;
-        Ok(DlqProducer {
-            producer,
-            config: config.clone(),
-        })
-    }
-
-    /// Writes every dead letter; returns the indexes of those the broker did not acknowledge.
-    pub async fn send(&self, letters: &[DeadLetter<'_>]) -> Vec<(usize, KafkaError)> {
-        let topics: Vec<String> = letters
-            .iter()
-            .map(|l| self.config.dlq_topic_for(l.input.topic()))
-            .collect();
-        let mut pending = Vec::with_capacity(letters.len());
-        for (i, (l, topic)) in letters.iter().zip(&topics).enumerate() {
-            let mut headers = OwnedHeaders::new_with_capacity(l.input.headers.len() + 9);
-            for (k, v) in &l.input.headers {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: v.as_deref(),
-                });
-            }
-            let partition = l.input.partition().to_string();
-            let offset = l.input.offset().to_string();
-            let attempts = l.attempts.to_string();
-            let meta: [(&str, Option<&str>); 9] = [
-                ("invalidator.reason", Some(l.reason)),
-                ("invalidator.error", Some(l.error)),
-                ("invalidator.attempts", Some(&attempts)),
-                ("invalidator.source.topic", Some(l.input.topic())),
-                ("invalidator.source.partition", Some(&partition)),
-                ("invalidator.source.offset", Some(&offset)),
-                ("invalidator.time", Some(l.time)),
-                ("invalidator.event_id", l.event_id),
-                ("invalidator.event_type", l.event_type),
-            ];
-            for (k, v) in meta {
-                if let Some(v) = v {
-                    headers = headers.insert(Header {
-                        key: k,
-                        value: Some(v),
-                    });
-                }
-            }
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
-                .payload(l.input.record.payload.as_slice())
-                .headers(headers);
-            if let Some(k) = &l.input.key {
-                record = record.key(k.as_slice());
-            }
-            pending.push((i, self.producer.send(record, Duration::from_secs(5))));
-        }
-        let mut failed = Vec::new();
-        for (i, fut) in pending {
-            if let Err((e, _)) = fut.await {
-                failed.push((i, e));
-            }
-        }
-        failed
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn watermark_moves_only_over_a_contiguous_done_prefix() {
-        let mut w = Watermarks::default();
-        for o in 10..15 {
-            w.begin("t", 0, o);
-        }
-        assert_eq!(w.finish("t", 0, 12), None, "10 and 11 are not done");
-        assert_eq!(w.finish("t", 0, 11), None);
-        assert_eq!(w.finish("t", 0, 10), Some(13), "10..=12 done: next is 13");
-        assert_eq!(w.pending(), 2);
-        assert_eq!(w.finish("t", 0, 14), None);
-        assert_eq!(w.finish("t", 0, 13), Some(15));
-        assert_eq!(w.pending(), 0);
-    }
-
-    #[test]
-    fn partitions_are_independent_and_forgetting_drops_late_completions() {
-        let mut w = Watermarks::default();
-        w.begin("t", 0, 5);
-        w.begin("t", 1, 7);
-        assert_eq!(w.finish("t", 1, 7), Some(8));
-        w.forget("t", 0);
-        assert_eq!(w.finish("t", 0, 5), None, "revoked: nothing to store");
-        assert_eq!(w.pending(), 0);
-    }
 
     fn headers(pairs: &[(&str, &str)]) -> Vec<(String, Option<Vec<u8>>)> {
         pairs
@@ -538,13 +301,5 @@ mod tests {
         let e = binary_envelope(&h, &[b'1'; 100], 10).unwrap().unwrap_err();
         assert_eq!(e.reason(), "too_large");
         assert!(binary_envelope(&headers(&[("ce_id", "x")]), b"{}", 10).is_none());
-    }
-
-    #[test]
-    fn consumer_only_properties_are_not_given_to_the_producer() {
-        assert!(consumer_only("session.timeout.ms"));
-        assert!(consumer_only("group.instance.id"));
-        assert!(!consumer_only("security.protocol"));
-        assert!(!consumer_only("sasl.password"));
     }
 }

@@ -1,0 +1,242 @@
+//! The I/O half of a unit of work: what [`super::prepare`] made of the records, applied.
+//!
+//! `dedupe (Redis) → cascade sets read (Redis), those events planned again → coalesce → Redis →
+//! CDN → remember ids → metrics → notices`. Every step may only turn an outcome into a worse one
+//! (applied → duplicate or dead-lettered), never the reverse.
+
+use std::collections::HashMap;
+
+use time::OffsetDateTime;
+
+use crate::apply::notify::{self, Notice};
+use crate::event::Event;
+use crate::plan::Plan;
+use crate::telemetry;
+
+use super::prepare::Prepared;
+use super::{Engine, EngineError, Held, Outcome, UnitResult};
+
+impl Engine {
+    /// Applies a prepared unit. With `dry_run`, Redis is only read (dedupe, set members), nothing
+    /// is written and nothing is purged.
+    pub async fn apply(
+        &self,
+        unit: Vec<Prepared>,
+        dry_run: bool,
+    ) -> Result<UnitResult, EngineError> {
+        let slot = self.slot().await;
+        self.apply_in(slot, unit, dry_run).await
+    }
+
+    /// [`Engine::apply`] in a slot already taken.
+    pub(super) async fn apply_in(
+        &self,
+        slot: tokio::sync::SemaphorePermit<'_>,
+        mut unit: Vec<Prepared>,
+        dry_run: bool,
+    ) -> Result<UnitResult, EngineError> {
+        let _held = self.dedupe(&mut unit).await?;
+        self.read_cascade_sets(&mut unit).await?;
+        let mut result = UnitResult {
+            plan: coalesce(&unit),
+            ..UnitResult::default()
+        };
+        if !dry_run {
+            self.write(&mut unit, &mut result, slot).await?;
+        }
+        result.items = unit.into_iter().map(super::Item::from).collect();
+        Ok(result)
+    }
+
+    /// Redis, then the CDN, then the ids remembered, the metrics and the notices.
+    async fn write(
+        &self,
+        unit: &mut [Prepared],
+        result: &mut UnitResult,
+        slot: tokio::sync::SemaphorePermit<'_>,
+    ) -> Result<(), EngineError> {
+        let tags = &self.config.tags;
+        result.redis = self
+            .redis
+            .apply(&result.plan, tags.mode, &tags.prefix)
+            .await?;
+        for (tag, error) in &result.redis.tag_failures {
+            for &o in &result.plan.tags[tag] {
+                unit[o as usize].outcome =
+                    Outcome::dead("redis_wrongtype", format!("tag `{tag}`: {error}"));
+            }
+        }
+        // Many units may wait for a CloudFront window; only a few hold plans being applied.
+        drop(slot);
+        result.cdn = self.cdn.purge(&result.plan.purges).await?;
+        for r in &result.cdn.rejected {
+            for &o in &r.origins {
+                unit[o as usize].outcome = Outcome::dead(
+                    "cdn_rejected",
+                    format!("{} {}: {}", r.target, r.path, r.error),
+                );
+            }
+        }
+        self.remember(unit).await?;
+        self.record_metrics(unit, result);
+        if self.notify.enabled() {
+            let at = notify::now_rfc3339();
+            let notices: Vec<Notice> = unit
+                .iter()
+                .filter(|p| p.outcome == Outcome::Applied)
+                .filter_map(|p| Some(Notice::new(p.event.as_ref()?, p.plan.as_ref()?, &at)))
+                .collect();
+            result.notices = self.notify.publish(&notices).await;
+        }
+        Ok(())
+    }
+
+    /// Marks events whose id was seen within the window, earlier in this unit, or in a unit in
+    /// flight as duplicates; the ids of the others are held until this unit ends.
+    async fn dedupe(&self, unit: &mut [Prepared]) -> Result<Option<Held<'_>>, EngineError> {
+        if self.config.dedupe.window.is_none() {
+            return Ok(None);
+        }
+        let mut held = Held {
+            ids: Vec::new(),
+            set: &self.in_flight_ids,
+        };
+        let mut candidates: Vec<usize> = Vec::new();
+        {
+            let mut in_flight = self.in_flight_ids.lock().expect("in-flight ids lock");
+            for (i, p) in unit.iter_mut().enumerate() {
+                let Some(e) = p.event.as_ref().filter(|e| e.id_given) else {
+                    continue;
+                };
+                if in_flight.insert(e.id.clone()) {
+                    held.ids.push(e.id.clone());
+                    candidates.push(i);
+                } else {
+                    p.outcome = Outcome::Duplicate;
+                }
+            }
+        }
+        let ids: Vec<&str> = candidates.iter().map(|&i| event_id(&unit[i])).collect();
+        let seen = self.redis.seen(&self.config.dedupe.prefix, &ids).await?;
+        for (&i, seen) in candidates.iter().zip(seen) {
+            if seen {
+                unit[i].outcome = Outcome::Duplicate;
+            }
+        }
+        Ok(Some(held))
+    }
+
+    /// Reads the sets of `for_each_member_of` cascades (one pipelined round per cascade level)
+    /// and plans the events that walk them again.
+    async fn read_cascade_sets(&self, unit: &mut [Prepared]) -> Result<(), EngineError> {
+        let mut members: HashMap<String, Vec<String>> = HashMap::new();
+        let mut failed: HashMap<String, String> = HashMap::new();
+        let rounds = self.rules.limits.max_cascade_depth as usize + 1;
+        for round in 0..=rounds {
+            let mut needs: Vec<String> = Vec::new();
+            let mut waiting = false;
+            for p in unit.iter_mut().filter(|p| p.outcome != Outcome::Duplicate) {
+                let Some(plan) = &p.plan else { continue };
+                if let Some(set) = plan.needs.iter().find(|s| failed.contains_key(*s)) {
+                    p.outcome = Outcome::dead("redis_wrongtype", failed[set].clone());
+                    p.plan = None;
+                } else if !plan.needs.is_empty() && round < rounds {
+                    needs.extend(plan.needs.iter().cloned());
+                    waiting = true;
+                }
+            }
+            if !waiting {
+                return Ok(());
+            }
+            needs.sort();
+            needs.dedup();
+            for (set, result) in self.redis.members(&needs).await? {
+                match result {
+                    Ok(m) => {
+                        members.insert(set, m);
+                    }
+                    Err(e) => {
+                        failed.insert(set, e);
+                    }
+                }
+            }
+            for p in unit.iter_mut().filter(|p| p.outcome != Outcome::Duplicate) {
+                if p.plan.as_ref().is_some_and(|plan| !plan.needs.is_empty()) {
+                    p.replan(&self.rules, &self.config.limits, &members);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn remember(&self, unit: &[Prepared]) -> Result<(), EngineError> {
+        let Some(window) = self.config.dedupe.window else {
+            return Ok(());
+        };
+        let ids: Vec<&str> = unit
+            .iter()
+            .filter(|p| p.outcome == Outcome::Applied)
+            .filter_map(|p| p.event.as_ref().filter(|e| e.id_given))
+            .map(|e| e.id.as_str())
+            .collect();
+        if !ids.is_empty() {
+            let prefix = &self.config.dedupe.prefix;
+            self.redis.remember(prefix, &ids, window).await?;
+        }
+        Ok(())
+    }
+
+    fn record_metrics(&self, unit: &[Prepared], result: &UnitResult) {
+        let now = OffsetDateTime::now_utc();
+        for p in unit {
+            let kind = match &p.event {
+                Some(e) if self.rules.listens_to(&e.kind) => e.kind.as_str(),
+                _ => "other",
+            };
+            telemetry::event(kind, p.outcome.label());
+            if let Outcome::DeadLettered { reason, .. } = &p.outcome {
+                telemetry::dead_lettered(reason);
+            }
+            if p.outcome != Outcome::Duplicate
+                && let Some(plan) = &p.plan
+            {
+                for _ in &plan.notes {
+                    telemetry::cascade_ended();
+                }
+            }
+            if p.outcome == Outcome::Applied
+                && let Some(t) = p.event.as_ref().and_then(|e| e.time)
+                && let Ok(age) = std::time::Duration::try_from(now - t)
+            {
+                telemetry::event_age(age);
+            }
+        }
+        let p = &result.plan;
+        telemetry::actions("delete", p.deletes.len() as u64);
+        telemetry::actions("delete_pattern", p.patterns.len() as u64);
+        telemetry::actions("tag", p.tags.len() as u64);
+        telemetry::actions("expire", p.expires.len() as u64);
+        telemetry::actions("purge", p.purges.values().map(|v| v.len() as u64).sum());
+        telemetry::keys_removed(result.redis.keys_removed);
+        for (target, paths) in &p.purges {
+            telemetry::cdn_paths(target, paths.len() as u64);
+        }
+    }
+}
+
+fn event_id(p: &Prepared) -> &str {
+    p.event.as_ref().map_or("", |e: &Event| e.id.as_str())
+}
+
+/// The actions of every event to apply, coalesced; each action remembers the events it came from.
+fn coalesce(unit: &[Prepared]) -> Plan {
+    let mut plan = Plan::default();
+    for (i, p) in unit.iter().enumerate() {
+        if p.outcome == Outcome::Applied
+            && let Some(event_plan) = &p.plan
+        {
+            event_plan.add_to(&mut plan, i as u32);
+        }
+    }
+    plan
+}

@@ -1,0 +1,110 @@
+//! The Kafka clients' configuration, shared by the consumer (`source::kafka`), the dead-letter
+//! topic (`dead_letter::kafka`) and the completion notices (`apply::notify::kafka`): our defaults
+//! first, then the user's `[kafka.properties]`, which win.
+
+use std::collections::BTreeMap;
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::producer::FutureProducer;
+
+use crate::config::KafkaConfig;
+
+/// Defaults the worker sets before the user's `[kafka.properties]` (which win).
+pub(crate) fn consumer_defaults(config: &KafkaConfig) -> Vec<(&'static str, String)> {
+    vec![
+        ("bootstrap.servers", config.brokers.clone()),
+        ("group.id", config.group.clone()),
+        // We store offsets ourselves, only for events that are done; librdkafka commits what
+        // was stored, every second and when partitions are revoked.
+        ("enable.auto.offset.store", "false".into()),
+        ("enable.auto.commit", "true".into()),
+        ("auto.commit.interval.ms", "1000".into()),
+        // A new group starts from the oldest event: an invalidation missed is a stale cache.
+        ("auto.offset.reset", "earliest".into()),
+        // Bounded prefetch (librdkafka's default is 64 MiB per consumer).
+        ("queued.max.messages.kbytes", "16384".into()),
+        ("statistics.interval.ms", "5000".into()),
+        ("client.id", "invalidator".into()),
+    ]
+}
+
+pub(crate) fn producer_defaults(config: &KafkaConfig) -> Vec<(&'static str, String)> {
+    vec![
+        ("bootstrap.servers", config.brokers.clone()),
+        ("acks", "all".into()),
+        ("linger.ms", "5".into()),
+        ("message.timeout.ms", "30000".into()),
+        ("client.id", "invalidator-dlq".into()),
+    ]
+}
+
+/// Properties that make sense only for a consumer; not passed to the DLQ producer.
+fn consumer_only(key: &str) -> bool {
+    key.starts_with("group.")
+        || key.starts_with("session.")
+        || key.starts_with("heartbeat.")
+        || key.starts_with("auto.")
+        || key.starts_with("enable.auto.")
+        || key.starts_with("fetch.")
+        || key.starts_with("queued.")
+        || key.starts_with("max.poll.")
+        || key.starts_with("partition.assignment.")
+        || matches!(
+            key,
+            "isolation.level"
+                | "check.crcs"
+                | "enable.partition.eof"
+                | "consume.callback.max.messages"
+        )
+}
+
+/// A producer with the worker's producer defaults, `overrides`, then the user's
+/// `[kafka.properties]` (those that make sense for a producer). Used by the DLQ topic and the
+/// completion notices.
+pub fn producer(
+    config: &KafkaConfig,
+    overrides: &[(&'static str, String)],
+) -> Result<FutureProducer, ClientError> {
+    let mut defaults = producer_defaults(config);
+    defaults.retain(|(k, _)| !overrides.iter().any(|(o, _)| o == k));
+    defaults.extend(overrides.iter().cloned());
+    client_config(defaults, &config.properties, |k| !consumer_only(k))
+        .create()
+        .map_err(|e| ClientError(e.to_string()))
+}
+
+/// Failures to build the Kafka clients (bad properties): a configuration error.
+#[derive(Debug, thiserror::Error)]
+#[error("config key `kafka.properties`: {0}")]
+pub struct ClientError(pub(crate) String);
+
+pub(crate) fn client_config(
+    defaults: Vec<(&'static str, String)>,
+    properties: &BTreeMap<String, String>,
+    keep: impl Fn(&str) -> bool,
+) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in defaults {
+        c.set(k, v);
+    }
+    for (k, v) in properties {
+        if keep(k) {
+            c.set(k, v);
+        }
+    }
+    c.set_log_level(RDKafkaLogLevel::Warning);
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_only_properties_are_not_given_to_the_producer() {
+        assert!(consumer_only("session.timeout.ms"));
+        assert!(consumer_only("group.instance.id"));
+        assert!(!consumer_only("security.protocol"));
+        assert!(!consumer_only("sasl.password"));
+    }
+}
