@@ -239,10 +239,10 @@ pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summ
     let started = Instant::now();
     let batch_size = match options.rate {
         // Small batches keep a low rate smooth (about ten per second).
-        Some(r) => ((r / 10.0).ceil() as usize).clamp(1, engine.config.replay.batch_size),
-        None => engine.config.replay.batch_size,
+        Some(r) => ((r / 10.0).ceil() as usize).clamp(1, engine.config.replay.batch_size.get()),
+        None => engine.config.replay.batch_size.get(),
     };
-    let max_in_flight = engine.config.replay.max_in_flight;
+    let max_in_flight = engine.config.replay.max_in_flight.get();
     let consumed = Arc::new(AtomicU64::new(0));
     let total_bytes: u64 = options
         .inputs

@@ -78,7 +78,7 @@ pub async fn run(
     );
 
     let mut report = RunReport::default();
-    let mut batch: Vec<Input> = Vec::with_capacity(k.batch_size);
+    let mut batch: Vec<Input> = Vec::with_capacity(k.batch_size.get());
     let mut batch_started: Option<Instant> = None;
     let mut in_flight = FuturesUnordered::new();
     let mut redeletes = Redeletes::default();
@@ -100,13 +100,13 @@ pub async fn run(
             paused = want_pause;
         }
 
-        let full = batch.len() >= k.batch_size;
+        let full = batch.len() >= k.batch_size.get();
         let due = batch_started.is_some_and(|t| t.elapsed() >= k.batch_wait);
-        if !batch.is_empty() && (full || due) && in_flight.len() < k.max_in_flight {
-            let unit: Vec<Input> = if batch.len() > k.batch_size {
-                batch.drain(..k.batch_size).collect()
+        if !batch.is_empty() && (full || due) && in_flight.len() < k.max_in_flight.get() {
+            let unit: Vec<Input> = if batch.len() > k.batch_size.get() {
+                batch.drain(..k.batch_size.get()).collect()
             } else {
-                std::mem::replace(&mut batch, Vec::with_capacity(k.batch_size))
+                std::mem::replace(&mut batch, Vec::with_capacity(k.batch_size.get()))
             };
             batch_started = (!batch.is_empty()).then(Instant::now);
             report.units += 1;
@@ -117,14 +117,14 @@ pub async fn run(
 
         // Paused, we keep polling (to stay in the group and see rebalances); what librdkafka had
         // already fetched is kept in the batch.
-        let recv_allowed = paused || batch.len() < k.batch_size;
+        let recv_allowed = paused || batch.len() < k.batch_size.get();
         let batch_deadline = batch_started.map(|t| t + k.batch_wait);
         let redelete_at = redeletes.next_due().filter(|_| redeleting.is_none());
         tokio::select! {
             biased;
             () = &mut shutdown => break,
             Some(done) = in_flight.next() => finish(&consumer, &shared, &mut redeletes, joined(done)),
-            () = sleep_until(batch_deadline), if batch_deadline.is_some() && in_flight.len() < k.max_in_flight => {}
+            () = sleep_until(batch_deadline), if batch_deadline.is_some() && in_flight.len() < k.max_in_flight.get() => {}
             () = sleep_until(redelete_at), if redelete_at.is_some() => {
                 redeleting = redeletes
                     .take_due(Instant::now())
@@ -154,7 +154,7 @@ pub async fn run(
                         }
                         Err(e) => tracing::warn!(error = %e, "Kafka consumer error"),
                     }
-                    next = if batch.len() < k.batch_size {
+                    next = if batch.len() < k.batch_size.get() {
                         consumer.recv().now_or_never()
                     } else {
                         None
@@ -178,7 +178,7 @@ pub async fn run(
         "shutting down"
     );
     while !batch.is_empty() {
-        let n = batch.len().min(k.batch_size);
+        let n = batch.len().min(k.batch_size.get());
         let unit: Vec<Input> = batch.drain(..n).collect();
         report.units += 1;
         report.events += unit.len() as u64;
