@@ -351,7 +351,10 @@ mod tests {
             "{shown}"
         );
         assert_eq!(c.cdn["dev"].kind(), "log");
+    }
 
+    #[test]
+    fn http_errors_name_the_key() {
         let http = |extra: &str| {
             Config::from_toml(&format!("[cdn.x]\nkind = \"http\"\n{extra}"))
                 .unwrap_err()
