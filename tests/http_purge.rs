@@ -1,30 +1,22 @@
 //! HTTP purge targets against real HTTP servers on loopback (wiremock): every node gets the
 //! configured method and headers, refusals are per path, outages are outages, 5xx is retried.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use indexmap::IndexMap;
 use invalidator::apply::cdn::{CdnError, CdnTargets};
-use invalidator::config::CdnConfig;
+use invalidator::config::Config;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 fn target(urls: Vec<String>, retry_for: Duration) -> CdnTargets {
-    let mut headers = BTreeMap::new();
-    headers.insert("X-Purge-Token".to_string(), "s3cret".to_string());
-    let mut config = BTreeMap::new();
-    config.insert(
-        "edge".to_string(),
-        CdnConfig::Http {
-            urls,
-            method: "PURGE".into(),
-            headers,
-            timeout: Duration::from_secs(2),
-            retry_for,
-            concurrency: 8,
-        },
-    );
+    let config = Config::from_toml(&format!(
+        "[cdn.edge]\nkind = \"http\"\nurls = {urls:?}\nmethod = \"PURGE\"\ntimeout = \"2s\"\n\
+         retry_for = \"{}\"\nconcurrency = 8\n[cdn.edge.headers]\nX-Purge-Token = \"s3cret\"\n",
+        humantime::format_duration(retry_for)
+    ))
+    .unwrap()
+    .cdn;
     CdnTargets::from_config(&config, None).unwrap()
 }
 

@@ -67,7 +67,7 @@ impl App {
     pub async fn from_env() -> Result<App, InitError> {
         let config = Config::load(None).map_err(|e| InitError::Config(e.to_string()))?;
         let dlq = match &config.lambda.dlq_url {
-            Some(url) => Some(SqsDeadLetters::from_env(url).await),
+            Some(url) => Some(SqsDeadLetters::from_env(url.as_str()).await),
             None => None,
         };
         Self::new(config, dlq).await

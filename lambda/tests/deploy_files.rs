@@ -265,7 +265,7 @@ fn every_environment_variable_is_a_config_key_the_binary_accepts() {
         .collect();
     let config = Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
     assert_eq!(
-        config.lambda.dlq_url.as_deref(),
+        config.lambda.dlq_url.as_ref().map(|u| u.as_str()),
         Some("https://sqs.us-east-1.amazonaws.com/123456789012/stack-dlq")
     );
     assert_eq!(config.rules.dir, Path::new("/var/task/rules"));

@@ -1,12 +1,18 @@
 //! `[redis]`: where the caches live (one server or endpoint, Sentinel, Cluster) and how writes are
 //! made safe across failovers (`wait_replicas`, `failover_rewind`). Exactly one of `url`,
 //! `sentinels` and `cluster` names the servers; every error names its key.
+//!
+//! The URLs and counts stay text and `usize` (tests and tools build this section by hand), but are
+//! checked as they are read, like the typed values of the other sections.
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
 
-use super::{ConfigError, duration, redact_url};
+use super::ConfigError;
+use super::read::{byte_size, duration, opt_non_blank, usize_at_least_one};
+use super::types::redact_url;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -14,13 +20,17 @@ pub struct RedisConfig {
     /// `redis://` or `rediss://` URL of a single Redis or of a primary endpoint (ElastiCache,
     /// Memorystore, a proxy). When none of `url`, `cluster` and `sentinels` is set:
     /// `redis://127.0.0.1:6379/0`. Read it through [`RedisConfig::topology`].
+    #[serde(deserialize_with = "redis_url")]
     pub url: Option<String>,
     /// Redis Cluster seed nodes, instead of `url`.
+    #[serde(deserialize_with = "redis_urls")]
     pub cluster: Option<Vec<String>>,
     /// Redis Sentinel nodes, instead of `url` (with `sentinel_master`). Credentials in these URLs
     /// are the sentinels' own; `rediss://` means TLS to the sentinels and to the data nodes.
+    #[serde(deserialize_with = "redis_urls")]
     pub sentinels: Option<Vec<String>>,
     /// The name the sentinels monitor the primary under.
+    #[serde(deserialize_with = "opt_non_blank")]
     pub sentinel_master: Option<String>,
     /// ACL user of the data nodes found through the sentinels.
     pub username: Option<String>,
@@ -38,8 +48,10 @@ pub struct RedisConfig {
     #[serde(deserialize_with = "duration")]
     pub retry_for: Duration,
     /// Keys per `UNLINK` command.
+    #[serde(deserialize_with = "usize_at_least_one")]
     pub keys_per_command: usize,
     /// `COUNT` hint of `SCAN`/`SSCAN`.
+    #[serde(deserialize_with = "usize_at_least_one")]
     pub scan_count: usize,
     /// Replicas that must confirm a unit's writes (`WAIT`) before it is acknowledged; 0: off.
     pub wait_replicas: u32,
@@ -50,9 +62,11 @@ pub struct RedisConfig {
     /// time are applied again on the new one; 0s: off.
     #[serde(deserialize_with = "duration")]
     pub failover_rewind: Duration,
-    /// Memory cap of the rewind window (bytes of keys and tags kept).
+    /// Memory cap of the rewind window (bytes of keys and tags kept: `67108864` or `64MiB`).
+    #[serde(deserialize_with = "byte_size")]
     pub failover_rewind_max_bytes: usize,
     /// Connections per Redis node; a unit of work writes (and `WAIT`s) on one of them.
+    #[serde(deserialize_with = "usize_at_least_one")]
     pub connections: usize,
 }
 
@@ -118,9 +132,14 @@ impl RedisConfig {
         }
     }
 
+    /// The checks across keys: one way to name the servers, what goes with `sentinels`, and the
+    /// settings that `wait_replicas` and `failover_rewind` need.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        let bad =
-            |key: &str, msg: String| Err(ConfigError(format!("config key `redis.{key}`: {msg}")));
+        self.validate_servers()?;
+        self.validate_safety()
+    }
+
+    fn validate_servers(&self) -> Result<(), ConfigError> {
         let set = [
             ("url", self.url.is_some()),
             ("cluster", self.cluster.is_some()),
@@ -163,41 +182,10 @@ impl RedisConfig {
                 "only for the data nodes found through `sentinels`; put credentials and the database in the URL".into(),
             );
         }
-        for (key, list) in [("cluster", &self.cluster), ("sentinels", &self.sentinels)] {
-            if list.as_ref().is_some_and(Vec::is_empty) {
-                return bad(key, "lists no node".into());
-            }
-        }
-        for (key, urls) in [
-            ("url", self.url.as_slice()),
-            ("cluster", self.cluster.as_deref().unwrap_or_default()),
-            ("sentinels", self.sentinels.as_deref().unwrap_or_default()),
-        ] {
-            for url in urls {
-                if redis::Client::open(url.as_str()).is_err() {
-                    return bad(
-                        key,
-                        format!("`{}` is not a redis:// or rediss:// URL", redact_url(url)),
-                    );
-                }
-            }
-        }
-        if self
-            .sentinel_master
-            .as_ref()
-            .is_some_and(|m| m.trim().is_empty())
-        {
-            return bad("sentinel_master", "must not be empty".into());
-        }
-        if self.keys_per_command == 0 {
-            return bad("keys_per_command", "must be at least 1".into());
-        }
-        if self.scan_count == 0 {
-            return bad("scan_count", "must be at least 1".into());
-        }
-        if self.connections == 0 {
-            return bad("connections", "must be at least 1".into());
-        }
+        Ok(())
+    }
+
+    fn validate_safety(&self) -> Result<(), ConfigError> {
         if self.wait_replicas > 0 {
             if self.wait_timeout.is_zero() {
                 return bad(
@@ -223,6 +211,38 @@ impl RedisConfig {
         }
         Ok(())
     }
+}
+
+fn bad(key: &str, message: String) -> Result<(), ConfigError> {
+    Err(ConfigError::key(&format!("redis.{key}"), message))
+}
+
+/// A `redis://` or `rediss://` URL (the message shows no password).
+fn check_redis_url<E: serde::de::Error>(url: &str) -> Result<(), E> {
+    match redis::Client::open(url) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(E::custom(format!(
+            "`{}` is not a redis:// or rediss:// URL",
+            redact_url(url)
+        ))),
+    }
+}
+
+fn redis_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let url = String::deserialize(d)?;
+    check_redis_url::<D::Error>(&url)?;
+    Ok(Some(url))
+}
+
+/// At least one node, each a Redis URL.
+fn redis_urls<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    let urls = Vec::<String>::deserialize(d)?;
+    if urls.is_empty() {
+        return Err(D::Error::custom("lists no node"));
+    }
+    urls.iter()
+        .try_for_each(|u| check_redis_url::<D::Error>(u))?;
+    Ok(Some(urls))
 }
 
 /// A password: read from the configuration, never printed (`Debug` shows `***`).

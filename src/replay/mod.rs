@@ -63,8 +63,8 @@ pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summ
     let config = &engine.config;
     let batch_size = match options.rate {
         // Small batches keep a low rate smooth (about ten per second).
-        Some(r) => ((r / 10.0).ceil() as usize).clamp(1, config.replay.batch_size),
-        None => config.replay.batch_size,
+        Some(r) => ((r / 10.0).ceil() as usize).clamp(1, config.replay.batch_size.get()),
+        None => config.replay.batch_size.get(),
     };
     let max_bytes = config.limits.max_event_bytes;
     let consumed = Arc::new(AtomicU64::new(0));
@@ -80,7 +80,7 @@ pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summ
         engine: engine.clone(),
         sink: dlq.clone(),
         settings: driver::Settings {
-            max_in_flight: config.replay.max_in_flight,
+            max_in_flight: config.replay.max_in_flight.get(),
             max_pending_redeletes: config.replay.max_pending_redeletes,
             order: Order::Input,
             outages: Outages::GiveUp,

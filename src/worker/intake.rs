@@ -55,7 +55,7 @@ pub(super) struct Intake {
 impl Intake {
     /// Takes the batch (at most `batch_size` of it) as a unit.
     fn unit(&mut self) -> (Messages, Offsets) {
-        let n = self.batch.len().min(self.config.batch_size);
+        let n = self.batch.len().min(self.config.batch_size.get());
         let unit: Vec<Input> = self.batch.drain(..n).collect();
         self.batch_started = (!self.batch.is_empty()).then(Instant::now);
         self.units += 1;
@@ -96,7 +96,7 @@ impl Intake {
                 }
                 Err(e) => tracing::warn!(error = %e, "Kafka consumer error"),
             }
-            next = if self.batch.len() < self.config.batch_size {
+            next = if self.batch.len() < self.config.batch_size.get() {
                 let max = self.max_event_bytes;
                 let ready = self.consumer.recv().now_or_never();
                 ready.map(|m| m.map(|m| Input::from_message(&m, max)))
@@ -117,7 +117,7 @@ impl Adapter for Intake {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.follow_pressure(room);
-            let full = self.batch.len() >= self.config.batch_size;
+            let full = self.batch.len() >= self.config.batch_size.get();
             let due_at = self.batch_started.map(|t| t + self.config.batch_wait);
             let due = due_at.is_some_and(|t| t <= Instant::now());
             if room.units && !self.batch.is_empty() && (full || due) {

@@ -62,7 +62,7 @@ pub async fn run(
         engine: engine.clone(),
         sink,
         settings: driver::Settings {
-            max_in_flight: k.max_in_flight,
+            max_in_flight: k.max_in_flight.get(),
             max_pending_redeletes: k.max_pending_redeletes,
             order: Order::Completion,
             outages: Outages::Retry(health.clone()),
@@ -75,7 +75,7 @@ pub async fn run(
         shared,
         health: health.clone(),
         max_event_bytes: engine.config.limits.max_event_bytes,
-        batch: Vec::with_capacity(k.batch_size),
+        batch: Vec::with_capacity(k.batch_size.get()),
         config: k,
         batch_started: None,
         paused: false,

@@ -10,7 +10,7 @@
 //!   handler, a token): a configuration outage, retried the same way, never blamed on the events;
 //! - any other 4xx (400, 414, ...): that path is refused; its events dead-letter (`cdn_rejected`).
 
-use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use futures::stream::{self, StreamExt};
 use reqwest::{Client, Method, StatusCode};
 
 use super::{CdnError, CdnStats, Counters};
+use crate::config::{HttpHeaders, HttpMethod, HttpUrl};
 use crate::telemetry;
 
 pub struct HttpPurger {
@@ -42,25 +43,17 @@ enum Failure {
 impl HttpPurger {
     pub fn new(
         name: &str,
-        urls: &[String],
-        method: &str,
-        headers: &BTreeMap<String, String>,
+        urls: &[HttpUrl],
+        method: &HttpMethod,
+        headers: &HttpHeaders,
         timeout: Duration,
         retry_for: Duration,
-        concurrency: usize,
+        concurrency: NonZeroUsize,
     ) -> Result<HttpPurger, String> {
-        let mut map = reqwest::header::HeaderMap::new();
-        for (k, v) in headers {
-            let name_ = reqwest::header::HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| format!("cdn.{name}.headers: `{k}`: {e}"))?;
-            let value = reqwest::header::HeaderValue::from_str(v)
-                .map_err(|e| format!("cdn.{name}.headers.{k}: {e}"))?;
-            map.insert(name_, value);
-        }
         let client = Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
-            .default_headers(map)
+            .default_headers(headers.as_map().clone())
             .build()
             .map_err(|e| format!("cdn.{name}: {e}"))?;
         Ok(HttpPurger {
@@ -68,12 +61,11 @@ impl HttpPurger {
             client,
             urls: urls
                 .iter()
-                .map(|u| u.trim_end_matches('/').to_owned())
+                .map(|u| u.as_str().trim_end_matches('/').to_owned())
                 .collect(),
-            method: Method::from_bytes(method.as_bytes())
-                .map_err(|e| format!("cdn.{name}.method: {e}"))?,
+            method: method.as_method().clone(),
             retry_for,
-            concurrency,
+            concurrency: concurrency.get(),
             counters: Counters::default(),
         })
     }

@@ -193,7 +193,7 @@ impl CdnTargets {
                             limits: cloudfront::batch::Limits {
                                 max_paths: *max_paths,
                                 max_wildcards: *max_wildcards,
-                                collapse_threshold: *collapse_threshold,
+                                collapse_threshold: collapse_threshold.map(|n| n.get()),
                             },
                             endpoint_url: endpoint_url.clone(),
                             timeout: *timeout,

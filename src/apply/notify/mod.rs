@@ -238,7 +238,7 @@ impl Notifier {
                     aws,
                     arn,
                     n.region.as_deref(),
-                    n.endpoint_url.as_deref(),
+                    n.endpoint_url.as_ref(),
                 ))
             }
             None => None,

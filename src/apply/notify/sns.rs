@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::{MAX_NOTICE_BYTES, Notice, NoticeReport};
-use crate::config::sns_region;
+use crate::config::{HttpUrl, SnsTopicArn};
 
 const MAX_ENTRIES: usize = 10;
 
@@ -29,21 +29,20 @@ impl SnsSink {
     /// The region is `region`, else the one in the ARN.
     pub fn new(
         aws: &SdkConfig,
-        topic_arn: &str,
+        topic_arn: &SnsTopicArn,
         region: Option<&str>,
-        endpoint_url: Option<&str>,
+        endpoint_url: Option<&HttpUrl>,
     ) -> SnsSink {
-        let mut conf = aws_sdk_sns::config::Builder::from(aws);
-        if let Some(r) = region.or_else(|| sns_region(topic_arn)) {
-            conf = conf.region(Region::new(r.to_owned()));
-        }
+        let region = region.unwrap_or(topic_arn.region());
+        let mut conf =
+            aws_sdk_sns::config::Builder::from(aws).region(Region::new(region.to_owned()));
         if let Some(url) = endpoint_url {
-            conf = conf.endpoint_url(url);
+            conf = conf.endpoint_url(url.as_str());
         }
         SnsSink {
             client: Client::from_conf(conf.build()),
-            topic_arn: topic_arn.to_owned(),
-            fifo: topic_arn.ends_with(".fifo"),
+            topic_arn: topic_arn.as_str().to_owned(),
+            fifo: topic_arn.is_fifo(),
         }
     }
 

@@ -302,7 +302,7 @@ impl Batcher {
         self.sending.push(Box::pin(async move {
             let paths = request.entries.iter().map(|e| e.path.clone()).collect();
             let attempt = sender
-                .create_invalidation(&distribution, &request.reference, paths)
+                .create_invalidation(distribution.as_str(), &request.reference, paths)
                 .await;
             (request, attempt)
         }));

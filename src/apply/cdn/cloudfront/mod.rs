@@ -37,6 +37,7 @@ use aws_sdk_cloudfront::types::{InvalidationBatch, Paths};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{CdnError, CdnStats, Counters};
+use crate::config::{DistributionId, HttpUrl};
 
 /// CloudFront's price per invalidation path after the first 1,000 paths of a month (US dollars);
 /// a wildcard path counts as one.
@@ -48,10 +49,10 @@ pub const FREE_PATHS_PER_MONTH: u64 = 1000;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub name: String,
-    pub distribution_id: String,
+    pub distribution_id: DistributionId,
     pub window: Duration,
     pub limits: batch::Limits,
-    pub endpoint_url: Option<String>,
+    pub endpoint_url: Option<HttpUrl>,
     pub timeout: Duration,
     pub retry_for: Duration,
 }
@@ -94,7 +95,7 @@ impl CloudFront {
             conf = conf.region(Region::new("us-east-1"));
         }
         if let Some(url) = &settings.endpoint_url {
-            conf = conf.endpoint_url(url);
+            conf = conf.endpoint_url(url.as_str());
         }
         let client = Client::from_conf(conf.build());
         let counters = Arc::new(Counters::default());

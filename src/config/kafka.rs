@@ -1,0 +1,182 @@
+//! `[kafka]`: the consumer group the worker (`invalidator run`) joins, and the dead-letter topic.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+
+use super::ConfigError;
+use super::read::{at_least_one, duration, non_blank};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    #[serde(deserialize_with = "non_blank")]
+    pub brokers: String,
+    /// `group.id`.
+    #[serde(deserialize_with = "non_blank")]
+    pub group: String,
+    /// At least one, none blank.
+    #[serde(deserialize_with = "topic_names")]
+    pub topics: Vec<String>,
+    /// Where dead letters go; absent: `<source topic>.dlq` for each source topic.
+    pub dlq_topic: Option<String>,
+    /// librdkafka properties, passed as they are to the consumer and the DLQ producer (SASL, TLS,
+    /// `session.timeout.ms`, ...). They win over the worker's own defaults. Numbers and booleans
+    /// are taken as their text; `_` in a name stands for `.` (librdkafka names have none), so that
+    /// a secret can come from the environment: `INVALIDATOR_KAFKA__PROPERTIES__SASL_PASSWORD`.
+    #[serde(deserialize_with = "kafka_properties")]
+    pub properties: BTreeMap<String, String>,
+    /// Most events in one unit of work.
+    #[serde(deserialize_with = "at_least_one")]
+    pub batch_size: NonZeroUsize,
+    /// How long a unit may wait for more events once what the consumer had fetched is taken in
+    /// (0: go at once; a backlog fills units to `batch_size` anyway).
+    #[serde(deserialize_with = "duration")]
+    pub batch_wait: Duration,
+    /// Units of work in flight, each on its own task. A unit keeps its place until its CDN batch
+    /// is accepted (up to a CloudFront `window`), so with CloudFront the worker applies at most
+    /// `max_in_flight × batch_size` events per window.
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_in_flight: NonZeroUsize,
+    /// On SIGTERM/SIGINT: how long in-flight units, pending redeletes and the final commit may take.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// Most keys and tags waiting for their `redelete_after`; intake waits when it is reached.
+    pub max_pending_redeletes: usize,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            group: "invalidator".into(),
+            topics: vec!["catalog-events".into()],
+            dlq_topic: None,
+            properties: BTreeMap::new(),
+            batch_size: NonZeroUsize::new(500).unwrap(),
+            batch_wait: Duration::ZERO,
+            max_in_flight: NonZeroUsize::new(32).unwrap(),
+            shutdown_timeout: Duration::from_secs(30),
+            max_pending_redeletes: 100_000,
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The DLQ topic of events read from `topic`.
+    pub fn dlq_topic_for(&self, topic: &str) -> String {
+        match &self.dlq_topic {
+            Some(t) => t.clone(),
+            None => format!("{topic}.dlq"),
+        }
+    }
+
+    /// True when `topic` is one the worker consumes.
+    pub fn is_source(&self, topic: &str) -> bool {
+        self.topics.iter().any(|t| t == topic)
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.dlq_topic.as_ref().is_some_and(|t| self.is_source(t)) {
+            return Err(ConfigError::key(
+                "kafka.dlq_topic",
+                "is also a source topic: dead letters would be consumed again",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn topic_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let topics = Vec::<String>::deserialize(d)?;
+    if topics.is_empty() || topics.iter().any(|t| t.trim().is_empty()) {
+        return Err(D::Error::custom("must list at least one topic name"));
+    }
+    Ok(topics)
+}
+
+fn kafka_properties<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        String(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    let raw = BTreeMap::<String, Text>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Text::String(s) => s,
+                Text::Int(i) => i.to_string(),
+                Text::Float(f) => f.to_string(),
+                Text::Bool(b) => b.to_string(),
+            };
+            (k.replace('_', "."), v)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    #[test]
+    fn kafka_properties_take_numbers_and_underscored_names() {
+        let c = Config::from_toml(
+            "[kafka.properties]\n\"session.timeout.ms\" = 6000\nsasl_password = \"s\"\n\
+             \"enable.idempotence\" = true\n",
+        )
+        .unwrap();
+        let p = &c.kafka.properties;
+        assert_eq!(p["session.timeout.ms"], "6000");
+        assert_eq!(p["sasl.password"], "s");
+        assert_eq!(p["enable.idempotence"], "true");
+        assert_eq!(p.len(), 3);
+    }
+
+    #[test]
+    fn kafka_errors_name_the_key() {
+        for (toml, msg) in [
+            (
+                "topics = []",
+                "config key `kafka.topics`: must list at least one topic name",
+            ),
+            (
+                "topics = [\" \"]",
+                "config key `kafka.topics`: must list at least one topic name",
+            ),
+            (
+                "brokers = \" \"",
+                "config key `kafka.brokers`: must not be empty",
+            ),
+            (
+                "group = \"\"",
+                "config key `kafka.group`: must not be empty",
+            ),
+            (
+                "batch_size = 0",
+                "config key `kafka.batch_size`: must be at least 1",
+            ),
+            (
+                "max_in_flight = 0",
+                "config key `kafka.max_in_flight`: must be at least 1",
+            ),
+            (
+                "dlq_topic = \"catalog-events\"",
+                "config key `kafka.dlq_topic`: is also a source topic",
+            ),
+        ] {
+            let e = Config::from_toml(&format!("[kafka]\n{toml}"))
+                .unwrap_err()
+                .0;
+            assert!(e.starts_with(msg), "{toml}: {e}");
+        }
+    }
+}
