@@ -1,5 +1,6 @@
-//! Every metric and its name, in one place (SPEC §8). Recorded through the `metrics` facade: a
-//! no-op until a recorder is installed (the worker's `/metrics` endpoint installs one).
+//! Every metric and its name, in one place (docs/operations.md lists them). Recorded through the
+//! `metrics` facade: a no-op until a recorder is installed (the worker's `/metrics` endpoint
+//! installs one).
 
 use std::time::Duration;
 

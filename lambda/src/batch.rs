@@ -16,27 +16,13 @@
 
 use std::future::Future;
 
-use aws_lambda_events::event::sns::SnsEvent;
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::sqs::SqsBatchResponse;
 use invalidator::dead_letter::{DeadLetter, DeadLetterSink};
-use invalidator::event::{Carried, Position, Record};
+use invalidator::event::Record;
 use serde_json::Value;
 use tokio::time::Instant;
 
-/// One message of a batch, as the business function sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    /// SQS `messageId` or SNS `MessageId`: what `batchItemFailures` names.
-    pub id: String,
-    /// The SQS body or the SNS `Message`; `None` when the record carries none.
-    pub body: Option<String>,
-    /// Deliveries before this one (SQS `ApproximateReceiveCount` - 1; 0 for SNS).
-    pub previous_attempts: u32,
-    /// The queue or topic ARN.
-    pub source_arn: Option<String>,
-    /// The SQS FIFO message group, kept for a FIFO dead-letter queue.
-    pub group_id: Option<String>,
-}
+pub use crate::message::{EventError, Message, Source, parse};
 
 /// What became of one message.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,121 +59,6 @@ pub trait Processor {
         messages: &[Message],
         deadline: Option<Instant>,
     ) -> impl Future<Output = Result<(Vec<Verdict>, Self::Summary), Outage>>;
-}
-
-impl Message {
-    /// The message as a record: its body byte for byte, where it came from, and its ARN and FIFO
-    /// group (for the dead-letter queue).
-    pub fn record(&self) -> Record {
-        let position = Position {
-            message_id: Some(self.id.clone()),
-            ..Position::default()
-        };
-        let body = self.body.clone().unwrap_or_default();
-        let mut record = Record::new(body.into_bytes(), position);
-        record.attempts = self.previous_attempts;
-        if self.source_arn.is_some() || self.group_id.is_some() {
-            record.carried = Some(Box::new(Carried {
-                source_arn: self.source_arn.clone(),
-                group_id: self.group_id.clone(),
-                ..Carried::default()
-            }));
-        }
-        record
-    }
-}
-
-/// Where a batch came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Sqs { fifo: bool },
-    Sns,
-}
-
-impl Source {
-    pub fn label(self) -> &'static str {
-        match self {
-            Source::Sqs { .. } => "sqs",
-            Source::Sns => "sns",
-        }
-    }
-}
-
-/// An invocation payload that is neither a Lambda SQS nor SNS event.
-#[derive(Debug, thiserror::Error)]
-pub enum EventError {
-    #[error("not a Lambda SQS or SNS event: {0}")]
-    Unsupported(String),
-    #[error("malformed Lambda {kind} event: {error}")]
-    Malformed {
-        kind: &'static str,
-        error: serde_json::Error,
-    },
-}
-
-/// Reads the messages of a Lambda SQS or SNS event.
-pub fn parse(event: Value) -> Result<(Source, Vec<Message>), EventError> {
-    let first = event
-        .get("Records")
-        .and_then(Value::as_array)
-        .ok_or_else(|| EventError::Unsupported("no `Records` list".into()))?
-        .first();
-    let Some(first) = first else {
-        return Ok((Source::Sqs { fifo: false }, Vec::new()));
-    };
-    let source = first
-        .get("eventSource")
-        .or_else(|| first.get("EventSource"))
-        .and_then(Value::as_str);
-    match source {
-        Some("aws:sqs") => {
-            let event: SqsEvent = serde_json::from_value(event)
-                .map_err(|error| EventError::Malformed { kind: "SQS", error })?;
-            let fifo = event
-                .records
-                .first()
-                .and_then(|r| r.event_source_arn.as_deref())
-                .is_some_and(|arn| arn.ends_with(".fifo"));
-            let messages = event
-                .records
-                .into_iter()
-                .map(|r| {
-                    let receives: u32 = r
-                        .attributes
-                        .get("ApproximateReceiveCount")
-                        .and_then(|c| c.parse().ok())
-                        .unwrap_or(1);
-                    Message {
-                        id: r.message_id.unwrap_or_default(),
-                        body: r.body,
-                        previous_attempts: receives.saturating_sub(1),
-                        source_arn: r.event_source_arn,
-                        group_id: r.attributes.get("MessageGroupId").cloned(),
-                    }
-                })
-                .collect();
-            Ok((Source::Sqs { fifo }, messages))
-        }
-        Some("aws:sns") => {
-            let event: SnsEvent = serde_json::from_value(event)
-                .map_err(|error| EventError::Malformed { kind: "SNS", error })?;
-            let messages = event
-                .records
-                .into_iter()
-                .map(|r| Message {
-                    id: r.sns.message_id,
-                    body: Some(r.sns.message),
-                    previous_attempts: 0,
-                    source_arn: Some(r.sns.topic_arn),
-                    group_id: None,
-                })
-                .collect();
-            Ok((Source::Sns, messages))
-        }
-        other => Err(EventError::Unsupported(format!(
-            "the first record's event source is {other:?}"
-        ))),
-    }
 }
 
 /// What one invocation did.
@@ -294,80 +165,115 @@ pub async fn handle<P: Processor, D: DeadLetterSink>(
         messages.len(),
         "the processor gives one verdict per message"
     );
-
-    // ok[i]: message i may be acknowledged.
-    let mut ok = vec![false; messages.len()];
-    let mut why: Vec<Option<String>> = vec![None; messages.len()];
-    let records: Vec<Option<Record>> = messages
-        .iter()
-        .zip(&verdicts)
-        .map(|(m, v)| matches!(v, Verdict::Poison(_)).then(|| m.record()))
-        .collect();
-    let mut letters = Vec::new();
-    let mut letter_of = Vec::new();
-    for (i, (m, v)) in messages.iter().zip(&verdicts).enumerate() {
-        match v {
-            Verdict::Done => {
-                ok[i] = true;
-                report.done += 1;
-            }
-            Verdict::Poison(p) => {
-                tracing::warn!(message_id = %m.id, event_id = p.event_id.as_deref().unwrap_or("-"),
-                    event_type = p.event_type.as_deref().unwrap_or("-"), reason = p.reason,
-                    error = %p.error, "poison message");
-                if let (Some(_), Some(record)) = (sink, &records[i]) {
-                    let mut letter = DeadLetter::new(record, p.reason, &p.error, now);
-                    letter.event_id = p.event_id.as_deref();
-                    letter.event_type = p.event_type.as_deref();
-                    letters.push(letter);
-                    letter_of.push(i);
-                } else {
-                    why[i] = Some(format!(
-                        "{}: {} (no dead-letter queue configured)",
-                        p.reason, p.error
-                    ));
-                }
-            }
+    let mut acks = Acks::new(messages.len());
+    report.done = acks.done(&verdicts);
+    report.dead_lettered = acks.dead_letter(sink, messages, &verdicts, now).await;
+    if source == (Source::Sqs { fifo: true }) {
+        acks.keep_fifo_order(messages);
+    }
+    for (i, m) in messages.iter().enumerate() {
+        if !acks.ok[i] {
+            report.failed.push(m.id.clone());
+            let why = acks.why[i].take().unwrap_or_default();
+            report.failures.push((m.id.clone(), why));
         }
     }
-    if let Some(sink) = sink
-        && !letters.is_empty()
-    {
-        let failed = sink.send(&letters).await;
-        for &i in &letter_of {
-            ok[i] = true;
+    report
+}
+
+/// Which messages of a batch may be acknowledged, and why the others may not.
+struct Acks {
+    ok: Vec<bool>,
+    why: Vec<Option<String>>,
+}
+
+impl Acks {
+    fn new(n: usize) -> Self {
+        Acks {
+            ok: vec![false; n],
+            why: vec![None; n],
         }
-        for (l, error) in failed {
-            let i = letter_of[l];
-            ok[i] = false;
+    }
+
+    /// The messages done; returns how many.
+    fn done(&mut self, verdicts: &[Verdict]) -> usize {
+        for (i, v) in verdicts.iter().enumerate() {
+            self.ok[i] = *v == Verdict::Done;
+        }
+        self.ok.iter().filter(|o| **o).count()
+    }
+
+    /// Writes the poison messages to the sink; those it acknowledged may be acknowledged.
+    /// Returns how many.
+    async fn dead_letter<D: DeadLetterSink>(
+        &mut self,
+        sink: Option<&D>,
+        messages: &[Message],
+        verdicts: &[Verdict],
+        now: &str,
+    ) -> usize {
+        let poison: Vec<(usize, &Poison, Record)> = messages
+            .iter()
+            .zip(verdicts)
+            .enumerate()
+            .filter_map(|(i, (m, v))| match v {
+                Verdict::Poison(p) => Some((i, p, m.record())),
+                Verdict::Done => None,
+            })
+            .collect();
+        for (i, p, _) in &poison {
+            tracing::warn!(message_id = %messages[*i].id, event_id = p.event_id.as_deref().unwrap_or("-"),
+                event_type = p.event_type.as_deref().unwrap_or("-"), reason = p.reason,
+                error = %p.error, "poison message");
+        }
+        let Some(sink) = sink.filter(|_| !poison.is_empty()) else {
+            for (i, p, _) in &poison {
+                self.why[*i] = Some(format!(
+                    "{}: {} (no dead-letter queue configured)",
+                    p.reason, p.error
+                ));
+            }
+            return 0;
+        };
+        let letters: Vec<DeadLetter<'_>> = poison
+            .iter()
+            .map(|(_, p, record)| {
+                let mut letter = DeadLetter::new(record, p.reason, &p.error, now);
+                letter.event_id = p.event_id.as_deref();
+                letter.event_type = p.event_type.as_deref();
+                letter
+            })
+            .collect();
+        let failed = sink.send(&letters).await;
+        for (i, _, _) in &poison {
+            self.ok[*i] = true;
+        }
+        for (l, error) in &failed {
+            let i = poison[*l].0;
+            self.ok[i] = false;
             tracing::error!(message_id = %messages[i].id, %error,
                 "dead-letter write failed: the message is reported as failed and will be retried");
-            why[i] = Some(format!("dead-letter write failed: {error}"));
+            self.why[i] = Some(format!("dead-letter write failed: {error}"));
         }
-        report.dead_lettered = letter_of.iter().filter(|&&i| ok[i]).count();
+        poison.iter().filter(|(i, _, _)| self.ok[*i]).count()
     }
-    if source == (Source::Sqs { fifo: true })
-        && let Some(first) = ok.iter().position(|o| !o)
-    {
+
+    /// SQS FIFO: after the first message not acknowledged, none is, so that a message group is
+    /// never applied out of order.
+    fn keep_fifo_order(&mut self, messages: &[Message]) {
+        let Some(first) = self.ok.iter().position(|o| !o) else {
+            return;
+        };
         for i in first + 1..messages.len() {
-            if ok[i] {
-                ok[i] = false;
-                why[i] = Some(format!(
+            if self.ok[i] {
+                self.ok[i] = false;
+                self.why[i] = Some(format!(
                     "after message {} in a FIFO batch (kept in order)",
                     messages[first].id
                 ));
             }
         }
     }
-    for (i, m) in messages.iter().enumerate() {
-        if !ok[i] {
-            report.failed.push(m.id.clone());
-            report
-                .failures
-                .push((m.id.clone(), why[i].take().unwrap_or_default()));
-        }
-    }
-    report
 }
 
 #[cfg(test)]
@@ -521,30 +427,5 @@ mod tests {
         assert!(e.contains("no dead-letter queue"), "{e}");
         let r = handle(&Fake, Some(&sink), Source::Sns, &msgs(&["down"]), None, "t").await;
         assert!(r.response().is_err());
-    }
-
-    #[test]
-    fn parses_sqs_and_sns_documents() {
-        let sqs: Value = serde_json::from_str(include_str!("../tests/fixtures/sqs-batch.json"))
-            .expect("fixture");
-        let (source, m) = parse(sqs).unwrap();
-        assert_eq!(source, SQS);
-        assert_eq!(m.len(), 10);
-        assert_eq!(m[0].id, "3f3f6a52-0f4e-4a7e-9b2b-4c1f0d8e0a01");
-        assert_eq!(m[0].previous_attempts, 0);
-        let sns: Value = serde_json::from_str(include_str!("../tests/fixtures/sns-price.json"))
-            .expect("fixture");
-        let (source, m) = parse(sns).unwrap();
-        assert_eq!(source, Source::Sns);
-        assert_eq!(m.len(), 1);
-        assert!(m[0].body.as_deref().unwrap().contains("price.updated"));
-        assert!(matches!(
-            parse(serde_json::json!({"Records": [{"eventSource": "aws:s3"}]})),
-            Err(EventError::Unsupported(_))
-        ));
-        assert!(matches!(
-            parse(serde_json::json!({"hello": 1})),
-            Err(EventError::Unsupported(_))
-        ));
     }
 }

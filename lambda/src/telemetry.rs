@@ -4,7 +4,7 @@
 //!   level; the runtime's span carries the request id. Filter: `RUST_LOG`, else
 //!   `AWS_LAMBDA_LOG_LEVEL`, else `info` for invalidator. ERROR is kept for data at risk (a failed
 //!   dead-letter write).
-//! - Metrics: every counter of the engine (`invalidator_events_total{type,outcome}`, ...; SPEC §8)
+//! - Metrics: every counter of the engine (`invalidator_events_total{type,outcome}`, ...; docs/operations.md)
 //!   plus the Lambda's own below, recorded through the `metrics` facade into an Embedded Metric
 //!   Format collector and flushed to stdout as EMF documents at the end of each invocation, so
 //!   CloudWatch turns them into metrics without an agent or an API call. Histograms keep at most
