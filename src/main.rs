@@ -105,8 +105,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// core. The process allocates on a few threads (tokio's workers and the replay reader), each with
 /// its own thread cache in front of the arena; more arenas only held more memory. A replay of
 /// 1,000,000 events with the shipped rules peaked at 59.8–66.0 MiB with jemalloc's default and
-/// 50.9–53.6 MiB with one arena, at the same CPU per event (BENCHMARKS.md). On a host with many
-/// cores, `_RJEM_MALLOC_CONF=narenas:4` gives more back.
+/// 50.9–53.6 MiB with one arena, at the same CPU per event (measured before the failover rewind,
+/// which holds 30 s of keys by default, existed). On a host with many cores,
+/// `_RJEM_MALLOC_CONF=narenas:4` gives more back.
 #[cfg(not(target_env = "msvc"))]
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
