@@ -9,6 +9,7 @@
 //! - [`redis`]: `redis-cli` ([`redis_cli`](redis::redis_cli), [`redis_cpu`](redis::redis_cpu), `INFO` fields) and [`Pipes`](redis::Pipes), which
 //!   streams commands as RESP into one `redis-cli --pipe` per server, each command routed by the
 //!   caller (a Cluster: to the primary that owns the slot of its first key);
+//! - [`kafka`]: the broker of bench/worker.rs, its topics, producer and bare consumers;
 //! - [`servers`]: the `redis-server`s a benchmark starts on its own ports and stops ([`Servers`](servers::Servers)),
 //!   a Redis Cluster of them;
 //! - [`measure`]: [`build_release`](measure::build_release), [`run_child`](measure::run_child) (wall time, CPU and peak RSS of the child from
@@ -20,6 +21,7 @@
 
 pub mod args;
 pub mod events;
+pub mod kafka;
 pub mod measure;
 pub mod redis;
 pub mod servers;
