@@ -15,27 +15,30 @@
 //! with bench/topology.rs (bench/common/).
 
 #[path = "common/mod.rs"]
+#[allow(dead_code)] // each benchmark uses a part of it
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use common::{
-    Sink, VALUE, build_release, config_toml, field, generate_events, prefill_commands,
-    replay_command, run_child,
+use common::args::Workload;
+use common::events::{Sink, VALUE, generate_events, generate_in_tempdir, prefill_commands};
+use common::measure::{
+    build_release, config_toml, field, mib, print_table, replay_command, run_child, verdict,
 };
+use common::redis::Pipes;
 
 const DB: &str = "8";
 const REDIS_URL: &str = "redis://127.0.0.1:6379/8";
 
 fn redis_cli(args: &[&str]) -> String {
-    common::redis_cli(&["-n", DB], args)
+    common::redis::redis_cli(&["-n", DB], args)
 }
 
 /// used_cpu_user + used_cpu_sys of the Redis server, in seconds.
 fn redis_cpu() -> f64 {
-    common::redis_cpu(&["-n", DB])
+    common::redis::redis_cpu(&["-n", DB])
 }
 
 fn dbsize() -> u64 {
@@ -45,7 +48,7 @@ fn dbsize() -> u64 {
 /// Streams commands into `redis-cli -n 8 --pipe`; returns (commands sent, seconds).
 fn pipe(fill: impl FnOnce(&mut Sink) -> std::io::Result<u64>) -> (u64, f64) {
     let t = Instant::now();
-    let mut pipes = common::Pipes::start(&[vec!["-n".into(), DB.into()]], |_| 0);
+    let mut pipes = Pipes::start(&[vec!["-n".into(), DB.into()]], |_| 0);
     fill(&mut |args| pipes.send(args)).expect("writing to redis-cli --pipe");
     let sent = pipes.finish().iter().sum();
     (sent, t.elapsed().as_secs_f64())
@@ -161,60 +164,47 @@ fn redis_benchmark(cmd: &str) -> (f64, f64) {
 }
 
 fn main() {
-    let mut n_events: u64 = 1_000_000;
-    let mut products: u64 = 300_000;
-    let mut skip_build = false;
     let mut generate_only: Option<PathBuf> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--events" => {
-                n_events = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--events N")
-            }
-            "--products" => {
-                products = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--products N")
-            }
-            "--skip-build" => skip_build = true,
-            // Only write the events (for profiling a replay by hand), then exit.
-            "--generate-only" => generate_only = args.next().map(PathBuf::from),
-            _ => {} // `cargo bench` passes --bench
+    let w = Workload::from_args(|a, args| {
+        // Only write the events (for profiling a replay by hand), then exit.
+        if a == "--generate-only" {
+            generate_only = args.next().map(PathBuf::from);
         }
-    }
+    });
     if let Some(path) = generate_only {
-        let counts = generate_events(&path, n_events, products).unwrap();
-        println!("wrote {n_events} events to {}: {counts:?}", path.display());
+        let counts = generate_events(&path, w.events, w.products).unwrap();
+        println!(
+            "wrote {} events to {}: {counts:?}",
+            w.events,
+            path.display()
+        );
         return;
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let bin = build_release(skip_build);
+    let bin = build_release(w.skip_build);
 
-    let tmp = tempfile::Builder::new()
-        .prefix("invalidator-bench-")
-        .tempdir()
-        .unwrap();
-    let events = tmp.path().join("events.jsonl");
-    let t = Instant::now();
-    let counts = generate_events(&events, n_events, products).unwrap();
-    let size = std::fs::metadata(&events).unwrap().len();
-    println!(
-        "generated {n_events} events ({:.1} MiB) in {:.2}s: price {} / inventory {} / product {} / promotion {} / review {}; {products} products",
-        size as f64 / 1048576.0,
-        t.elapsed().as_secs_f64(),
-        counts[0],
-        counts[1],
-        counts[2],
-        counts[3],
-        counts[4]
-    );
+    let (tmp, events) = generate_in_tempdir("invalidator-bench-", &w);
     let config = tmp.path().join("invalidator.toml");
     std::fs::write(&config, config_toml(&format!("url = \"{REDIS_URL}\""))).unwrap();
+    let runs = run_all(&bin, &config, &events, w.products, tmp.path());
+    redis_cli(&["FLUSHDB"]);
 
+    println!("\nphysical limit (redis-benchmark, DB {DB}, 1,000,000 keys prefilled):");
+    let (unlink, unlink_removed) = redis_benchmark("UNLINK");
+    let (del, _) = redis_benchmark("DEL");
+
+    println!();
+    table(&runs, unlink);
+    println!(
+        "redis-benchmark UNLINK: {unlink:.0} requests/s ({unlink_removed:.0} keys really removed/s); \
+         DEL: {del:.0} requests/s"
+    );
+    println!();
+    targets(&runs, unlink, unlink_removed);
+}
+
+/// The plain and the shipped rules, real and `--dry-run`, each after a fresh prefill.
+fn run_all(bin: &Path, config: &Path, events: &Path, products: u64, tmp: &Path) -> Vec<Run> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let plain = root.join("bench").join("rules-plain");
     let shipped = root.join("rules");
     let mut runs = Vec::new();
@@ -235,7 +225,7 @@ fn main() {
             if dry { " --dry-run" } else { "" },
             events.display()
         );
-        let run = run_replay(&bin, &config, rules, &events, dry, label, tmp.path());
+        let run = run_replay(bin, config, rules, events, dry, label, tmp);
         for l in run.summary.lines() {
             println!("    {l}");
         }
@@ -244,55 +234,56 @@ fn main() {
             run.wall,
             run.cpu,
             run.redis_cpu,
-            run.maxrss_kib as f64 / 1024.0,
+            mib(run.maxrss_kib),
             run.dbsize_delta,
             run.exit
         );
         runs.push(run);
     }
-    redis_cli(&["FLUSHDB"]);
+    runs
+}
 
-    println!("\nphysical limit (redis-benchmark, DB {DB}, 1,000,000 keys prefilled):");
-    let (unlink, unlink_removed) = redis_benchmark("UNLINK");
-    let (del, _) = redis_benchmark("DEL");
-
-    println!();
-    println!(
-        "{:<16} {:>8} {:>9} {:>11} {:>12} {:>11} {:>13} {:>11} {:>5}",
-        "run",
-        "events",
-        "wall s",
-        "events/s",
-        "keys removed",
-        "keys/s",
-        "÷ UNLINK rps",
-        "peak RSS",
-        "exit"
-    );
-    let mut cpu_lines = Vec::new();
-    for r in &runs {
-        let eps = r.events as f64 / r.wall;
-        let (kr, kps, ratio) = match r.keys_removed {
-            Some(k) => (
-                k.to_string(),
-                format!("{:.0}", k as f64 / r.wall),
-                format!("{:.3}", k as f64 / r.wall / unlink),
-            ),
-            None => ("-".into(), "-".into(), "-".into()),
-        };
+/// The runs side by side (keys/s also as a ratio of redis-benchmark's UNLINK requests/s), then
+/// their CPU.
+fn table(runs: &[Run], unlink: f64) {
+    let columns = [
+        ("run", 16),
+        ("events", 8),
+        ("wall s", 9),
+        ("events/s", 11),
+        ("keys removed", 12),
+        ("keys/s", 11),
+        ("÷ UNLINK rps", 13),
+        ("peak RSS", 11),
+        ("exit", 5),
+    ];
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            let (kr, kps, ratio) = match r.keys_removed {
+                Some(k) => (
+                    k.to_string(),
+                    format!("{:.0}", k as f64 / r.wall),
+                    format!("{:.3}", k as f64 / r.wall / unlink),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            vec![
+                r.label.clone(),
+                r.events.to_string(),
+                format!("{:.2}", r.wall),
+                format!("{:.0}", r.events as f64 / r.wall),
+                kr,
+                kps,
+                ratio,
+                format!("{:.1} MiB", mib(r.maxrss_kib)),
+                r.exit.to_string(),
+            ]
+        })
+        .collect();
+    print_table(&columns, &rows);
+    for r in runs {
         println!(
-            "{:<16} {:>8} {:>9.2} {:>11.0} {:>12} {:>11} {:>13} {:>7.1} MiB {:>5}",
-            r.label,
-            r.events,
-            r.wall,
-            eps,
-            kr,
-            kps,
-            ratio,
-            r.maxrss_kib as f64 / 1024.0,
-            r.exit
-        );
-        cpu_lines.push(format!(
             "{:<16} child CPU {:>6.2}s ({:.0}% of one core, {:.1} µs/event), Redis CPU {:>6.2}s, DBSIZE delta {}",
             r.label,
             r.cpu,
@@ -300,16 +291,12 @@ fn main() {
             1e6 * r.cpu / r.events.max(1) as f64,
             r.redis_cpu,
             r.dbsize_delta
-        ));
+        );
     }
-    for l in &cpu_lines {
-        println!("{l}");
-    }
-    println!(
-        "redis-benchmark UNLINK: {unlink:.0} requests/s ({unlink_removed:.0} keys really removed/s); \
-         DEL: {del:.0} requests/s"
-    );
-    println!();
+}
+
+/// The targets: keys/s against redis-benchmark's, peak RSS under 64 MiB.
+fn targets(runs: &[Run], unlink: f64, unlink_removed: f64) {
     for r in runs.iter().filter(|r| r.keys_removed.is_some()) {
         let kps = r.keys_removed.unwrap() as f64 / r.wall;
         println!(
@@ -317,29 +304,21 @@ fn main() {
             r.label,
             0.5 * unlink,
             kps,
-            if kps >= 0.5 * unlink { "MET" } else { "MISSED" }
+            verdict(kps >= 0.5 * unlink)
         );
         println!(
             "  like for like, keys removed/s >= 0.5 x redis-benchmark's keys removed/s ({:.0}): {:.2}x -> {}",
             0.5 * unlink_removed,
             kps / unlink_removed,
-            if kps >= 0.5 * unlink_removed {
-                "MET"
-            } else {
-                "MISSED"
-            }
+            verdict(kps >= 0.5 * unlink_removed)
         );
     }
-    for r in &runs {
+    for r in runs {
         println!(
             "target [{}] peak RSS < 64 MiB: {:.1} MiB -> {}",
             r.label,
-            r.maxrss_kib as f64 / 1024.0,
-            if r.maxrss_kib < 64 * 1024 {
-                "MET"
-            } else {
-                "MISSED"
-            }
+            mib(r.maxrss_kib),
+            verdict(r.maxrss_kib < 64 * 1024)
         );
     }
 }

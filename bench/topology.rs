@@ -27,199 +27,27 @@
 //! Figures are printed, never asserted (a target reads MET or MISSED).
 
 #[path = "common/mod.rs"]
+#[allow(dead_code)] // each benchmark uses a part of it
 mod common;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::{
-    build_release, config_toml, field, generate_events, prefill_commands, redis_cli, redis_cpu,
-    replay_command, run_child,
+use common::args::Workload;
+use common::events::{generate_in_tempdir, prefill_commands};
+use common::measure::{
+    build_release, config_toml, field, mib, print_table, replay_command, run_child, verdict,
 };
+use common::redis::{Pipes, calls, cli, info, keyspace, redis_cpu};
+use common::servers::{Servers, shown, start_cluster};
 use invalidator::apply::redis::slot;
 
-const SLOTS: usize = 16384;
 /// The default `failover_rewind_max_bytes`.
 const REWIND_CAP: u64 = 64 << 20;
 /// The default `failover_rewind`, in seconds.
 const REWIND_WINDOW: f64 = 30.0;
-
-fn cli(port: u16, args: &[&str]) -> String {
-    redis_cli(&["-p", &port.to_string()], args)
-}
-
-/// `name:value` of an `INFO` text.
-fn info<'a>(text: &'a str, name: &str) -> Option<&'a str> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .map(str::trim)
-}
-
-/// `$ program args...`, an empty argument shown as `""`.
-fn shown(program: &str, args: &[&str]) -> String {
-    let mut s = format!("$ {program}");
-    for a in args {
-        s.push(' ');
-        s.push_str(if a.is_empty() { "\"\"" } else { a });
-    }
-    s
-}
-
-fn mib(kib: i64) -> f64 {
-    kib as f64 / 1024.0
-}
-
-/// The `redis-server`s this benchmark started: killed (and reaped) when dropped, also during a
-/// panic's unwinding.
-struct Servers {
-    dir: PathBuf,
-    children: Vec<(u16, Child)>,
-}
-
-impl Servers {
-    fn new(dir: &Path) -> Servers {
-        Servers {
-            dir: dir.to_owned(),
-            children: Vec::new(),
-        }
-    }
-
-    /// Starts a `redis-server` on a free port (and, for a Cluster node, a free bus port at
-    /// port + 10000) in a directory of its own, and waits until it answers `PING`. A port taken
-    /// meanwhile by someone else makes it try another.
-    fn start(&mut self, name: &str, extra: &[&str]) -> u16 {
-        let cluster = extra.contains(&"--cluster-enabled");
-        for _ in 0..10 {
-            let port = free_port(cluster);
-            let dir = self.dir.join(format!("{name}-{port}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            let port_s = port.to_string();
-            let dir_s = dir.to_string_lossy().into_owned();
-            let mut args = vec![
-                "--port",
-                &port_s,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                &dir_s,
-            ];
-            args.extend_from_slice(extra);
-            let log = File::create(dir.join("redis.log")).unwrap();
-            let mut child = Command::new("redis-server")
-                .args(&args)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("redis-server on PATH");
-            let t = Instant::now();
-            let up = loop {
-                if child.try_wait().unwrap().is_some() {
-                    break false;
-                }
-                let pong = Command::new("redis-cli")
-                    .args(["-p", &port_s, "PING"])
-                    .stderr(Stdio::null())
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
-                    .unwrap_or(false);
-                if pong {
-                    break true;
-                }
-                if t.elapsed() > Duration::from_secs(20) {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break false;
-                }
-                sleep(Duration::from_millis(50));
-            };
-            if up {
-                println!("{}   # {name}", shown("redis-server", &args));
-                self.children.push((port, child));
-                return port;
-            }
-            let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
-            eprintln!(
-                "redis-server on {port} did not start, trying another port:\n{}",
-                log.lines().rev().take(5).collect::<Vec<_>>().join("\n")
-            );
-        }
-        panic!("could not start redis-server {name}");
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A loopback port nobody listens on now; for a Cluster node, port + 10000 too (its bus).
-fn free_port(cluster: bool) -> u16 {
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("binding a loopback port")
-            .port();
-        if !cluster {
-            return port;
-        }
-        if let Some(bus) = port.checked_add(10000)
-            && TcpListener::bind(("127.0.0.1", bus)).is_ok()
-        {
-            return port;
-        }
-    }
-}
-
-/// The primaries (ports, in order) of the Cluster `port` belongs to, and the index of the owner
-/// of every slot, from `CLUSTER NODES`.
-fn cluster_owners(port: u16) -> (Vec<u16>, Vec<usize>) {
-    let text = cli(port, &["CLUSTER", "NODES"]);
-    let mut primaries: Vec<(u16, Vec<(usize, usize)>)> = Vec::new();
-    for line in text.lines() {
-        // <id> <ip:port@cport> <flags> <master> <ping> <pong> <epoch> <link> <slot ranges>...
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 8 || !f[2].split(',').any(|x| x == "master") {
-            continue;
-        }
-        let addr = f[1].split('@').next().unwrap();
-        let p: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
-        let ranges = f[8..]
-            .iter()
-            .filter(|r| !r.starts_with('[')) // slots importing or migrating
-            .map(|r| {
-                let (a, b) = r.split_once('-').unwrap_or((r, r));
-                (a.parse().unwrap(), b.parse().unwrap())
-            })
-            .collect();
-        primaries.push((p, ranges));
-    }
-    primaries.sort();
-    let mut owners = vec![usize::MAX; SLOTS];
-    for (i, (_, ranges)) in primaries.iter().enumerate() {
-        for &(a, b) in ranges {
-            owners[a..=b].iter_mut().for_each(|o| *o = i);
-        }
-    }
-    assert!(
-        owners.iter().all(|&o| o != usize::MAX),
-        "some slots have no owner:\n{text}"
-    );
-    (primaries.into_iter().map(|(p, _)| p).collect(), owners)
-}
 
 /// A part of the benchmark (`--only` names it).
 type Section = fn(&Ctx);
@@ -252,7 +80,7 @@ fn prefill(label: &str, primaries: &[u16], owners: Option<&[usize]>, products: u
         .map(|p| vec!["-p".to_owned(), p.to_string()])
         .collect();
     let route = |args: &[&str]| owners.map_or(0, |o| o[usize::from(slot(args[1].as_bytes()))]);
-    let mut pipes = common::Pipes::start(&targets, route);
+    let mut pipes = Pipes::start(&targets, route);
     prefill_commands(products, &mut |args| pipes.send(args)).expect("writing to redis-cli --pipe");
     let sent = pipes.finish();
     let keys: u64 = primaries
@@ -313,31 +141,14 @@ fn replay(ctx: &Ctx, label: &str, redis: &str, rules: &Path, primaries: &[u16]) 
     let before = cpu(primaries);
     let calls_before = calls(primaries);
     let child = run_child(cmd, label, &ctx.tmp);
-    let mut calls = calls(primaries);
+    let calls_after = calls(primaries);
     let redis_cpu = cpu(primaries) - before;
-    for (name, n) in &mut calls {
-        *n -= calls_before.get(name).copied().unwrap_or(0);
-    }
-    // Our own `INFO commandstats` (the first one) counts in the second.
-    if let Some(n) = calls.get_mut("info") {
-        *n = n.saturating_sub(primaries.len() as u64);
-    }
-    calls.retain(|_, n| *n > 0);
-    let mut calls: Vec<(String, u64)> = calls.into_iter().collect();
-    calls.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let calls = calls_between(calls_before, calls_after, primaries.len());
     let (keys_left, keys_no_ttl) = keyspace(primaries);
     for l in child.stdout.lines() {
         println!("    {l}");
     }
-    let stderr =
-        std::fs::read_to_string(ctx.tmp.join(format!("{label}.stderr"))).unwrap_or_default();
-    if !stderr.trim().is_empty() {
-        let lines: Vec<&str> = stderr.lines().collect();
-        println!("  stderr ({} lines), the first ones:", lines.len());
-        for l in lines.iter().take(5) {
-            println!("    {l}");
-        }
-    }
+    print_stderr(&ctx.tmp.join(format!("{label}.stderr")));
     let shown_calls: Vec<String> = calls.iter().map(|(c, n)| format!("{c} {n}")).collect();
     println!(
         "  Redis commands run (summed over the primaries): {}",
@@ -372,85 +183,92 @@ fn replay(ctx: &Ctx, label: &str, redis: &str, rules: &Path, primaries: &[u16]) 
     run
 }
 
-/// Keys, and keys without a TTL, summed over `ports` (`INFO keyspace`: `db0:keys=N,expires=M,...`).
-fn keyspace(ports: &[u16]) -> (u64, u64) {
-    let (mut keys, mut expires) = (0, 0);
-    for &p in ports {
-        let text = cli(p, &["INFO", "keyspace"]);
-        let Some(db0) = info(&text, "db0") else {
-            continue;
-        };
-        for kv in db0.split(',') {
-            match kv.split_once('=') {
-                Some(("keys", v)) => keys += v.parse::<u64>().unwrap_or(0),
-                Some(("expires", v)) => expires += v.parse::<u64>().unwrap_or(0),
-                _ => {}
-            }
-        }
+/// The calls of each command from `before` to `after` (`INFO commandstats` of `servers`
+/// servers), those made, most first.
+fn calls_between(
+    before: BTreeMap<String, u64>,
+    mut after: BTreeMap<String, u64>,
+    servers: usize,
+) -> Vec<(String, u64)> {
+    for (name, n) in &mut after {
+        *n -= before.get(name).copied().unwrap_or(0);
     }
-    (keys, keys - expires)
-}
-
-/// Calls of each command (`INFO commandstats`), summed over `ports`.
-fn calls(ports: &[u16]) -> BTreeMap<String, u64> {
-    let mut calls = BTreeMap::new();
-    for &p in ports {
-        // cmdstat_unlink:calls=123,usec=...
-        for line in cli(p, &["INFO", "commandstats"]).lines() {
-            let Some((name, rest)) = line
-                .strip_prefix("cmdstat_")
-                .and_then(|l| l.split_once(':'))
-            else {
-                continue;
-            };
-            let n = rest
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-            *calls.entry(name.to_owned()).or_default() += n;
-        }
+    // Our own `INFO commandstats` (the first one) counts in the second.
+    if let Some(n) = after.get_mut("info") {
+        *n = n.saturating_sub(servers as u64);
     }
+    after.retain(|_, n| *n > 0);
+    let mut calls: Vec<(String, u64)> = after.into_iter().collect();
+    calls.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     calls
 }
 
-fn table(runs: &[Run]) {
-    println!(
-        "{:<18} {:>8} {:>8} {:>10} {:>12} {:>10} {:>10} {:>11} {:>11} {:>12} {:>9} {:>4}",
-        "run",
-        "events",
-        "wall s",
-        "events/s",
-        "keys removed",
-        "keys left",
-        "no TTL",
-        "child CPU s",
-        "Redis CPU s",
-        "peak RSS",
-        "shortfall",
-        "exit"
-    );
-    for r in runs {
-        println!(
-            "{:<18} {:>8} {:>8.2} {:>10.0} {:>12} {:>10} {:>10} {:>11.2} {:>11.2} {:>8.1} MiB {:>9} {:>4}",
-            r.label,
-            r.events,
-            r.wall,
-            r.eps(),
-            r.keys_removed,
-            r.keys_left,
-            r.keys_no_ttl,
-            r.cpu,
-            r.redis_cpu,
-            mib(r.maxrss_kib),
-            r.wait_shortfalls,
-            r.exit
-        );
+/// The first lines of the child's stderr (in `path`), if it wrote any.
+fn print_stderr(path: &Path) {
+    let stderr = std::fs::read_to_string(path).unwrap_or_default();
+    if !stderr.trim().is_empty() {
+        let lines: Vec<&str> = stderr.lines().collect();
+        println!("  stderr ({} lines), the first ones:", lines.len());
+        for l in lines.iter().take(5) {
+            println!("    {l}");
+        }
     }
 }
 
-fn verdict(met: bool) -> &'static str {
-    if met { "MET" } else { "MISSED" }
+fn table(runs: &[Run]) {
+    let columns = [
+        ("run", 18),
+        ("events", 8),
+        ("wall s", 8),
+        ("events/s", 10),
+        ("keys removed", 12),
+        ("keys left", 10),
+        ("no TTL", 10),
+        ("child CPU s", 11),
+        ("Redis CPU s", 11),
+        ("peak RSS", 12),
+        ("shortfall", 9),
+        ("exit", 4),
+    ];
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.label.clone(),
+                r.events.to_string(),
+                format!("{:.2}", r.wall),
+                format!("{:.0}", r.eps()),
+                r.keys_removed.to_string(),
+                r.keys_left.to_string(),
+                r.keys_no_ttl.to_string(),
+                format!("{:.2}", r.cpu),
+                format!("{:.2}", r.redis_cpu),
+                format!("{:.1} MiB", mib(r.maxrss_kib)),
+                r.wait_shortfalls.to_string(),
+                r.exit.to_string(),
+            ]
+        })
+        .collect();
+    print_table(&columns, &rows);
+}
+
+/// The runs side by side, then for each pair (a baseline, the other) the target `goal`: the
+/// other's events/s at least 0.8 x the baseline's; then `more` targets of the pair.
+fn table_and_pairs(runs: &[Run], goal: &str, more: impl Fn(&Run, &Run)) {
+    println!();
+    table(runs);
+    for pair in runs.chunks(2) {
+        let [base, other] = pair else { continue };
+        let ratio = other.eps() / base.eps();
+        println!(
+            "target [{}] {goal}: {:.0} / {:.0} = {ratio:.2}x -> {}",
+            other.label,
+            other.eps(),
+            base.eps(),
+            verdict(ratio >= 0.8)
+        );
+        more(base, other);
+    }
 }
 
 /// 1. One redis-server against a 3-primary Cluster.
@@ -458,49 +276,7 @@ fn cluster_section(ctx: &Ctx) {
     println!("\n== 1. Cluster (3 primaries) vs a single redis-server ==");
     let mut servers = Servers::new(&ctx.tmp);
     let single = servers.start("single", &[]);
-    let nodes: Vec<u16> = (1..=3)
-        .map(|i| {
-            servers.start(
-                &format!("cluster-{i}"),
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                ],
-            )
-        })
-        .collect();
-    let addrs: Vec<String> = nodes.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let mut args = vec!["--cluster", "create"];
-    args.extend(addrs.iter().map(String::as_str));
-    args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
-    println!("{}", shown("redis-cli", &args));
-    let out = Command::new("redis-cli")
-        .args(&args)
-        .output()
-        .expect("redis-cli on PATH");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("All 16384 slots covered"),
-        "redis-cli --cluster create failed:\n{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let t = Instant::now();
-    for &p in &nodes {
-        while info(&cli(p, &["CLUSTER", "INFO"]), "cluster_state") != Some("ok") {
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "cluster_state not ok on {p}"
-            );
-            sleep(Duration::from_millis(100));
-        }
-    }
-    println!(
-        "cluster_state:ok on every node after {:.1}s",
-        t.elapsed().as_secs_f64()
-    );
-    let (primaries, owners) = cluster_owners(nodes[0]);
+    let (primaries, owners) = start_cluster(&mut servers, 3);
     let seeds: Vec<String> = primaries
         .iter()
         .map(|p| format!("\"redis://127.0.0.1:{p}\""))
@@ -520,18 +296,7 @@ fn cluster_section(ctx: &Ctx) {
     for &p in primaries.iter().chain([&single]) {
         cli(p, &["FLUSHALL"]);
     }
-    println!();
-    table(&runs);
-    for pair in runs.chunks(2) {
-        let [s, c] = pair else { continue };
-        let ratio = c.eps() / s.eps();
-        println!(
-            "target [{}] cluster events/s >= 0.8 x single: {:.0} / {:.0} = {ratio:.2}x -> {}",
-            c.label,
-            c.eps(),
-            s.eps(),
-            verdict(ratio >= 0.8)
-        );
+    table_and_pairs(&runs, "cluster events/s >= 0.8 x single", |s, c| {
         println!(
             "  same effect as single: keys removed {} vs {}, keys left without a TTL {} vs {} -> {}",
             c.keys_removed,
@@ -548,7 +313,7 @@ fn cluster_section(ctx: &Ctx) {
                 "DIFFERENT"
             }
         );
-    }
+    });
 }
 
 /// Until the replica on `replica` has everything its primary `primary` has sent; seconds waited.
@@ -592,25 +357,18 @@ fn wait_section(ctx: &Ctx) {
         }
     }
     cli(primary, &["FLUSHALL"]);
-    println!();
-    table(&runs);
-    for pair in runs.chunks(2) {
-        let [w0, w1] = pair else { continue };
-        let ratio = w1.eps() / w0.eps();
-        println!(
-            "target [{}] wait_replicas=1 at most 20% slower than 0: {:.0} / {:.0} = {ratio:.2}x -> {}",
-            w1.label,
-            w1.eps(),
-            w0.eps(),
-            verdict(ratio >= 0.8)
-        );
-        println!(
-            "target [{}] wait shortfalls = 0: {} -> {}",
-            w1.label,
-            w1.wait_shortfalls,
-            verdict(w1.wait_shortfalls == 0 && w1.exit == 0)
-        );
-    }
+    table_and_pairs(
+        &runs,
+        "wait_replicas=1 at most 20% slower than 0",
+        |_, w1| {
+            println!(
+                "target [{}] wait shortfalls = 0: {} -> {}",
+                w1.label,
+                w1.wait_shortfalls,
+                verdict(w1.wait_shortfalls == 0 && w1.exit == 0)
+            );
+        },
+    );
 }
 
 /// 3. The failover rewind window's memory: off, the default, and the default without its cap.
@@ -643,6 +401,11 @@ fn rewind_section(ctx: &Ctx) {
     let [off, capped, uncapped] = &runs[..] else {
         unreachable!()
     };
+    rewind_targets(off, capped, uncapped);
+}
+
+/// What the rewind runs (window off, capped, uncapped) show of the window's memory.
+fn rewind_targets(off: &Run, capped: &Run, uncapped: &Run) {
     let cap = REWIND_CAP as f64 / 1048576.0;
     let held = mib(capped.maxrss_kib - off.maxrss_kib);
     let would = mib(uncapped.maxrss_kib - off.maxrss_kib);
@@ -688,62 +451,26 @@ fn rewind_section(ctx: &Ctx) {
 }
 
 fn main() {
-    let mut n_events: u64 = 1_000_000;
-    let mut products: u64 = 300_000;
-    let mut skip_build = false;
     let mut only: Option<String> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--events" => {
-                n_events = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--events N")
-            }
-            "--products" => {
-                products = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--products N")
-            }
-            "--skip-build" => skip_build = true,
-            "--only" => {
-                let v = args.next().expect("--only cluster|wait|rewind");
-                assert!(
-                    ["cluster", "wait", "rewind"].contains(&v.as_str()),
-                    "--only cluster|wait|rewind, not {v}"
-                );
-                only = Some(v);
-            }
-            _ => {} // `cargo bench` passes --bench
+    let w = Workload::from_args(|a, args| {
+        if a == "--only" {
+            let v = args.next().expect("--only cluster|wait|rewind");
+            assert!(
+                ["cluster", "wait", "rewind"].contains(&v.as_str()),
+                "--only cluster|wait|rewind, not {v}"
+            );
+            only = Some(v);
         }
-    }
+    });
     let started = Instant::now();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let bin = build_release(skip_build);
-    let tmp = tempfile::Builder::new()
-        .prefix("invalidator-topology-")
-        .tempdir()
-        .unwrap();
-    let events = tmp.path().join("events.jsonl");
-    let t = Instant::now();
-    let counts = generate_events(&events, n_events, products).unwrap();
-    println!(
-        "generated {n_events} events ({:.1} MiB) in {:.2}s: price {} / inventory {} / product {} / promotion {} / review {}; {products} products",
-        std::fs::metadata(&events).unwrap().len() as f64 / 1048576.0,
-        t.elapsed().as_secs_f64(),
-        counts[0],
-        counts[1],
-        counts[2],
-        counts[3],
-        counts[4]
-    );
+    let bin = build_release(w.skip_build);
+    let (tmp, events) = generate_in_tempdir("invalidator-topology-", &w);
     let ctx = Ctx {
         bin,
         events,
         tmp: tmp.path().to_owned(),
-        products,
+        products: w.products,
         plain: root.join("bench").join("rules-plain"),
         shipped: root.join("rules"),
     };

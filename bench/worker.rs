@@ -15,103 +15,43 @@
 //!    (`__keyevent@7__:del`) tell when each key was removed; latency = removal − produce call.
 //!    Prints p50, p99 and max.
 
+#[path = "common/mod.rs"]
+#[allow(dead_code)] // each benchmark uses a part of it
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientContext;
 use rdkafka::Message;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
-};
+use rdkafka::producer::Producer as _;
+
+use common::args::each_arg;
+use common::kafka::{PARTITIONS, Producer, bare_consumer, brokers, create_topic, producer, send};
+use common::measure::{build_release, peak_rss_kib};
+use common::redis::Pipes;
+use common::servers::free_port;
 
 const DB: &str = "7";
-const PARTITIONS: i32 = 2;
-
-fn brokers() -> String {
-    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".to_owned())
-}
 
 fn redis_cli(args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-n", DB])
-        .args(args)
-        .output()
-        .expect("redis-cli on PATH");
-    assert!(out.status.success(), "redis-cli {args:?} failed");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    common::redis::redis_cli(&["-n", DB], args)
 }
 
-/// SET price:{id} for every id in `ids`, through `redis-cli --pipe`.
+/// SET {prefix}price:{id} v for every id in `ids`, through `redis-cli -n 7 --pipe`.
 fn prefill(prefix: &str, ids: std::ops::Range<u64>) {
-    let mut child = Command::new("redis-cli")
-        .args(["-n", DB, "--pipe"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("redis-cli on PATH");
-    let mut w = BufWriter::with_capacity(1 << 20, child.stdin.take().unwrap());
+    let mut pipes = Pipes::start(&[vec!["-n".into(), DB.into()]], |_| 0);
     for id in ids {
-        let key = format!("{prefix}price:{id}");
-        write!(
-            w,
-            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$1\r\nv\r\n",
-            key.len()
-        )
-        .unwrap();
+        pipes
+            .send(&["SET", &format!("{prefix}price:{id}"), "v"])
+            .unwrap();
     }
-    w.flush().unwrap();
-    drop(w);
-    let out = child.wait_with_output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("errors: 0"));
-}
-
-fn create_topic(topic: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .expect("admin client");
-    let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
-    for r in futures::executor::block_on(admin.create_topics(&[new], &AdminOptions::new()))
-        .expect("create_topics")
-    {
-        r.unwrap_or_else(|(t, e)| panic!("topic {t}: {e}"));
-    }
-}
-
-/// Records when the broker acknowledged each event (by id).
-#[derive(Default)]
-struct Acks(Mutex<HashMap<u64, Instant>>);
-
-impl ClientContext for Acks {}
-
-impl ProducerContext for Acks {
-    type DeliveryOpaque = Box<u64>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, id: Box<u64>) {
-        if result.is_ok() {
-            self.0.lock().unwrap().insert(*id, Instant::now());
-        }
-    }
-}
-
-type Producer = ThreadedProducer<Acks>;
-
-fn producer(linger_ms: &str) -> Producer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("linger.ms", linger_ms)
-        .set("queue.buffering.max.messages", "1000000")
-        .create_with_context(Acks::default())
-        .expect("producer")
+    pipes.finish();
 }
 
 fn event(id: u64) -> String {
@@ -120,29 +60,8 @@ fn event(id: u64) -> String {
     )
 }
 
-fn send(p: &Producer, topic: &str, id: u64, payload: &str) {
-    let key = id.to_string();
-    let mut r = BaseRecord::with_opaque_to(topic, Box::new(id))
-        .key(key.as_str())
-        .payload(payload);
-    loop {
-        match p.send(r) {
-            Ok(()) => return,
-            Err((_, back)) => {
-                p.poll(Duration::from_millis(5));
-                r = back;
-            }
-        }
-    }
-}
-
 fn bare_drain(topic: &str, n: u64) -> f64 {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", format!("bare-{:08x}", rand::random::<u32>()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("session.timeout.ms", "6000")
+    let c: BaseConsumer = bare_consumer("bare")
         .set("queued.max.messages.kbytes", "16384")
         .create()
         .expect("consumer");
@@ -168,18 +87,8 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(
-        bin: &PathBuf,
-        tmp: &std::path::Path,
-        topic: &str,
-        prefix: &str,
-        properties: &str,
-    ) -> Worker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+    fn start(bin: &Path, tmp: &Path, topic: &str, prefix: &str, properties: &str) -> Worker {
+        let port = free_port(false);
         let rules = tmp.join(format!("rules-{topic}"));
         std::fs::create_dir_all(&rules).unwrap();
         std::fs::write(
@@ -268,12 +177,7 @@ impl Worker {
     }
 
     fn peak_rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+        peak_rss_kib(self.child.id())
     }
 
     fn stop(mut self) {
@@ -298,31 +202,15 @@ fn main() {
     // (p99 about 270 ms at librdkafka's default of 500 here), so the floor and our worker are both
     // measured with the same, lower value.
     let mut fetch_wait_ms: u64 = 10;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut num = || args.next().and_then(|v| v.parse().ok()).expect("a number");
-        match a.as_str() {
-            "--events" => n = num(),
-            "--rate" => rate = num(),
-            "--seconds" => seconds = num(),
-            "--latency-only" => drain = false,
-            "--fetch-wait-ms" => fetch_wait_ms = num(),
-            _ => {}
-        }
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| if p.is_relative() { root.join(p) } else { p })
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("release").join("invalidator");
-    println!("$ cargo build --release --bin invalidator");
-    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--bin", "invalidator"])
-        .current_dir(&root)
-        .status()
-        .expect("running cargo");
-    assert!(st.success());
+    each_arg(|a, args| match a {
+        "--events" => n = args.number("--events N"),
+        "--rate" => rate = args.number("--rate R"),
+        "--seconds" => seconds = args.number("--seconds S"),
+        "--latency-only" => drain = false,
+        "--fetch-wait-ms" => fetch_wait_ms = args.number("--fetch-wait-ms MS"),
+        _ => {}
+    });
+    let bin = build_release(false);
     let tmp = tempfile::Builder::new()
         .prefix("invalidator-wbench-")
         .tempdir()
@@ -340,7 +228,7 @@ fn main() {
 }
 
 /// Part 1, drain: the same backlog, by a bare consumer and by `invalidator run`.
-fn drain_bench(bin: &PathBuf, tmp: &std::path::Path, n: u64) {
+fn drain_bench(bin: &Path, tmp: &Path, n: u64) {
     let topic = format!("wbench-{:08x}", rand::random::<u32>());
     create_topic(&topic);
     let t = Instant::now();
@@ -397,12 +285,16 @@ fn drain_bench(bin: &PathBuf, tmp: &std::path::Path, n: u64) {
     );
 }
 
+/// When each event (by id) was seen at the end of its path: its key removed, or its message
+/// arrived at a bare consumer.
+type Seen = Arc<Mutex<HashMap<u64, Instant>>>;
+
 /// Part 2, latency at a steady rate: to the key's removal by `invalidator run` (Redis keyspace
 /// notifications), or, with `bare`, to the message's arrival at a bare consumer (the broker's own
 /// floor on this machine).
 fn latency_bench(
-    bin: &PathBuf,
-    tmp: &std::path::Path,
+    bin: &Path,
+    tmp: &Path,
     (rate, seconds, fetch_wait_ms): (u64, u64, u64),
     bare: bool,
 ) {
@@ -411,42 +303,10 @@ fn latency_bench(
     create_topic(&topic);
     let total = rate * seconds;
     let old_notify = redis_cli(&["CONFIG", "GET", "notify-keyspace-events"]);
-    let removed: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let removed: Seen = Arc::default();
     let mut worker = None;
     let listener = if bare {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .set(
-                "group.id",
-                format!("bare-lat-{:08x}", rand::random::<u32>()),
-            )
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .set("session.timeout.ms", "6000")
-            .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
-            .create()
-            .expect("consumer");
-        c.subscribe(&[&topic]).unwrap();
-        while c.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
-            c.poll(Duration::from_millis(100));
-        }
-        let removed = removed.clone();
-        std::thread::spawn(move || {
-            let mut seen = 0;
-            let until = Instant::now() + Duration::from_secs(seconds + 30);
-            while seen < total && Instant::now() < until {
-                if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-                    let at = Instant::now();
-                    let id = m
-                        .key()
-                        .and_then(|k| std::str::from_utf8(k).ok()?.parse().ok());
-                    if let Some(id) = id {
-                        removed.lock().unwrap().insert(id, at);
-                        seen += 1;
-                    }
-                }
-            }
-        })
+        bare_listener(&topic, fetch_wait_ms, seconds, total, removed.clone())
     } else {
         prefill("lat:", 0..total);
         redis_cli(&["CONFIG", "SET", "notify-keyspace-events", "Eg"]);
@@ -461,63 +321,13 @@ fn latency_bench(
         // Let the group settle (first fetch issued) before the clock starts.
         std::thread::sleep(Duration::from_secs(2));
         worker = Some(w);
-        let removed = removed.clone();
-        std::thread::spawn(move || {
-            let client = redis::Client::open("redis://127.0.0.1:6379/7").unwrap();
-            let mut con = client.get_connection().unwrap();
-            let mut ps = con.as_pubsub();
-            ps.subscribe(format!("__keyevent@{DB}__:del")).unwrap();
-            ps.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut seen = 0;
-            while seen < total {
-                let Ok(msg) = ps.get_message() else { break };
-                let at = Instant::now();
-                let key: String = msg.get_payload().unwrap_or_default();
-                if let Some(id) = key.strip_prefix("lat:price:").and_then(|s| s.parse().ok()) {
-                    removed.lock().unwrap().insert(id, at);
-                    seen += 1;
-                }
-            }
-        })
+        removal_listener(total, removed.clone())
     };
     std::thread::sleep(Duration::from_millis(200));
-    let p = producer("1");
-    let mut sent_at = Vec::with_capacity(total as usize);
-    let start = Instant::now();
-    for id in 0..total {
-        let due = start + Duration::from_secs_f64(id as f64 / rate as f64);
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
-        }
-        sent_at.push(Instant::now());
-        send(&p, &topic, id, &event(id));
-        p.poll(Duration::ZERO);
-    }
-    let sent_by = start.elapsed();
-    p.flush(Duration::from_secs(30)).expect("flush");
-    println!(
-        "producer: last send call at {:.2}s, all acknowledged at {:.2}s",
-        sent_by.as_secs_f64(),
-        start.elapsed().as_secs_f64()
-    );
+    let (p, sent_at) = produce_steady(&topic, rate, total);
     listener.join().unwrap();
     if let Some(w) = worker {
-        if let Some((p50, p99, units)) = w.unit_seconds() {
-            println!(
-                "the worker's own share (invalidator_unit_seconds, unit intake to done, {units} units): \
-                 p50 ≤ {:.0} ms, p99 ≤ {:.0} ms (histogram bucket bounds)",
-                p50 * 1000.0,
-                p99 * 1000.0
-            );
-        }
-        w.stop();
-        let _ = redis_cli(&[
-            "CONFIG",
-            "SET",
-            "notify-keyspace-events",
-            old_notify.lines().nth(1).unwrap_or(""),
-        ]);
+        stop_worker(w, &old_notify);
     }
     let what = if bare {
         "arrival at a bare consumer"
@@ -544,4 +354,107 @@ fn latency_bench(
     };
     report("produce call", &|id| sent_at.get(id as usize).copied());
     report("broker ack", &|id| acked.get(&id).copied());
+}
+
+/// Prints the worker's own share of the latency, stops it and sets `notify-keyspace-events` back
+/// to what `CONFIG GET` read (`old_notify`).
+fn stop_worker(w: Worker, old_notify: &str) {
+    if let Some((p50, p99, units)) = w.unit_seconds() {
+        println!(
+            "the worker's own share (invalidator_unit_seconds, unit intake to done, {units} units): \
+             p50 ≤ {:.0} ms, p99 ≤ {:.0} ms (histogram bucket bounds)",
+            p50 * 1000.0,
+            p99 * 1000.0
+        );
+    }
+    w.stop();
+    let _ = redis_cli(&[
+        "CONFIG",
+        "SET",
+        "notify-keyspace-events",
+        old_notify.lines().nth(1).unwrap_or(""),
+    ]);
+}
+
+/// A bare consumer of `topic`, assigned before this returns, that records in `seen` when each of
+/// the `total` messages arrives (for at most `seconds` + 30 s).
+fn bare_listener(
+    topic: &str,
+    fetch_wait_ms: u64,
+    seconds: u64,
+    total: u64,
+    seen: Seen,
+) -> std::thread::JoinHandle<()> {
+    let c: BaseConsumer = bare_consumer("bare-lat")
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
+        .create()
+        .expect("consumer");
+    c.subscribe(&[topic]).unwrap();
+    while c.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+        c.poll(Duration::from_millis(100));
+    }
+    std::thread::spawn(move || {
+        let mut n = 0;
+        let until = Instant::now() + Duration::from_secs(seconds + 30);
+        while n < total && Instant::now() < until {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                let at = Instant::now();
+                let id = m
+                    .key()
+                    .and_then(|k| std::str::from_utf8(k).ok()?.parse().ok());
+                if let Some(id) = id {
+                    seen.lock().unwrap().insert(id, at);
+                    n += 1;
+                }
+            }
+        }
+    })
+}
+
+/// Records in `removed` when each of the `total` keys `lat:price:{id}` is deleted from DB 7
+/// (keyspace notifications `__keyevent@7__:del`; gives up after 5 s without one).
+fn removal_listener(total: u64, removed: Seen) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let client = redis::Client::open("redis://127.0.0.1:6379/7").unwrap();
+        let mut con = client.get_connection().unwrap();
+        let mut ps = con.as_pubsub();
+        ps.subscribe(format!("__keyevent@{DB}__:del")).unwrap();
+        ps.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut seen = 0;
+        while seen < total {
+            let Ok(msg) = ps.get_message() else { break };
+            let at = Instant::now();
+            let key: String = msg.get_payload().unwrap_or_default();
+            if let Some(id) = key.strip_prefix("lat:price:").and_then(|s| s.parse().ok()) {
+                removed.lock().unwrap().insert(id, at);
+                seen += 1;
+            }
+        }
+    })
+}
+
+/// Produces events 0..`total` to `topic` at `rate` events/s; returns the producer (its context
+/// holds the broker's acknowledgements) and when each send call was made.
+fn produce_steady(topic: &str, rate: u64, total: u64) -> (Producer, Vec<Instant>) {
+    let p = producer("1");
+    let mut sent_at = Vec::with_capacity(total as usize);
+    let start = Instant::now();
+    for id in 0..total {
+        let due = start + Duration::from_secs_f64(id as f64 / rate as f64);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        sent_at.push(Instant::now());
+        send(&p, topic, id, &event(id));
+        p.poll(Duration::ZERO);
+    }
+    let sent_by = start.elapsed();
+    p.flush(Duration::from_secs(30)).expect("flush");
+    println!(
+        "producer: last send call at {:.2}s, all acknowledged at {:.2}s",
+        sent_by.as_secs_f64(),
+        start.elapsed().as_secs_f64()
+    );
+    (p, sent_at)
 }

@@ -1,0 +1,163 @@
+//! What the benchmarks measure of a process (wall time, CPU, peak RSS), and how they print it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// `target/release/invalidator` (honours `CARGO_TARGET_DIR`), built first unless `skip_build`.
+pub fn build_release(skip_build: bool) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_relative() { root.join(p) } else { p })
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("release").join("invalidator");
+    if !skip_build {
+        println!("$ cargo build --release --bin invalidator");
+        let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--bin", "invalidator"])
+            .current_dir(&root)
+            .status()
+            .expect("running cargo");
+        assert!(st.success(), "cargo build --release failed");
+    }
+    assert!(bin.exists(), "{} not found", bin.display());
+    bin
+}
+
+/// The configuration the benchmarks replay with: `redis` (the lines of `[redis]`), tags in set
+/// mode under `tag:`, CDN paths logged.
+pub fn config_toml(redis: &str) -> String {
+    format!(
+        "[redis]\n{redis}\n\n[tags]\nmode = \"set\"\nprefix = \"tag:\"\n\n[cdn.catalog-cdn]\nkind = \"log\"\n"
+    )
+}
+
+/// `<bin> replay -c <config> --rules <rules> [--dry-run] <events>`.
+pub fn replay_command(
+    bin: &Path,
+    config: &Path,
+    rules: &Path,
+    events: &Path,
+    dry_run: bool,
+) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("replay")
+        .arg("-c")
+        .arg(config)
+        .arg("--rules")
+        .arg(rules);
+    if dry_run {
+        cmd.arg("--dry-run");
+    }
+    cmd.arg(events);
+    cmd
+}
+
+/// What a child did, from `wait4`.
+pub struct ChildRun {
+    pub wall: f64,
+    /// Exit status; -1 if killed by a signal.
+    pub exit: i32,
+    /// Peak RSS, KiB.
+    pub maxrss_kib: i64,
+    /// CPU seconds (user + system).
+    pub cpu: f64,
+    /// What it printed (the replay's summary); its stderr stays in `<tmp>/<label>.stderr`.
+    pub stdout: String,
+}
+
+/// Runs `cmd` (without `RUST_LOG`, stdin closed, stdout and stderr to `<tmp>/<label>.stdout` and
+/// `.stderr`) to its end; on a non-zero exit, the first lines of its stderr go to ours.
+pub fn run_child(mut cmd: Command, label: &str, tmp: &Path) -> ChildRun {
+    let out_path = tmp.join(format!("{label}.stdout"));
+    let err_path = tmp.join(format!("{label}.stderr"));
+    cmd.env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).unwrap())
+        .stderr(File::create(&err_path).unwrap());
+    let t = Instant::now();
+    let child = cmd.spawn().expect("spawning invalidator");
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // wait4 reaps the child and returns its own rusage (ru_maxrss in KiB on Linux).
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = t.elapsed().as_secs_f64();
+    assert_eq!(r, pid, "wait4 failed: {}", std::io::Error::last_os_error());
+    std::mem::forget(child);
+    let exit = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    if exit != 0 {
+        eprintln!(
+            "!! {label}: exit {exit}\n{}",
+            stderr.lines().take(20).collect::<Vec<_>>().join("\n")
+        );
+    }
+    ChildRun {
+        wall,
+        exit,
+        maxrss_kib: usage.ru_maxrss,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        stdout,
+    }
+}
+
+/// The number after `name` on a line of the replay summary (`events:`, `keys removed:`...).
+pub fn field(summary: &str, name: &str) -> Option<u64> {
+    summary.lines().find_map(|l| {
+        let l = l.trim_start_matches("[dry run] ").trim();
+        l.strip_prefix(name)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+/// Peak RSS of the running process `pid` (`VmHWM` of /proc/PID/status), KiB; 0 if unknown.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn mib(kib: i64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// How a target reads: MET or MISSED.
+pub fn verdict(met: bool) -> &'static str {
+    if met { "MET" } else { "MISSED" }
+}
+
+/// Prints `rows` under the headers of `columns` (header, width): the first column left-aligned,
+/// the others right-aligned, one space apart.
+pub fn print_table(columns: &[(&str, usize)], rows: &[Vec<String>]) {
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let cells: Vec<String> = cells
+            .zip(columns)
+            .enumerate()
+            .map(|(i, (c, &(_, w)))| {
+                if i == 0 {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
+            .collect();
+        println!("{}", cells.join(" "));
+    };
+    line(&mut columns.iter().map(|c| c.0));
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+}
