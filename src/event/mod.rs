@@ -7,10 +7,12 @@
 //! for the dead-letter queue.
 
 pub(crate) mod decode;
+mod expand;
 mod record;
 
 pub use decode::{DecodeError, decode_event, decode_value};
-pub use record::{Carried, DlqRecord, Expanded, Position, Record, expand_document};
+pub use expand::{Expanded, expand_document};
+pub use record::{Carried, DlqRecord, Position, Record};
 
 use serde::Serialize;
 use serde_json::Value;
