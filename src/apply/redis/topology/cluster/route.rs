@@ -1,6 +1,9 @@
 //! A batch on the primaries of a slot map: one pipeline per primary, primaries in parallel,
 //! replies put back in order; `MOVED` and `ASK` followed (at most five redirects); a multi-key
 //! `UNLINK` refused with `TRYAGAIN` (its slot migrating) sent again one key at a time.
+//!
+//! It reads the slot map and never changes it: a `MOVED` only marks the map stale, to be read
+//! again by the next lease ([`super::Cluster`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
