@@ -162,16 +162,18 @@ async fn route(
     Ok((routed.replies, routed.splits))
 }
 
-/// Per primary (by index in the map): the commands' places in the batch, and the commands. A slot
-/// without a primary marks the map stale and fails the attempt.
+/// The commands for one primary: their places in the batch, and the commands.
+type Group = (Vec<usize>, Vec<Cmd>);
+
+/// One [`Group`] per primary (by index in the map). A slot without a primary marks the map stale
+/// and fails the attempt.
 fn by_primary(
     topo: &Cluster,
     map: &SlotMap,
     cmds: Vec<Cmd>,
     slots: &[u16],
-) -> Result<Vec<(Vec<usize>, Vec<Cmd>)>, Failure> {
-    let mut groups: Vec<(Vec<usize>, Vec<Cmd>)> =
-        (0..map.nodes.len()).map(|_| Default::default()).collect();
+) -> Result<Vec<Group>, Failure> {
+    let mut groups: Vec<Group> = (0..map.nodes.len()).map(|_| Default::default()).collect();
     for (i, (cmd, &s)) in cmds.into_iter().zip(slots).enumerate() {
         match groups.get_mut(usize::from(map.owners[usize::from(s)])) {
             Some((idxs, cmds)) => {
@@ -194,7 +196,7 @@ async fn send_to_primaries(
     lease: &Lease,
     map: &SlotMap,
     index: usize,
-    groups: Vec<(Vec<usize>, Vec<Cmd>)>,
+    groups: Vec<Group>,
     writes: bool,
     routed: &mut Routed,
 ) -> Result<(), Failure> {
