@@ -5,12 +5,18 @@
 //! Everything here is pure: no I/O, no clock, no randomness. Every failure is a [`DecodeError`], which is
 //! permanent by construction (the same bytes always fail the same way) and carries a stable reason code
 //! for the dead-letter queue.
+//!
+//! - `decode`: one payload → one [`Event`] ([`decode_event`], [`decode_value`]);
+//! - `expand`: one input unit (a line, a document) → the payloads it holds ([`expand_document`]);
+//! - `record`: [`Record`], [`Position`], [`Carried`], and the dead-letter format [`DlqRecord`].
 
 pub(crate) mod decode;
+mod expand;
 mod record;
 
 pub use decode::{DecodeError, decode_event, decode_value};
-pub use record::{Carried, DlqRecord, Expanded, Position, Record, expand_document};
+pub use expand::{Expanded, expand_document};
+pub use record::{Carried, DlqRecord, Position, Record};
 
 use serde::Serialize;
 use serde_json::Value;

@@ -18,6 +18,9 @@
 //!   pipeline per primary, primaries in parallel ([`batch`]), and scans run on every primary;
 //! - tag sets `SREM` exactly the members they unlinked, so a key registered concurrently stays in
 //!   the index ([`tags`]).
+//!
+//! It applies a [`Plan`] and sweeps by a [`TtlPolicy`]; it never sees events or rules, and decides
+//! nothing about what to invalidate.
 
 mod batch;
 mod reply;

@@ -12,10 +12,16 @@
 //!   (a replica took over, the node restarted empty: another run id or replication id) is a
 //!   failover of that slot: the invalidations of its keys in the rewind window are applied again.
 //!   A slot moved between two live primaries (resharding) is not.
+//!
+//! Here: reading the map and connecting to its primaries, leases, failover detection. Parsing
+//! `CLUSTER SLOTS` is [`slots`]' (pure), running a batch and following redirects [`route`]'s.
+//! Nothing here knows plans or rewinds: a failover found is handed up as a [`Failover`].
 
 mod route;
+mod slots;
 
 pub(in crate::apply::redis::topology) use route::run;
+use slots::{owners, parse_slots};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -29,7 +35,7 @@ use super::{
     ConnOptions, Current, Failover, FailoverKind, Kind, Lease, NodeConn, addr_of, with_addr,
 };
 use crate::apply::redis::batch::{barrier_key, slot};
-use crate::apply::redis::reply::{Failure, text, unexpected};
+use crate::apply::redis::reply::Failure;
 use crate::config::redact_url;
 
 /// Hash slots of a Redis Cluster.
@@ -259,22 +265,7 @@ impl Cluster {
                 failed.join("; ")
             )));
         };
-        // host, port, node id, and one slot of each primary.
-        let mut primaries: Vec<(String, u16, String, u16)> = Vec::new();
-        let mut owners = vec![NONE; SLOTS];
-        for r in &ranges {
-            let at = match primaries
-                .iter()
-                .position(|(h, p, _, _)| *h == r.host && *p == r.port)
-            {
-                Some(i) => i,
-                None => {
-                    primaries.push((r.host.clone(), r.port, r.id.clone(), r.start as u16));
-                    primaries.len() - 1
-                }
-            };
-            owners[r.start..=r.end].fill(at as u16);
-        }
+        let (owners, primaries) = owners(&ranges);
         let nodes = futures::future::try_join_all(primaries.into_iter().map(
             |(host, port, id, slot)| async move {
                 let info = with_addr(template, &host, port);
@@ -360,66 +351,6 @@ fn describe_change(old: &SlotMap, new: &SlotMap, changed: &[bool]) -> String {
     format!("primary changed for {}", parts.join("; "))
 }
 
-/// One range of `CLUSTER SLOTS`.
-struct Range {
-    start: usize,
-    end: usize,
-    host: String,
-    port: u16,
-    id: String,
-}
-
-/// `CLUSTER SLOTS`: `[[start, end, [host, port, id, ...], replicas...], ...]`. An empty host
-/// (a node that does not know its own address) is the host that was asked.
-fn parse_slots(v: Value, asked: &ConnectionInfo) -> Result<Vec<Range>, Failure> {
-    let bad = || unexpected("CLUSTER SLOTS", &Value::Nil);
-    let Value::Array(items) = v else {
-        return Err(unexpected("CLUSTER SLOTS", &v));
-    };
-    let asked_host = addr_of(asked)
-        .rsplit_once(':')
-        .map(|(h, _)| h.to_owned())
-        .unwrap_or_default();
-    let mut ranges = Vec::with_capacity(items.len());
-    for item in items {
-        let Value::Array(parts) = item else {
-            return Err(bad());
-        };
-        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(primary))) =
-            (parts.first(), parts.get(1), parts.get(2))
-        else {
-            return Err(bad());
-        };
-        let (Ok(start), Ok(end)) = (usize::try_from(*start), usize::try_from(*end)) else {
-            return Err(bad());
-        };
-        if start > end || end >= SLOTS {
-            return Err(bad());
-        }
-        let host = primary.first().and_then(text).unwrap_or_default();
-        let host = if host.is_empty() || host == "?" {
-            asked_host.clone()
-        } else {
-            host
-        };
-        let Some(Value::Int(port)) = primary.get(1) else {
-            return Err(bad());
-        };
-        let Ok(port) = u16::try_from(*port) else {
-            return Err(bad());
-        };
-        let id = primary.get(2).and_then(text).unwrap_or_default();
-        ranges.push(Range {
-            start,
-            end,
-            host,
-            port,
-            id,
-        });
-    }
-    Ok(ranges)
-}
-
 fn split_addr(addr: &str) -> Option<(&str, u16)> {
     let (host, port) = addr.rsplit_once(':')?;
     Some((host, port.parse().ok()?))
@@ -428,50 +359,6 @@ fn split_addr(addr: &str) -> Option<(&str, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
-
-    #[test]
-    fn slots_reply() {
-        let asked = "redis://10.0.0.9:7000".into_connection_info().unwrap();
-        let v = Value::Array(vec![
-            Value::Array(vec![
-                Value::Int(0),
-                Value::Int(5460),
-                Value::Array(vec![bulk("10.0.0.1"), Value::Int(7001), bulk("aaa")]),
-                Value::Array(vec![bulk("10.0.0.4"), Value::Int(7004), bulk("ddd")]),
-            ]),
-            Value::Array(vec![
-                Value::Int(5461),
-                Value::Int(16383),
-                Value::Array(vec![bulk(""), Value::Int(7002), bulk("bbb")]),
-            ]),
-        ]);
-        let r = parse_slots(v, &asked).unwrap();
-        assert_eq!(r.len(), 2);
-        assert_eq!((r[0].start, r[0].end, r[0].port), (0, 5460, 7001));
-        assert_eq!(r[0].host, "10.0.0.1");
-        assert_eq!(r[1].host, "10.0.0.9");
-        assert_eq!(r[1].id, "bbb");
-        for odd in [
-            Value::Nil,
-            Value::Array(vec![Value::Int(1)]),
-            Value::Array(vec![Value::Array(vec![
-                Value::Int(5),
-                Value::Int(99999),
-                Value::Array(vec![bulk("h"), Value::Int(1)]),
-            ])]),
-            Value::Array(vec![Value::Array(vec![
-                Value::Int(0),
-                Value::Int(1),
-                Value::Array(vec![bulk("h"), Value::Int(70000)]),
-            ])]),
-        ] {
-            assert!(parse_slots(odd, &asked).is_err());
-        }
-    }
 
     fn node(id: &str, run_id: &str) -> Node {
         Node {

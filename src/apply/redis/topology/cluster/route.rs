@@ -1,6 +1,9 @@
 //! A batch on the primaries of a slot map: one pipeline per primary, primaries in parallel,
 //! replies put back in order; `MOVED` and `ASK` followed (at most five redirects); a multi-key
 //! `UNLINK` refused with `TRYAGAIN` (its slot migrating) sent again one key at a time.
+//!
+//! It reads the slot map and never changes it: a `MOVED` only marks the map stale, to be read
+//! again by the next lease ([`super::Cluster`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -43,40 +46,16 @@ pub(in crate::apply::redis::topology) async fn run(
     let slots = batch.slots.clone();
     let (mut replies, splits) = route(lease, map, index, batch.cmds, &slots, batch.writes).await?;
     if !splits.is_empty() {
-        // A multi-key UNLINK refused with TRYAGAIN: its slot is migrating and its keys are on both
-        // sides. One UNLINK per key instead, each following its own redirect.
-        let mut cmds = Vec::new();
-        let mut sub_slots = Vec::new();
-        let mut of = Vec::new();
-        for (i, cmd) in splits {
-            replies[i] = Some(Ok(Value::Int(0)));
-            for key in cmd.args_iter().skip(1) {
-                if let redis::Arg::Simple(k) = key {
-                    let mut c = redis::cmd("UNLINK");
-                    c.arg(k);
-                    cmds.push(c);
-                    sub_slots.push(slots[i]);
-                    of.push(i);
-                }
-            }
-        }
-        let (sub, again) = route(lease, map, index, cmds, &sub_slots, batch.writes).await?;
-        if !again.is_empty() {
-            return Err(Failure::Transient(
-                "TRYAGAIN: a slot is migrating; one key at a time was refused too".into(),
-            ));
-        }
-        for (i, r) in of.into_iter().zip(sub) {
-            let n = match r {
-                Some(Ok(Value::Int(n))) => n,
-                Some(Ok(other)) => return Err(unexpected("UNLINK", &other)),
-                Some(Err(e)) => return Err(Failure::Fatal(e)),
-                None => 0,
-            };
-            if let Some(Ok(Value::Int(total))) = &mut replies[i] {
-                *total += n;
-            }
-        }
+        one_key_at_a_time(
+            lease,
+            map,
+            index,
+            splits,
+            &slots,
+            batch.writes,
+            &mut replies,
+        )
+        .await?;
     }
     Ok(replies
         .into_iter()
@@ -84,9 +63,64 @@ pub(in crate::apply::redis::topology) async fn run(
         .collect())
 }
 
+/// A multi-key UNLINK refused with TRYAGAIN: its slot is migrating and its keys are on both sides.
+/// One UNLINK per key instead, each following its own redirect; their counts summed into the
+/// reply of the UNLINK they came from.
+async fn one_key_at_a_time(
+    lease: &Lease,
+    map: &SlotMap,
+    index: usize,
+    splits: Vec<(usize, Cmd)>,
+    slots: &[u16],
+    writes: bool,
+    replies: &mut [Option<Reply>],
+) -> Result<(), Failure> {
+    let mut cmds = Vec::new();
+    let mut sub_slots = Vec::new();
+    let mut of = Vec::new();
+    for (i, cmd) in splits {
+        replies[i] = Some(Ok(Value::Int(0)));
+        for key in cmd.args_iter().skip(1) {
+            if let redis::Arg::Simple(k) = key {
+                let mut c = redis::cmd("UNLINK");
+                c.arg(k);
+                cmds.push(c);
+                sub_slots.push(slots[i]);
+                of.push(i);
+            }
+        }
+    }
+    let (sub, again) = route(lease, map, index, cmds, &sub_slots, writes).await?;
+    if !again.is_empty() {
+        return Err(Failure::Transient(
+            "TRYAGAIN: a slot is migrating; one key at a time was refused too".into(),
+        ));
+    }
+    for (i, r) in of.into_iter().zip(sub) {
+        let n = match r {
+            Some(Ok(Value::Int(n))) => n,
+            Some(Ok(other)) => return Err(unexpected("UNLINK", &other)),
+            Some(Err(e)) => return Err(Failure::Fatal(e)),
+            None => 0,
+        };
+        if let Some(Ok(Value::Int(total))) = &mut replies[i] {
+            *total += n;
+        }
+    }
+    Ok(())
+}
+
 /// A command sent to the wrong node: its place, where to, its slot, whether it is an `ASK`, and
 /// the command.
 type Redirect = (usize, String, u16, bool, Cmd);
+
+/// What a round of `route` gathers: the replies in their places, the redirects still to follow,
+/// and the multi-key `UNLINK`s refused with `TRYAGAIN`.
+struct Routed {
+    replies: Vec<Option<Reply>>,
+    pending: Vec<Redirect>,
+    splits: Vec<(usize, Cmd)>,
+}
 
 /// The replies of `cmds` (the hash slot of each in `slots`) in order, following redirects; and
 /// the multi-key `UNLINK`s refused with `TRYAGAIN` (a slot migrating), left without a reply.
@@ -104,11 +138,42 @@ async fn route(
     else {
         unreachable!("a cluster batch runs on a cluster lease");
     };
-    let mut replies: Vec<Option<Reply>> = vec![None; cmds.len()];
-    let mut splits: Vec<(usize, Cmd)> = Vec::new();
-    // Per primary (by index in the map): the commands' places in the batch, and the commands.
-    let mut groups: Vec<(Vec<usize>, Vec<Cmd>)> =
-        (0..map.nodes.len()).map(|_| Default::default()).collect();
+    let mut routed = Routed {
+        replies: vec![None; cmds.len()],
+        pending: Vec::new(),
+        splits: Vec::new(),
+    };
+    let groups = by_primary(topo, map, cmds, slots)?;
+    send_to_primaries(lease, map, index, groups, writes, &mut routed).await?;
+    for _ in 0..MAX_REDIRECTS {
+        if routed.pending.is_empty() {
+            break;
+        }
+        if routed.pending.iter().any(|(_, _, _, ask, _)| !ask) {
+            topo.stale.store(true, Ordering::SeqCst);
+        }
+        follow_redirects(lease, topo, map, index, redirects, writes, &mut routed).await?;
+    }
+    if !routed.pending.is_empty() {
+        return Err(Failure::Transient(format!(
+            "commands still redirected after {MAX_REDIRECTS} redirects (slots migrating?)"
+        )));
+    }
+    Ok((routed.replies, routed.splits))
+}
+
+/// The commands for one primary: their places in the batch, and the commands.
+type Group = (Vec<usize>, Vec<Cmd>);
+
+/// One [`Group`] per primary (by index in the map). A slot without a primary marks the map stale
+/// and fails the attempt.
+fn by_primary(
+    topo: &Cluster,
+    map: &SlotMap,
+    cmds: Vec<Cmd>,
+    slots: &[u16],
+) -> Result<Vec<Group>, Failure> {
+    let mut groups: Vec<Group> = (0..map.nodes.len()).map(|_| Default::default()).collect();
     for (i, (cmd, &s)) in cmds.into_iter().zip(slots).enumerate() {
         match groups.get_mut(usize::from(map.owners[usize::from(s)])) {
             Some((idxs, cmds)) => {
@@ -123,6 +188,18 @@ async fn route(
             }
         }
     }
+    Ok(groups)
+}
+
+/// One pipeline per primary that has commands, primaries in parallel.
+async fn send_to_primaries(
+    lease: &Lease,
+    map: &SlotMap,
+    index: usize,
+    groups: Vec<Group>,
+    writes: bool,
+    routed: &mut Routed,
+) -> Result<(), Failure> {
     let sends = groups
         .into_iter()
         .enumerate()
@@ -135,85 +212,73 @@ async fn route(
                 (node, idxs, pipe, r)
             }
         });
-    let mut pending: Vec<Redirect> = Vec::new();
     for (node, idxs, pipe, r) in futures::future::join_all(sends).await {
         let vals = r?;
         if writes {
             lease.wrote(&node);
         }
         let sent = idxs.into_iter().zip(pipe.cmd_iter());
-        settle(
-            &node,
-            sent.zip(vals),
-            &mut replies,
-            &mut pending,
-            &mut splits,
-        )?;
-    }
-    for _ in 0..MAX_REDIRECTS {
-        if pending.is_empty() {
-            break;
-        }
-        if pending.iter().any(|(_, _, _, ask, _)| !ask) {
-            topo.stale.store(true, Ordering::SeqCst);
-        }
-        let mut by_node: HashMap<String, Vec<(usize, u16, bool, Cmd)>> = HashMap::new();
-        for (i, addr, slot, ask, cmd) in pending.drain(..) {
-            by_node.entry(addr).or_default().push((i, slot, ask, cmd));
-        }
-        for (addr, items) in by_node {
-            let (_, slot, ask, _) = items[0];
-            let node = redirected(topo, map, index, redirects, &addr, slot, ask).await?;
-            let mut pipe = pipeline([]);
-            for (_, _, ask, cmd) in &items {
-                if *ask {
-                    pipe.cmd("ASKING").ignore();
-                }
-                pipe.add_command(cmd.clone());
-            }
-            let vals = values(&node, &pipe).await?;
-            if writes {
-                lease.wrote(&node);
-            }
-            let sent = items.iter().map(|(i, _, _, cmd)| (*i, cmd));
-            settle(
-                &node,
-                sent.zip(vals),
-                &mut replies,
-                &mut pending,
-                &mut splits,
-            )?;
-        }
-    }
-    if !pending.is_empty() {
-        return Err(Failure::Transient(format!(
-            "commands still redirected after {MAX_REDIRECTS} redirects (slots migrating?)"
-        )));
-    }
-    Ok((replies, splits))
-}
-
-/// Puts replies in their places, redirects aside, and multi-key `UNLINK`s refused with
-/// `TRYAGAIN` in `splits`.
-fn settle<'a>(
-    node: &NodeConn,
-    sent: impl Iterator<Item = ((usize, &'a Cmd), Value)>,
-    replies: &mut [Option<Reply>],
-    pending: &mut Vec<Redirect>,
-    splits: &mut Vec<(usize, Cmd)>,
-) -> Result<(), Failure> {
-    for ((i, cmd), v) in sent {
-        if let Some((addr, slot, ask)) = redirect(&v) {
-            pending.push((i, addr, slot, ask, cmd.clone()));
-        } else if matches!(&v, Value::ServerError(e) if e.code() == "TRYAGAIN")
-            && is_multi_key_unlink(cmd)
-        {
-            splits.push((i, cmd.clone()));
-        } else {
-            replies[i] = Some(reply(&node.addr, v)?);
-        }
+        routed.settle(&node, sent.zip(vals))?;
     }
     Ok(())
+}
+
+/// One round of redirects: the pending commands, one pipeline per node named (`ASKING` before each
+/// `ASK`ed command), nodes one after the other; their redirects pending for the next round.
+async fn follow_redirects(
+    lease: &Lease,
+    topo: &Cluster,
+    map: &SlotMap,
+    index: usize,
+    redirects: &tokio::sync::Mutex<HashMap<String, NodeConn>>,
+    writes: bool,
+    routed: &mut Routed,
+) -> Result<(), Failure> {
+    let mut by_node: HashMap<String, Vec<(usize, u16, bool, Cmd)>> = HashMap::new();
+    for (i, addr, slot, ask, cmd) in routed.pending.drain(..) {
+        by_node.entry(addr).or_default().push((i, slot, ask, cmd));
+    }
+    for (addr, items) in by_node {
+        let (_, slot, ask, _) = items[0];
+        let node = redirected(topo, map, index, redirects, &addr, slot, ask).await?;
+        let mut pipe = pipeline([]);
+        for (_, _, ask, cmd) in &items {
+            if *ask {
+                pipe.cmd("ASKING").ignore();
+            }
+            pipe.add_command(cmd.clone());
+        }
+        let vals = values(&node, &pipe).await?;
+        if writes {
+            lease.wrote(&node);
+        }
+        let sent = items.iter().map(|(i, _, _, cmd)| (*i, cmd));
+        routed.settle(&node, sent.zip(vals))?;
+    }
+    Ok(())
+}
+
+impl Routed {
+    /// Puts the replies of a pipeline sent to `node` in their places, redirects in `pending`, and
+    /// multi-key `UNLINK`s refused with `TRYAGAIN` in `splits`.
+    fn settle<'a>(
+        &mut self,
+        node: &NodeConn,
+        sent: impl Iterator<Item = ((usize, &'a Cmd), Value)>,
+    ) -> Result<(), Failure> {
+        for ((i, cmd), v) in sent {
+            if let Some((addr, slot, ask)) = redirect(&v) {
+                self.pending.push((i, addr, slot, ask, cmd.clone()));
+            } else if matches!(&v, Value::ServerError(e) if e.code() == "TRYAGAIN")
+                && is_multi_key_unlink(cmd)
+            {
+                self.splits.push((i, cmd.clone()));
+            } else {
+                self.replies[i] = Some(reply(&node.addr, v)?);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn is_multi_key_unlink(cmd: &Cmd) -> bool {
