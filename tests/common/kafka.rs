@@ -198,17 +198,8 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+pub fn wait_until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    super::poll_until(timeout, Duration::from_millis(50), cond)
 }
 
 /// The `[kafka]` and `[http]` sections of a worker of `group` over `topic`.
@@ -296,16 +287,7 @@ impl Worker {
 
     /// Waits for the process to exit.
     pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let until = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            if Instant::now() >= until {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        super::wait_exit(&mut self.child, timeout)
     }
 
     pub fn logs(&self) -> String {

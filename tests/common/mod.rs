@@ -7,11 +7,14 @@
 #![allow(dead_code)]
 
 pub mod aws;
+pub mod cluster;
 pub mod kafka;
+pub mod layer;
+pub mod spec;
 pub mod topology;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +33,70 @@ pub fn redis_url() -> String {
 /// A random prefix such as `t5f3a9c1e2b7d4a60:`.
 pub fn prefix() -> String {
     format!("t{:016x}:", rand::random::<u64>())
+}
+
+/// `tests/fixtures/{rel}`.
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+/// The bytes of `tests/fixtures/{rel}`.
+pub fn fixture_bytes(rel: &str) -> Vec<u8> {
+    let path = fixture(rel);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+/// `bytes` with every `P:` replaced by `prefix` (fixtures write keys and ids as `P:price:1`).
+pub fn with_prefix(bytes: &[u8], prefix: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut rest = bytes;
+    while let Some(at) = rest.windows(2).position(|w| w == b"P:") {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(prefix.as_bytes());
+        rest = &rest[at + 2..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+/// Polls `cond` every `every` until it holds (true) or `timeout` passes (false).
+pub fn poll_until(timeout: Duration, every: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// Waits for `child` to exit; `None` if it is still running after `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    poll_until(timeout, Duration::from_millis(20), || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    status
+}
+
+/// One event as a JSON line: `{"type": kind, "id": id, "data": data}`.
+pub fn event(kind: &str, id: &str, data: serde_json::Value) -> String {
+    serde_json::json!({"type": kind, "id": id, "data": data}).to_string()
+}
+
+/// The lines of a JSON Lines fixture (as text).
+pub fn fixture_lines(rel: &str) -> Vec<String> {
+    String::from_utf8(fixture_bytes(rel))
+        .expect("UTF-8")
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 pub fn conn() -> redis::Connection {
@@ -79,19 +146,34 @@ impl World {
         path
     }
 
+    /// Writes `rules/{name}` from the fixture `rel` (with `P:` replaced).
+    pub fn rules_fixture(&self, name: &str, rel: &str) -> PathBuf {
+        let text = String::from_utf8(fixture_bytes(rel)).expect("rules are UTF-8");
+        self.rules(name, &text)
+    }
+
+    /// Takes `extra_config` from the fixture `rel` (a TOML file).
+    pub fn config_fixture(&mut self, rel: &str) {
+        self.extra_config = String::from_utf8(fixture_bytes(rel)).expect("config is UTF-8");
+    }
+
     /// The config text: Redis URL, tag and dedupe prefixes under the test prefix, a `log` CDN target
-    /// named `logcdn`, plus `extra_config` (with `P:` replaced).
+    /// named `logcdn`, plus `extra_config` (with `P:` replaced; a `[tags]` or `[dedupe]` section
+    /// of its own replaces the default one).
     pub fn config_text(&self) -> String {
         self.config_text_with_redis(&format!("url = \"{}\"\nretry_for = \"5s\"\n", redis_url()))
     }
 
     /// [`World::config_text`] with `redis` (lines) as the body of the `[redis]` section.
     pub fn config_text_with_redis(&self, redis: &str) -> String {
-        let mut t = format!(
-            "[redis]\n{redis}\n[tags]\nmode = \"{}\"\nprefix = \"{}tag:\"\n\n[cdn.logcdn]\nkind = \"log\"\n\n",
-            self.tags_mode, self.p
-        );
         let extra = self.k(&self.extra_config);
+        let mut t = format!("[redis]\n{redis}\n[cdn.logcdn]\nkind = \"log\"\n\n");
+        if !extra.contains("[tags]") {
+            t.push_str(&format!(
+                "[tags]\nmode = \"{}\"\nprefix = \"{}tag:\"\n\n",
+                self.tags_mode, self.p
+            ));
+        }
         if !extra.contains("[dedupe]") {
             t.push_str(&format!("[dedupe]\nprefix = \"{}seen:\"\n\n", self.p));
         }
@@ -112,7 +194,17 @@ impl World {
         path
     }
 
-    /// Writes JSON Lines (with `P:` replaced).
+    /// Writes the fixture `rel` as an input file of the same name (with `P:` replaced, every other
+    /// byte as it is).
+    pub fn input_fixture(&self, rel: &str) -> PathBuf {
+        let name = Path::new(rel).file_name().expect("a file name");
+        self.input(
+            name.to_str().unwrap(),
+            &with_prefix(&fixture_bytes(rel), &self.p),
+        )
+    }
+
+    /// Writes JSON Lines (as given).
     pub fn lines(&self, name: &str, lines: &[String]) -> PathBuf {
         let mut text = lines.join("\n");
         text.push('\n');
@@ -159,6 +251,33 @@ impl World {
     /// The DLQ records written so far (`dlq.jsonl`), as JSON.
     pub fn dlq(&self) -> Vec<serde_json::Value> {
         read_jsonl(&self.path("dlq.jsonl"))
+    }
+
+    /// `dlq.jsonl` in the temp dir: where [`World::replay`] dead-letters.
+    pub fn dlq_path(&self) -> PathBuf {
+        self.path("dlq.jsonl")
+    }
+
+    /// `invalidator replay --dlq dlq.jsonl {input}` through the binary.
+    pub fn replay(&self, input: &Path) -> Run {
+        self.replay_with(&[], "dlq.jsonl", &[input], &[])
+    }
+
+    /// `invalidator replay {flags} --dlq {dlq} {inputs}` with `env`, through the binary (`dlq`: a
+    /// file name in the temp dir).
+    pub fn replay_with(
+        &self,
+        flags: &[&str],
+        dlq: &str,
+        inputs: &[&Path],
+        env: &[(&str, &str)],
+    ) -> Run {
+        let dlq = self.path(dlq);
+        let mut args = vec!["replay"];
+        args.extend(flags);
+        args.extend(["--dlq", dlq.to_str().unwrap()]);
+        args.extend(inputs.iter().map(|i| i.to_str().unwrap()));
+        self.bin_env(&args, env)
     }
 
     /// Runs the binary with `-c invalidator.toml --rules rules/` in the temp dir.
@@ -217,9 +336,13 @@ impl World {
     }
 
     /// Sets every key (with `P:` replaced) to "v".
-    pub fn set(&self, c: &mut redis::Connection, keys: &[&str]) {
+    pub fn set<K: AsRef<str>>(&self, c: &mut redis::Connection, keys: &[K]) {
         for k in keys {
-            let _: () = redis::cmd("SET").arg(self.k(k)).arg("v").query(c).unwrap();
+            let _: () = redis::cmd("SET")
+                .arg(self.k(k.as_ref()))
+                .arg("v")
+                .query(c)
+                .unwrap();
         }
     }
 
@@ -327,20 +450,12 @@ impl Spawned {
 
     /// Waits for the exit; `None` if it is still running after `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> Option<Run> {
-        let until = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(Run {
-                    code: status.code().unwrap_or(-1),
-                    stdout: self.stdout(),
-                    stderr: self.stderr(),
-                });
-            }
-            if Instant::now() >= until {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let status = wait_exit(&mut self.child, timeout)?;
+        Some(Run {
+            code: status.code().unwrap_or(-1),
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+        })
     }
 
     pub fn stdout(&self) -> String {

@@ -20,20 +20,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Polls `cond` every 10 ms until it holds (true) or `timeout` passes (false).
-pub fn until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+pub fn until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    super::poll_until(timeout, Duration::from_millis(10), cond)
 }
 
 /// Ports handed out by this test binary, so that two tests never get the same one.
