@@ -399,6 +399,25 @@ impl Server {
         }
     }
 
+    /// `SHUTDOWN SAVE`: stops with its data set saved in its dir, which [`Server::restart`] loads
+    /// again (a Redis down for maintenance, not lost).
+    pub fn shutdown_saving(&self) {
+        if let Some(mut c) = self.try_conn() {
+            // The server closes the connection instead of answering.
+            let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").arg("SAVE").query(&mut c);
+        }
+        let exited = until(Duration::from_secs(10), || {
+            let mut p = self.proc.lock().unwrap();
+            !matches!(p.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+        });
+        assert!(
+            exited,
+            "redis-server on port {} did not shut down:\n{}",
+            self.port,
+            self.log()
+        );
+    }
+
     /// Starts a killed server again on the same port and dir (a cluster node reads its
     /// `nodes.conf` and rejoins; a primary whose slots were taken over comes back as a replica).
     pub fn restart(&self) {
