@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{ClusterWorld, cluster_conn};
-use common::layer::{self, RedisConfig, TagMode, slot};
+use common::layer::{self, TagMode, slot};
 use redis::Commands;
 
 // ---------------------------------------------------------------------------------------------
@@ -155,13 +155,8 @@ async fn pattern_delete_scans_every_primary() {
 
 #[tokio::test]
 async fn tag_set_mode_members_on_other_slots() {
-    let Some(mut c) = ClusterWorld::start_with(RedisConfig {
-        scan_count: 10,
-        keys_per_command: 7,
-        ..RedisConfig::default()
-    })
-    .await
-    else {
+    // Small SCAN pages and commands: many rounds for few keys.
+    let Some(mut c) = ClusterWorld::start_small_batches(10, 7).await else {
         return;
     };
     let p = c.p.clone();
@@ -297,12 +292,8 @@ async fn expire_lt_shortens_only() {
     let long = c.keys("long:", 30);
     let short = c.keys("short:", 30);
     c.set(&no_ttl);
-    for k in &long {
-        c.set_px(k, 3_600_000);
-    }
-    for k in &short {
-        c.set_px(k, 10_000);
-    }
+    c.set_px(&long, 3_600_000);
+    c.set_px(&short, 10_000);
     c.assert_on_every_primary(&format!("{p}*"));
     let absent = format!("{p}absent");
     let all = no_ttl.iter().chain(&long).chain(&short).chain([&absent]);
@@ -361,12 +352,8 @@ async fn sweeper_covers_every_primary() {
     let outside = c.keys("other:", 30);
     c.set(&no_ttl);
     c.set(&outside);
-    for k in &long {
-        c.set_px(k, 3_600_000);
-    }
-    for k in &within {
-        c.set_px(k, 30_000);
-    }
+    c.set_px(&long, 3_600_000);
+    c.set_px(&within, 30_000);
     c.assert_on_every_primary(&format!("{p}sw:nottl:*"));
     c.assert_on_every_primary(&format!("{p}sw:long:*"));
     let policy = layer::ttl_policy(format!("{p}sw:*"), Duration::from_secs(120), 0.1);
@@ -513,13 +500,8 @@ async fn two_keys_in_two_slots() {
 /// set-mode tag invalidation whose members share the tag set's slot, version mode, expire, dedupe).
 #[tokio::test]
 async fn one_slot_through_hash_tag() {
-    let Some(mut c) = ClusterWorld::start_with(RedisConfig {
-        scan_count: 10,
-        keys_per_command: 50,
-        ..RedisConfig::default()
-    })
-    .await
-    else {
+    // Small SCAN pages and commands: many rounds for few keys.
+    let Some(mut c) = ClusterWorld::start_small_batches(10, 50).await else {
         return;
     };
     let p = c.p.clone();
@@ -559,7 +541,7 @@ async fn one_slot_through_hash_tag() {
     // Expire LT.
     let (k1, k2) = (format!("{p}{{p1}}:e1"), format!("{p}{{p1}}:e2"));
     c.set(std::slice::from_ref(&k1));
-    c.set_px(&k2, 5_000);
+    c.set_px(std::slice::from_ref(&k2), 5_000);
     let plan = layer::expire([&k1, &k2], Duration::from_secs(60));
     let report = c.apply(&plan, TagMode::Set, "tag:").await;
     assert_eq!(report.expires_set, 1, "{report:?}");

@@ -129,9 +129,9 @@ fn replay_dead_letters_malformed_lines_with_their_line_numbers_and_dlq_replays_b
 /// error (no `n`); its DLQ line is longer than 400 bytes.
 #[test]
 fn a_dead_letter_near_the_size_limit_replays_back_byte_exact() {
-    let mut w = World::new();
-    w.config_fixture("dead_letters/max_event_bytes_400.toml");
-    w.rules_fixture("r.yaml", K_RULES);
+    let w = World::new()
+        .with_config("dead_letters/max_event_bytes_400.toml")
+        .with_rules(K_RULES);
     let event = &fixture_lines("dead_letters/near_the_size_limit.jsonl")[0];
     assert_eq!(event.len(), 300);
     let dlq = w.dlq_path();

@@ -15,9 +15,9 @@ const K_RULES: &str = "rules/delete_k.yaml";
 
 #[test]
 fn dedupe_marks_ids_seen_within_the_window() {
-    let mut w = World::new();
-    w.config_fixture("config/dedupe_10m.toml");
-    w.rules_fixture("r.yaml", K_RULES);
+    let w = World::new()
+        .with_config("config/dedupe_10m.toml")
+        .with_rules(K_RULES);
     let mut c = conn();
     w.set(&mut c, &["P:k:1", "P:k:2"]);
     // P:e1, P:e2, then P:e1 again.
@@ -39,9 +39,9 @@ fn dedupe_marks_ids_seen_within_the_window() {
 
 #[test]
 fn dedupe_remembers_only_applied_events_with_an_id() {
-    let mut w = World::new();
-    w.config_fixture("config/dedupe_10m.toml");
-    w.rules_fixture("r.yaml", K_RULES);
+    let w = World::new()
+        .with_config("config/dedupe_10m.toml")
+        .with_rules(K_RULES);
     let mut c = conn();
     w.set(&mut c, &["P:k:1", "P:k:2"]);
     // P:x1 dead-lettered (template error: no `n`), which must not be remembered; then twice the
@@ -68,9 +68,9 @@ fn dedupe_remembers_only_applied_events_with_an_id() {
 /// its first copy was applied again (neither had remembered its ids in Redis yet).
 #[test]
 fn dedupe_holds_between_units_applied_at_the_same_time() {
-    let mut w = World::new();
-    w.config_fixture("dedupe/units_of_one_in_flight.toml");
-    w.rules_fixture("r.yaml", K_RULES);
+    let w = World::new()
+        .with_config("dedupe/units_of_one_in_flight.toml")
+        .with_rules(K_RULES);
     let mut lines = Vec::new();
     for i in 0..200 {
         // Every id twice in a row: each copy is its own unit, and the two run at the same time.

@@ -41,8 +41,7 @@ fn snapshot(w: &World, c: &mut redis::Connection) -> BTreeMap<String, (String, S
 
 #[test]
 fn clean_replay_exits_zero_and_writes_no_dlq() {
-    let w = World::new();
-    w.rules_fixture("r.yaml", K_RULES);
+    let w = World::new().with_rules(K_RULES);
     let mut c = conn();
     w.set(&mut c, &["P:k:1", "P:k:2"]);
     let r = w.replay(&w.input_fixture("replay_cli/clean.jsonl"));
@@ -71,9 +70,9 @@ fn unparsable_rules_exit_2_with_file_line_column() {
 
 #[test]
 fn unknown_config_key_exits_2_naming_it() {
-    let mut w = World::new();
-    w.rules_fixture("r.yaml", K_RULES);
-    w.config_fixture("replay_cli/misspelt_limit.toml");
+    let w = World::new()
+        .with_config("replay_cli/misspelt_limit.toml")
+        .with_rules(K_RULES);
     let input = w.input_fixture("replay_cli/one_event.jsonl");
     let r = w.bin(&["replay", input.to_str().unwrap()]);
     assert_eq!(r.code, 2, "{r:?}");
@@ -90,8 +89,7 @@ const USAGE_ERRORS: &[(&str, &[&str])] = &[
 
 #[test]
 fn usage_errors_exit_2_and_touch_nothing() {
-    let w = World::new();
-    w.rules_fixture("r.yaml", K_RULES);
+    let w = World::new().with_rules(K_RULES);
     let mut c = conn();
     w.set(&mut c, &["P:k:1"]);
     let input = w.input_fixture("replay_cli/one_event.jsonl");
@@ -111,8 +109,7 @@ fn usage_errors_exit_2_and_touch_nothing() {
 
 #[test]
 fn redis_unreachable_exits_3_and_dead_letters_nothing() {
-    let w = World::new();
-    w.rules_fixture("r.yaml", K_RULES);
+    let w = World::new().with_rules(K_RULES);
     let input = w.input_fixture("replay_cli/an_event_and_a_broken_line.jsonl");
     let started = Instant::now();
     let r = w.replay_with(
@@ -136,8 +133,7 @@ fn redis_unreachable_exits_3_and_dead_letters_nothing() {
 fn redis_lost_mid_replay_exits_3_and_dead_letters_nothing() {
     // A Redis of this test's own, killed while the replay runs (never the shared one).
     let private = Server::start();
-    let w = World::new();
-    w.rules_fixture("r.yaml", K_RULES);
+    let w = World::new().with_rules(K_RULES);
     let mut lines: Vec<String> = (0..60)
         .map(|i| event("k.changed", &format!("e{i}"), json!({ "n": i })))
         .collect();
@@ -177,8 +173,7 @@ fn redis_lost_mid_replay_exits_3_and_dead_letters_nothing() {
 #[test]
 fn without_the_replicas_wait_asks_for_replay_and_sweep_stop_with_exit_3() {
     // The test Redis has no replica: `WAIT 1` always falls short, an outage like any other.
-    let w = World::new();
-    w.rules_fixture("r.yaml", K_RULES);
+    let w = World::new().with_rules(K_RULES);
     w.rules_fixture("ttl.yaml", "replay_cli/ttl_k_30s.yaml");
     let mut c = conn();
     w.set(&mut c, &["P:k:1"]);
@@ -211,9 +206,9 @@ fn without_the_replicas_wait_asks_for_replay_and_sweep_stop_with_exit_3() {
 
 #[test]
 fn dry_run_and_explain_touch_nothing() {
-    let mut w = World::new();
-    w.config_fixture("config/dedupe_10m.toml");
-    w.rules_fixture("r.yaml", "replay_cli/every_action.yaml");
+    let w = World::new()
+        .with_config("config/dedupe_10m.toml")
+        .with_rules("replay_cli/every_action.yaml");
     let mut c = conn();
     w.set(&mut c, &["P:price:1", "P:page:1:a", "P:reco:1", "P:cart:1"]);
     let _: i64 = redis::cmd("SADD")
@@ -248,8 +243,7 @@ fn dry_run_and_explain_touch_nothing() {
 
 #[test]
 fn lambda_sns_and_sqs_event_files_replay() {
-    let w = World::new();
-    w.rules_fixture("r.yaml", "replay_cli/lambda_event_files.yaml");
+    let w = World::new().with_rules("replay_cli/lambda_event_files.yaml");
     let mut c = conn();
     w.set(
         &mut c,
@@ -287,10 +281,10 @@ fn lambda_sns_and_sqs_event_files_replay() {
 /// template error (no `n`) and `42` (not an object; an array would be a list of events).
 #[test]
 fn summary_accounts_for_every_non_empty_line() {
-    let mut w = World::new();
     // Small units: duplicates and dead letters fall in other units than their first occurrence.
-    w.config_fixture("replay_cli/small_units_with_dedupe.toml");
-    w.rules_fixture("r.yaml", "replay_cli/k_unless_zero.yaml");
+    let w = World::new()
+        .with_config("replay_cli/small_units_with_dedupe.toml")
+        .with_rules("replay_cli/k_unless_zero.yaml");
     let mut c = conn();
     let keys: Vec<String> = (1..=12).map(|i| format!("P:k:{i}")).collect();
     w.set(&mut c, &keys);
@@ -314,9 +308,9 @@ fn summary_accounts_for_every_non_empty_line() {
 /// Units run concurrently but are accounted in input order: the DLQ file reads as the input does.
 #[test]
 fn units_in_flight_are_accounted_in_input_order() {
-    let mut w = World::new();
-    w.config_fixture("replay_cli/units_in_flight.toml");
-    w.rules_fixture("r.yaml", K_RULES);
+    let w = World::new()
+        .with_config("replay_cli/units_in_flight.toml")
+        .with_rules(K_RULES);
     let mut c = conn();
     let mut lines = Vec::new();
     for i in 0..300 {

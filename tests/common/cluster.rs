@@ -74,6 +74,19 @@ impl ClusterWorld {
         ClusterWorld::start_with(RedisConfig::default()).await
     }
 
+    /// [`ClusterWorld::start`] with the layer's `scan_count` and `keys_per_command` set.
+    pub async fn start_small_batches(
+        scan_count: usize,
+        keys_per_command: usize,
+    ) -> Option<ClusterWorld> {
+        ClusterWorld::start_with(RedisConfig {
+            scan_count,
+            keys_per_command,
+            ..RedisConfig::default()
+        })
+        .await
+    }
+
     /// [`ClusterWorld::start`] with the layer's settings taken from `base` (its seeds added).
     pub async fn start_with(base: RedisConfig) -> Option<ClusterWorld> {
         if skip() {
@@ -161,14 +174,17 @@ impl ClusterWorld {
         }
     }
 
-    pub fn set_px(&mut self, key: &str, ms: u64) {
-        let _: () = redis::cmd("SET")
-            .arg(key)
-            .arg(1)
-            .arg("PX")
-            .arg(ms)
-            .query(&mut self.cc)
-            .unwrap();
+    /// `SET k 1 PX ms` for every key.
+    pub fn set_px(&mut self, keys: &[String], ms: u64) {
+        for k in keys {
+            let _: () = redis::cmd("SET")
+                .arg(k)
+                .arg(1)
+                .arg("PX")
+                .arg(ms)
+                .query(&mut self.cc)
+                .unwrap();
+        }
     }
 
     pub fn sadd(&mut self, set: &str, members: &[String]) {

@@ -152,6 +152,19 @@ impl World {
         self.rules(name, &text)
     }
 
+    /// This world with the rules of the fixture `rel` (as `rules/{its file name}`).
+    pub fn with_rules(self, rel: &str) -> World {
+        let name = Path::new(rel).file_name().expect("a file name");
+        self.rules_fixture(name.to_str().unwrap(), rel);
+        self
+    }
+
+    /// This world with `extra_config` from the fixture `rel` (a TOML file).
+    pub fn with_config(mut self, rel: &str) -> World {
+        self.config_fixture(rel);
+        self
+    }
+
     /// Takes `extra_config` from the fixture `rel` (a TOML file).
     pub fn config_fixture(&mut self, rel: &str) {
         self.extra_config = String::from_utf8(fixture_bytes(rel)).expect("config is UTF-8");
