@@ -1,13 +1,21 @@
-//! Shared helpers of the integration tests that run against a real Redis.
+//! Shared harness of the integration tests, which run against real services.
 //!
 //! Every test gets its own random key prefix (`t{random}:`) and works in DB 9 of
 //! `redis://127.0.0.1:6379/9` (overridden by `INVALIDATOR_TEST_REDIS_URL`), so tests never collide
-//! when run in parallel.
+//! when run in parallel. Here: [`World`] (one test's prefix, temp dir, rules, config and runs of
+//! the binary) and the fixtures of `tests/fixtures/`. Beside it:
+//!
+//! - `spec`: cases as data (given, rules, events, expected) replayed through the binary;
+//! - `engine` and `layer`: the only places that call the library (its engine, its Redis layer);
+//! - `cluster`: the shared Redis Cluster on 7001-7003; `topology`: servers, Sentinels and
+//!   clusters a test starts for itself;
+//! - `kafka`: the broker, a test's stream and the worker as a child process; `aws`: moto_server.
 
 #![allow(dead_code)]
 
 pub mod aws;
 pub mod cluster;
+pub mod engine;
 pub mod kafka;
 pub mod layer;
 pub mod spec;
@@ -15,14 +23,7 @@ pub mod topology;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use invalidator::apply::redis::Redis;
-use invalidator::config::Config;
-use invalidator::engine::Engine;
-use invalidator::replay::{self, ReplayOptions, Summary};
-use invalidator::rules::{CompileOptions, RuleSet};
 
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379/9";
 
@@ -222,43 +223,6 @@ impl World {
         let mut text = lines.join("\n");
         text.push('\n');
         self.input(name, text.as_bytes())
-    }
-
-    /// Builds the engine through the library, as `main` does.
-    pub async fn engine(&self) -> Engine {
-        let config = Config::from_toml(&self.config_text()).expect("config");
-        let options = CompileOptions {
-            limits: config.rule_limits(),
-            cdn_targets: Some(config.cdn.keys().cloned().collect()),
-        };
-        let rules = RuleSet::load(&self.rules_dir(), &options)
-            .unwrap_or_else(|e| panic!("rules must compile:\n{e}"));
-        let redis = Redis::connect(&config.redis, Some(config.redis.retry_for))
-            .await
-            .expect("connect");
-        // AWS targets (CloudFront, SNS) point at moto with static test credentials.
-        let aws = invalidator::apply::aws::emulator("us-east-1");
-        Engine::build_with(config, rules, redis, Some(&aws)).expect("engine")
-    }
-
-    /// Replays `lines` through the library; the DLQ goes to `dlq.jsonl` in the temp dir.
-    pub async fn replay_lines(&self, lines: &[String], dry_run: bool) -> Summary {
-        let input = self.lines(&format!("in-{:x}.jsonl", rand::random::<u32>()), lines);
-        self.replay_files(&[input], dry_run).await
-    }
-
-    pub async fn replay_files(&self, inputs: &[PathBuf], dry_run: bool) -> Summary {
-        let engine = self.engine().await;
-        let options = ReplayOptions {
-            inputs: inputs.iter().map(|p| p.display().to_string()).collect(),
-            dry_run,
-            dlq: Some(self.path("dlq.jsonl")),
-            rate: None,
-            progress: false,
-        };
-        replay::replay(Arc::new(engine), &options)
-            .await
-            .expect("replay")
     }
 
     /// The DLQ records written so far (`dlq.jsonl`), as JSON.
