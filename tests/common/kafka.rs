@@ -217,7 +217,7 @@ pub fn worker_config(group: &str, topic: &str, port: u16, extra_kafka: &str) -> 
 }
 
 /// `price.updated` event `i` (id `e-{i}`, `sku` i, `time` now), which the rules of
-/// `tests/fixtures/kafka/price.yaml` turn into a delete of `P:price:{i}`.
+/// `tests/fixtures/rules/delete_price.yaml` turn into a delete of `P:price:{i}`.
 pub fn price_event(i: usize) -> String {
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
@@ -251,10 +251,10 @@ impl Stream {
     }
 
     /// A stream of price events (see [`price_event`]) under the rules of
-    /// `tests/fixtures/kafka/price.yaml`.
+    /// `tests/fixtures/rules/delete_price.yaml`.
     pub fn prices(partitions: i32) -> Stream {
         let w = World::new();
-        w.rules_fixture("price.yaml", "kafka/price.yaml");
+        w.rules_fixture("price.yaml", "rules/delete_price.yaml");
         Stream::new(w, "it", partitions)
     }
 

@@ -22,6 +22,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The protections of the failover tests off: the controls' `[redis]` lines. `failover_rewind` is
+/// on by default, so the controls turn it off explicitly (a binary without the failover settings,
+/// which refuses them as unknown keys, would run the controls with `""`).
+pub const CONTROL: &str = "failover_rewind = \"0s\"\nwait_replicas = 0\n";
+/// Rewind after a failover, no `WAIT`.
+pub const REWIND: &str = "failover_rewind = \"30s\"\n";
+/// `WAIT 1` after each unit, no rewind (so that the `WAIT` alone is proven).
+pub const WAIT: &str = "failover_rewind = \"0s\"\nwait_replicas = 1\nwait_timeout = \"500ms\"\n";
+
 /// Polls `cond` every 10 ms until it holds (true) or `timeout` passes (false).
 pub fn until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
     super::poll_until(timeout, Duration::from_millis(10), cond)
@@ -105,6 +114,23 @@ pub fn count_existing(c: &mut redis::Connection, keys: &[String]) -> usize {
         n += found.iter().filter(|&&e| e == 1).count();
     }
     n
+}
+
+/// Seeds every key on `primary` and waits until each replica has them.
+pub fn seed(primary: &Server, replicas: &[&Server], keys: &[String]) {
+    set_all(&mut primary.conn(), keys);
+    for r in replicas {
+        r.wait_synced(primary);
+    }
+}
+
+/// `"a", "b"`: strings as the items of a TOML array.
+fn toml_items(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Freezes `replicas` (SIGSTOP), forbids them to resync ([`Server::deny_resync`]) and cuts their
@@ -531,6 +557,15 @@ impl Sentinels {
             .collect()
     }
 
+    /// The `[redis]` lines of an invalidator that finds its primary through these Sentinels.
+    pub fn config(&self) -> String {
+        format!(
+            "sentinels = [{}]\nsentinel_master = \"{}\"\n",
+            toml_items(&self.urls()),
+            self.name
+        )
+    }
+
     /// The master port each answering Sentinel reports (`SENTINEL get-master-addr-by-name`).
     pub fn master_ports(&self) -> Vec<u16> {
         self.nodes
@@ -728,6 +763,11 @@ impl Cluster {
             c.replica_of(p).wait_synced(p);
         }
         c
+    }
+
+    /// The `[redis]` line of an invalidator that works with this cluster.
+    pub fn config(&self) -> String {
+        format!("cluster = [{}]\n", toml_items(&self.seeds()))
     }
 
     /// `redis://127.0.0.1:PORT` of every node, primaries first (the `cluster` seeds).
