@@ -43,14 +43,10 @@ cases! {
 
 #[test]
 fn tags_set_mode_unlinks_members_and_srems_only_them() {
-    let spec = Spec::load(
+    let (spec, mut c) = spec::checked(
         "actions",
         "tags_set_mode_unlinks_members_and_srems_only_them",
     );
-    let mut c = conn();
-    spec.given(&mut c);
-    let run = spec.replay();
-    spec.then(&mut c, &run);
 
     // A member registered after the invalidation stays registered and alive.
     let (w, tag) = (&spec.w, spec.w.k("P:tag:product:7"));
@@ -71,11 +67,7 @@ fn tags_set_mode_unlinks_members_and_srems_only_them() {
 
 #[test]
 fn expire_jitter_stays_within_bounds() {
-    let spec = Spec::load("actions", "expire_jitter_stays_within_bounds");
-    let mut c = conn();
-    spec.given(&mut c);
-    let run = spec.replay();
-    spec.then(&mut c, &run);
+    let (spec, mut c) = spec::checked("actions", "expire_jitter_stays_within_bounds");
 
     let ttls: Vec<i64> = spec
         .expand("P:reco:k{0..40}")

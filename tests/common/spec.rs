@@ -65,11 +65,17 @@ pub struct Spec {
 
 /// Runs the case `{topic}/{case}`: given, when replayed, then as expected.
 pub fn check(topic: &str, case: &str) {
+    checked(topic, case);
+}
+
+/// [`check`], returning the case and the connection for the checks a test adds in code.
+pub fn checked(topic: &str, case: &str) -> (Spec, redis::Connection) {
     let spec = Spec::load(topic, case);
     let mut c = conn();
     spec.given(&mut c);
     let run = spec.replay();
     spec.then(&mut c, &run);
+    (spec, c)
 }
 
 impl Spec {

@@ -69,6 +69,16 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Starts `cmd` without stdin and with its output discarded, dying with its parent; `what` names
+/// it if it cannot start.
+fn spawn_quietly(cmd: &mut Command, what: &str) -> Child {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    die_with_parent(cmd);
+    cmd.spawn().unwrap_or_else(|e| panic!("start {what}: {e}"))
+}
+
 fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: a plain kill(2) on a child this process started and has not reaped.
     unsafe {
@@ -215,11 +225,7 @@ impl Server {
             // because a loaded test machine missed a heartbeat.
             .args(["--cluster-replica-no-failover", "yes"]);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        die_with_parent(&mut cmd);
-        let child = cmd.spawn().expect("start redis-server");
+        let child = spawn_quietly(&mut cmd, "redis-server");
         let pid = child.id().to_string();
         *self.proc.lock().unwrap() = Proc {
             child: Some(child),
@@ -651,11 +657,7 @@ impl Sentinel {
                 c
             }
         };
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        die_with_parent(&mut cmd);
-        let child = cmd.spawn().expect("start redis-sentinel");
+        let child = spawn_quietly(&mut cmd, "redis-sentinel");
         let pid = child.id().to_string();
         let mut s = Sentinel { port, dir, child };
         let mut exited = false;
@@ -697,6 +699,11 @@ impl NodeLine {
     pub fn failing(&self) -> bool {
         self.flags.iter().any(|f| f == "fail" || f == "fail?")
     }
+}
+
+/// The text of `CLUSTER {sub}` (`INFO`, `NODES`), empty if the node does not answer.
+fn cluster_text(c: &mut redis::Connection, sub: &str) -> String {
+    redis::cmd("CLUSTER").arg(sub).query(c).unwrap_or_default()
 }
 
 /// Parses `CLUSTER NODES`.
@@ -912,18 +919,12 @@ impl Cluster {
                     last = format!("node {} does not answer", n.port);
                     return false;
                 };
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query(&mut c)
-                    .unwrap_or_default();
+                let info = cluster_text(&mut c, "INFO");
                 if parse_info(&info).get("cluster_state").map(String::as_str) != Some("ok") {
                     last = format!("node {}: {info}", n.port);
                     return false;
                 }
-                let text: String = redis::cmd("CLUSTER")
-                    .arg("NODES")
-                    .query(&mut c)
-                    .unwrap_or_default();
+                let text = cluster_text(&mut c, "NODES");
                 let view = parse_nodes(&text);
                 let up = |port: u16| self.nodes.iter().any(|s| s.port == port && s.is_up());
                 // Every node known; every node that is up healthy, and either a primary owning
