@@ -20,10 +20,15 @@ pub fn moto_url() -> String {
     std::env::var("INVALIDATOR_TEST_MOTO_URL").unwrap_or_else(|_| "http://127.0.0.1:5055".into())
 }
 
-pub fn fixture(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+/// `lambda/tests/fixtures/{name}`.
+pub fn fixture_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
-        .join(name);
+        .join(name)
+}
+
+pub fn fixture(name: &str) -> String {
+    let path = fixture_path(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -31,28 +36,30 @@ pub fn fixture_json(name: &str) -> serde_json::Value {
     serde_json::from_str(&fixture(name)).expect("fixture is JSON")
 }
 
-/// The rules of the Lambda tests, keys under the test prefix `P:`.
-pub const RULES: &str = r#"
-rules:
-  - name: price
-    on: price.updated
-    when: data.new_price != data.old_price
-    delete: ["P:price:{product_id}", "P:product:{product_id}"]
-  - name: inventory
-    on: inventory.changed
-    delete: ["P:inventory:{sku}"]
-  - name: review
-    on: review.updated
-    delete: ["P:review:{product_id}"]
-  - name: product
-    on: product.updated
-    delete: ["P:product:{product_id}"]
-    purge:
-      - target: logcdn
-        paths: ["/api/products/{product_id}"]
-"#;
+/// The keys `sqs-batch.json` invalidates under the test rules.
+pub const BATCH_KEYS: &[&str] = &[
+    "P:price:2001",
+    "P:product:2001",
+    "P:inventory:SKU-2002",
+    "P:review:2003",
+    "P:price:2004",
+    "P:product:2004",
+    "P:product:2007",
+    "P:review:2009",
+];
 
-/// One test's world: a key prefix and a temp dir holding `rules/`.
+/// The `itemIdentifier`s of a partial batch response.
+pub fn failures(v: &serde_json::Value) -> Vec<String> {
+    v["batchItemFailures"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a partial batch response: {v}"))
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// One test's world: a key prefix and a temp dir holding `rules/` (the rules of
+/// `fixtures/rules/lambda.yaml` as `test.yaml`).
 pub struct World {
     pub p: String,
     pub dir: tempfile::TempDir,
@@ -65,8 +72,13 @@ impl World {
             dir: tempfile::tempdir().expect("tempdir"),
         };
         std::fs::create_dir_all(w.rules_dir()).unwrap();
-        std::fs::write(w.rules_dir().join("test.yaml"), w.k(RULES)).unwrap();
+        w.rules_fixture("test.yaml", "rules/lambda.yaml");
         w
+    }
+
+    /// Writes `rules/{name}` from the fixture `rel` (with `P:` replaced).
+    pub fn rules_fixture(&self, name: &str, rel: &str) {
+        std::fs::write(self.rules_dir().join(name), self.k(&fixture(rel))).unwrap();
     }
 
     /// `P:` replaced by the prefix.
@@ -225,15 +237,24 @@ pub async fn drain(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<aws_sdk_sqs::typ
         if msgs.is_empty() {
             return all;
         }
-        for m in &msgs {
-            sqs.delete_message()
-                .queue_url(url)
-                .receipt_handle(m.receipt_handle().unwrap())
-                .send()
-                .await
-                .unwrap();
-        }
+        delete_messages(sqs, url, &msgs).await;
         all.extend(msgs);
+    }
+}
+
+/// Deletes `msgs` (received from the queue at `url`), as Lambda does with what succeeded.
+pub async fn delete_messages(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    msgs: &[aws_sdk_sqs::types::Message],
+) {
+    for m in msgs {
+        sqs.delete_message()
+            .queue_url(url)
+            .receipt_handle(m.receipt_handle().unwrap())
+            .send()
+            .await
+            .unwrap();
     }
 }
 
