@@ -17,6 +17,7 @@ pub mod aws;
 pub mod cluster;
 pub mod engine;
 pub mod kafka;
+mod keyspace;
 pub mod layer;
 pub mod spec;
 pub mod topology;
@@ -25,16 +26,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379/9";
-
-pub fn redis_url() -> String {
-    std::env::var("INVALIDATOR_TEST_REDIS_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
-}
-
-/// A random prefix such as `t5f3a9c1e2b7d4a60:`.
-pub fn prefix() -> String {
-    format!("t{:016x}:", rand::random::<u64>())
-}
+#[allow(unused_imports)] // not every test binary uses every name
+pub use keyspace::{Keyspace, conn, prefix, redis_url};
 
 /// `tests/fixtures/{rel}`.
 pub fn fixture(rel: &str) -> PathBuf {
@@ -100,16 +93,10 @@ pub fn fixture_lines(rel: &str) -> Vec<String> {
         .collect()
 }
 
-pub fn conn() -> redis::Connection {
-    redis::Client::open(redis_url())
-        .expect("redis url")
-        .get_connection()
-        .expect("Redis must run on the test URL (see tests/common/mod.rs)")
-}
-
-/// One test's world: its prefix, a temp dir holding `rules/`, `invalidator.toml` and inputs.
+/// One test's world: its key space (prefix: `w.p`; `w.k`, `w.set`, `w.exists`, … through
+/// [`Keyspace`]), a temp dir holding `rules/`, `invalidator.toml` and inputs.
 pub struct World {
-    pub p: String,
+    pub ks: Keyspace,
     pub dir: tempfile::TempDir,
     pub extra_config: String,
     /// `[tags] mode`.
@@ -119,16 +106,11 @@ pub struct World {
 impl World {
     pub fn new() -> World {
         World {
-            p: prefix(),
+            ks: Keyspace::new(),
             dir: tempfile::tempdir().expect("tempdir"),
             extra_config: String::new(),
             tags_mode: "set",
         }
-    }
-
-    /// Replaces `P:` with the test prefix (so rules and keys can be written as `P:price:1`).
-    pub fn k(&self, text: &str) -> String {
-        text.replace("P:", &self.p)
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -304,52 +286,13 @@ impl World {
             .expect("start the binary");
         Spawned { child, out, err }
     }
-
-    /// Keys under the prefix matching `P:`-pattern (sorted).
-    pub fn keys(&self, c: &mut redis::Connection, pattern: &str) -> Vec<String> {
-        let mut keys: Vec<String> = redis::cmd("KEYS").arg(self.k(pattern)).query(c).unwrap();
-        keys.sort();
-        keys
-    }
-
-    /// Sets every key (with `P:` replaced) to "v".
-    pub fn set<K: AsRef<str>>(&self, c: &mut redis::Connection, keys: &[K]) {
-        for k in keys {
-            let _: () = redis::cmd("SET")
-                .arg(self.k(k.as_ref()))
-                .arg("v")
-                .query(c)
-                .unwrap();
-        }
-    }
-
-    pub fn exists(&self, c: &mut redis::Connection, key: &str) -> bool {
-        redis::cmd("EXISTS")
-            .arg(self.k(key))
-            .query::<i64>(c)
-            .unwrap()
-            == 1
-    }
-
-    pub fn pttl(&self, c: &mut redis::Connection, key: &str) -> i64 {
-        redis::cmd("PTTL").arg(self.k(key)).query(c).unwrap()
-    }
 }
 
-impl Drop for World {
-    fn drop(&mut self) {
-        // Best effort clean-up of the test's keys.
-        if let Ok(client) = redis::Client::open(redis_url())
-            && let Ok(mut c) = client.get_connection()
-        {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}*", self.p))
-                .query(&mut c)
-                .unwrap_or_default();
-            for chunk in keys.chunks(500) {
-                let _: redis::RedisResult<i64> = redis::cmd("UNLINK").arg(chunk).query(&mut c);
-            }
-        }
+impl std::ops::Deref for World {
+    type Target = Keyspace;
+
+    fn deref(&self) -> &Keyspace {
+        &self.ks
     }
 }
 

@@ -11,10 +11,11 @@ use invalidator::config::Config;
 use invalidator_lambda::app::App;
 use invalidator_lambda::dlq::SqsDeadLetters;
 
-pub fn redis_url() -> String {
-    std::env::var("INVALIDATOR_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379/9".to_owned())
-}
+// The test Redis and a test's key space in it, as the main crate's tests have them.
+#[path = "../../../tests/common/keyspace.rs"]
+mod keyspace;
+#[allow(unused_imports)]
+pub use keyspace::{Keyspace, conn, redis_url};
 
 pub fn moto_url() -> String {
     std::env::var("INVALIDATOR_TEST_MOTO_URL").unwrap_or_else(|_| "http://127.0.0.1:5055".into())
@@ -58,17 +59,26 @@ pub fn failures(v: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-/// One test's world: a key prefix and a temp dir holding `rules/` (the rules of
-/// `fixtures/rules/lambda.yaml` as `test.yaml`).
+/// One test's world: its key space (prefix `w.p`; `w.k`, `w.set`, `w.exists` through
+/// [`Keyspace`]) and a temp dir holding `rules/` (the rules of `fixtures/rules/lambda.yaml` as
+/// `test.yaml`).
 pub struct World {
-    pub p: String,
+    pub ks: Keyspace,
     pub dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for World {
+    type Target = Keyspace;
+
+    fn deref(&self) -> &Keyspace {
+        &self.ks
+    }
 }
 
 impl World {
     pub fn new() -> World {
         let w = World {
-            p: format!("t{:016x}:", rand::random::<u64>()),
+            ks: Keyspace::new(),
             dir: tempfile::tempdir().expect("tempdir"),
         };
         std::fs::create_dir_all(w.rules_dir()).unwrap();
@@ -79,11 +89,6 @@ impl World {
     /// Writes `rules/{name}` from the fixture `rel` (with `P:` replaced).
     pub fn rules_fixture(&self, name: &str, rel: &str) {
         std::fs::write(self.rules_dir().join(name), self.k(&fixture(rel))).unwrap();
-    }
-
-    /// `P:` replaced by the prefix.
-    pub fn k(&self, text: &str) -> String {
-        text.replace("P:", &self.p)
     }
 
     pub fn rules_dir(&self) -> PathBuf {
@@ -125,43 +130,6 @@ impl World {
             .await
             .unwrap_or_else(|e| panic!("init: {e}"))
     }
-
-    pub fn set(&self, c: &mut redis::Connection, keys: &[&str]) {
-        for k in keys {
-            let _: () = redis::cmd("SET").arg(self.k(k)).arg("v").query(c).unwrap();
-        }
-    }
-
-    pub fn exists(&self, c: &mut redis::Connection, key: &str) -> bool {
-        redis::cmd("EXISTS")
-            .arg(self.k(key))
-            .query::<i64>(c)
-            .unwrap()
-            == 1
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        if let Ok(client) = redis::Client::open(redis_url())
-            && let Ok(mut c) = client.get_connection()
-        {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}*", self.p))
-                .query(&mut c)
-                .unwrap_or_default();
-            for chunk in keys.chunks(500) {
-                let _: redis::RedisResult<i64> = redis::cmd("UNLINK").arg(chunk).query(&mut c);
-            }
-        }
-    }
-}
-
-pub fn conn() -> redis::Connection {
-    redis::Client::open(redis_url())
-        .expect("redis url")
-        .get_connection()
-        .expect("Redis must run on the test URL (see lambda/tests/common/mod.rs)")
 }
 
 fn aws_config_for(url: &str) -> aws_sdk_sqs::config::Config {
