@@ -13,8 +13,8 @@ use common::aws::{
     cloudfront, create_distribution, created_xml, error_xml, invalidations, moto_url, request_paths,
 };
 use common::engine::{Engine, EngineError, Outcome, UnitResult, process, process_concurrently};
-use wiremock::matchers::{body_string_contains, method, path_regex};
-use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+use wiremock::matchers::{any, body_string_contains, method, path_regex};
+use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
 
 fn cf_target(name: &str, distribution: &str, endpoint: &str, extra: &str) -> String {
     format!(
@@ -164,14 +164,29 @@ async fn stub(responses: Vec<ResponseTemplate>) -> MockServer {
         .and(path_regex(
             "^/2020-05-31/distribution/[A-Z0-9]+/invalidation$",
         ))
-        .respond_with(
-            ResponseTemplate::new(201)
-                .insert_header("Location", "https://cloudfront.amazonaws.com/inv/I1")
-                .set_body_raw(created_xml("I1"), "text/xml"),
-        )
+        .respond_with(created("I1"))
         .mount(&s)
         .await;
     s
+}
+
+/// Makes `s` answer every POST that matches `m` with `r`.
+async fn answer(s: &MockServer, m: impl Match + 'static, r: ResponseTemplate) {
+    Mock::given(method("POST"))
+        .and(m)
+        .respond_with(r)
+        .mount(s)
+        .await;
+}
+
+/// CloudFront's answer to an accepted `CreateInvalidation`: invalidation `id` created.
+fn created(id: &str) -> ResponseTemplate {
+    ResponseTemplate::new(201)
+        .insert_header(
+            "Location",
+            format!("https://cloudfront.amazonaws.com/inv/{id}"),
+        )
+        .set_body_raw(created_xml(id), "text/xml")
 }
 
 fn aws_error(status: u16, code: &str) -> ResponseTemplate {
@@ -307,15 +322,9 @@ async fn a_request_with_an_unknown_outcome_is_retried_unchanged() {
 #[tokio::test]
 async fn a_path_cloudfront_refuses_dead_letters_its_events_and_the_others_are_purged() {
     let s = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(body_string_contains("<Path>/api/products/p-bad</Path>"))
-        .respond_with(aws_error(400, "InvalidArgument"))
-        .mount(&s)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201).set_body_raw(created_xml("I1"), "text/xml"))
-        .mount(&s)
-        .await;
+    let refused = body_string_contains("<Path>/api/products/p-bad</Path>");
+    answer(&s, refused, aws_error(400, "InvalidArgument")).await;
+    answer(&s, any(), created("I1")).await;
     // `é` is allowed in values here, so a path that must be URL-encoded reaches the target.
     let w = price_world(
         "E1STUB",
@@ -392,10 +401,7 @@ async fn an_unreachable_cloudfront_is_an_outage_and_nothing_is_dead_lettered() {
 #[tokio::test]
 async fn access_denied_is_an_outage_not_a_rejection() {
     let s = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(aws_error(403, "AccessDenied"))
-        .mount(&s)
-        .await;
+    answer(&s, any(), aws_error(403, "AccessDenied")).await;
     let w = price_world(
         "E1STUB",
         &s.uri(),

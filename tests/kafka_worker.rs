@@ -44,14 +44,7 @@ fn end_to_end_applies_commits_and_exports_metrics() {
     s.produce(270..300, &binary);
 
     let mut worker = s.start("w", "");
-    worker.expect_within(secs(60), "every key invalidated", || {
-        s.remaining(&mut c) == 0
-    });
-    worker.expect_within(
-        secs(20),
-        "offsets committed up to the end of every partition",
-        || s.all_committed(),
-    );
+    s.expect_drained_by(&worker, &mut c, secs(60), "every key invalidated");
     worker.expect(worker.ready(), "ready while consuming");
     let applied = r#"invalidator_events_total{type="price.updated",outcome="applied"}"#;
     worker.expect_within(secs(5), "300 applied in /metrics", || {
@@ -116,15 +109,11 @@ fn poison_messages_go_to_the_dlq_topic_with_headers_and_the_partition_keeps_flow
         ],
     );
     let worker = s.start("w", "");
-    worker.expect_within(
+    s.expect_drained_by(
+        &worker,
+        &mut c,
         secs(60),
         "the good events around the poison ones are applied",
-        || s.remaining(&mut c) == 0,
-    );
-    worker.expect_within(
-        secs(20),
-        "the partition is committed past the poison messages",
-        || s.all_committed(),
     );
     let dead = read(&dlq, 1, 3, secs(20));
     assert_eq!(dead.len(), 3, "three dead letters");
@@ -268,12 +257,12 @@ fn kill_9_mid_stream_then_restart_applies_every_event_at_least_once() {
     }
     assert!(restored > 0, "the kill happened mid-stream");
     let worker = s.start("w2", "");
-    worker.expect_within(
+    s.expect_drained_by(
+        &worker,
+        &mut c,
         secs(90),
         "after the restart every event not committed is applied",
-        || s.remaining(&mut c) == 0,
     );
-    worker.expect_within(secs(20), "everything committed", || s.all_committed());
 }
 
 #[test]
@@ -298,12 +287,12 @@ fn a_second_worker_takes_over_the_partitions_of_one_that_stops() {
     );
     b.kill().expect("b killed");
     s.seed_and_produce(&mut c, 400..800);
-    a.expect_within(
+    s.expect_drained_by(
+        &a,
+        &mut c,
         secs(90),
         "the survivor applies the events of every partition",
-        || s.remaining(&mut c) == 0,
     );
-    a.expect_within(secs(20), "every partition committed", || s.all_committed());
 }
 
 #[test]

@@ -337,6 +337,24 @@ impl Stream {
         committed(&self.group, &self.topic, self.partitions)
     }
 
+    /// Asserts that `worker` applies every event produced (no `P:price:*` key left) within
+    /// `within`, then commits up to the end of every partition within 20 s more; `what` names the
+    /// first in a failure.
+    pub fn expect_drained_by(
+        &self,
+        worker: &Worker,
+        c: &mut redis::Connection,
+        within: Duration,
+        what: &str,
+    ) {
+        worker.expect_within(within, what, || self.remaining(c) == 0);
+        worker.expect_within(
+            Duration::from_secs(20),
+            &format!("{what}, then committed up to the end of every partition"),
+            || self.all_committed(),
+        );
+    }
+
     /// Committed up to the end of every partition.
     pub fn all_committed(&self) -> bool {
         let (c, e) = (self.committed(), self.ends());
