@@ -8,23 +8,27 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
-
 use common::World;
 use common::aws::{
     cloudfront, create_distribution, created_xml, error_xml, invalidations, moto_url, request_paths,
 };
-use invalidator::engine::{Engine, Outcome};
-use invalidator::event::{Expanded, Position, expand_document};
-use wiremock::matchers::{body_string_contains, method, path_regex};
-use wiremock::{Mock, MockServer, Request, ResponseTemplate};
-
-const PRICE_RULES: &str = "rules:\n  - name: price\n    on: price.updated\n    delete:\n      - P:price:{product_id}\n    purge:\n      - target: cf\n        paths:\n          - /api/products/{product_id}\n";
+use common::engine::{Engine, EngineError, Outcome, UnitResult, process, process_concurrently};
+use wiremock::matchers::{any, body_string_contains, method, path_regex};
+use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
 
 fn cf_target(name: &str, distribution: &str, endpoint: &str, extra: &str) -> String {
     format!(
         "[cdn.{name}]\nkind = \"cloudfront\"\ndistribution_id = \"{distribution}\"\nendpoint_url = \"{endpoint}\"\n{extra}\n"
     )
+}
+
+/// A world under the rules of `tests/fixtures/cdn/price.yaml` (a price change purges
+/// `/api/products/{product_id}` on `cf`), `cf` being `distribution` at `endpoint` with `extra`
+/// (its window, …).
+fn price_world(distribution: &str, endpoint: &str, extra: &str) -> World {
+    let mut w = World::new().with_rules("cdn/price.yaml");
+    w.extra_config = cf_target("cf", distribution, endpoint, extra);
+    w
 }
 
 fn price_event(i: usize, product: &str) -> String {
@@ -33,54 +37,12 @@ fn price_event(i: usize, product: &str) -> String {
     )
 }
 
-fn inputs(lines: &[String]) -> Vec<Expanded> {
-    lines
-        .iter()
-        .enumerate()
-        .flat_map(|(n, l)| {
-            expand_document(
-                l.clone().into_bytes(),
-                Position {
-                    file: Some("test".into()),
-                    line: Some(n as u64 + 1),
-                    ..Position::default()
-                },
-                1 << 20,
-            )
-        })
-        .collect()
-}
-
-/// Runs `units` concurrently through one engine (as the worker keeps `max_in_flight` units);
-/// returns every outcome.
-async fn process_concurrently(engine: Arc<Engine>, units: Vec<Vec<String>>) -> Vec<Outcome> {
-    let results = join_all(
-        units
-            .iter()
-            .map(|lines| engine.process(inputs(lines), false)),
-    )
-    .await;
-    let mut outcomes = Vec::new();
-    for unit in results {
-        let unit = unit.expect("unit applied");
-        outcomes.extend(unit.items.into_iter().map(|i| i.outcome));
-    }
-    outcomes
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_price_events_from_concurrent_units_are_one_invalidation_per_distribution() {
     let cf = cloudfront(&moto_url());
     let plain = create_distribution(&cf).await;
     let collapsing = create_distribution(&cf).await;
-    let mut w = World::new();
-    w.rules(
-        "price.yaml",
-        &PRICE_RULES.replace(
-            "      - target: cf\n        paths:\n          - /api/products/{product_id}\n",
-            "      - target: cf\n        paths:\n          - /api/products/{product_id}\n      - target: cf-collapse\n        paths:\n          - /api/products/{product_id}\n",
-        ),
-    );
+    let mut w = World::new().with_rules("cdn/price_two_targets.yaml");
     // A window long enough for 10,000 events to be planned by a debug build on a busy machine.
     w.extra_config = cf_target("cf", &plain, &moto_url(), "window = \"5s\"")
         + &cf_target(
@@ -140,9 +102,7 @@ async fn ten_thousand_price_events_from_concurrent_units_are_one_invalidation_pe
 async fn more_than_3000_paths_are_several_requests_none_over_3000() {
     let cf = cloudfront(&moto_url());
     let distribution = create_distribution(&cf).await;
-    let mut w = World::new();
-    w.rules("price.yaml", PRICE_RULES);
-    w.extra_config = cf_target("cf", &distribution, &moto_url(), "window = \"1s\"");
+    let w = price_world(&distribution, &moto_url(), "window = \"1s\"");
     let engine = Arc::new(w.engine().await);
     let units: Vec<Vec<String>> = (0..7)
         .map(|u| {
@@ -175,15 +135,10 @@ async fn the_same_paths_twice_are_two_invalidations_with_distinct_references() {
     // CloudFront would answer the second with the first invalidation and purge nothing.
     let cf = cloudfront(&moto_url());
     let distribution = create_distribution(&cf).await;
-    let mut w = World::new();
-    w.rules("price.yaml", PRICE_RULES);
-    w.extra_config = cf_target("cf", &distribution, &moto_url(), "window = \"100ms\"");
+    let w = price_world(&distribution, &moto_url(), "window = \"100ms\"");
     let engine = w.engine().await;
     for i in 0..2 {
-        let unit = engine
-            .process(inputs(&[price_event(i, "p1")]), false)
-            .await
-            .unwrap();
+        let unit = process(&engine, &[price_event(i, "p1")]).await.unwrap();
         assert_eq!(unit.items[0].outcome, Outcome::Applied);
     }
     let sent = invalidations(&cf, &distribution).await;
@@ -209,14 +164,29 @@ async fn stub(responses: Vec<ResponseTemplate>) -> MockServer {
         .and(path_regex(
             "^/2020-05-31/distribution/[A-Z0-9]+/invalidation$",
         ))
-        .respond_with(
-            ResponseTemplate::new(201)
-                .insert_header("Location", "https://cloudfront.amazonaws.com/inv/I1")
-                .set_body_raw(created_xml("I1"), "text/xml"),
-        )
+        .respond_with(created("I1"))
         .mount(&s)
         .await;
     s
+}
+
+/// Makes `s` answer every POST that matches `m` with `r`.
+async fn answer(s: &MockServer, m: impl Match + 'static, r: ResponseTemplate) {
+    Mock::given(method("POST"))
+        .and(m)
+        .respond_with(r)
+        .mount(s)
+        .await;
+}
+
+/// CloudFront's answer to an accepted `CreateInvalidation`: invalidation `id` created.
+fn created(id: &str) -> ResponseTemplate {
+    ResponseTemplate::new(201)
+        .insert_header(
+            "Location",
+            format!("https://cloudfront.amazonaws.com/inv/{id}"),
+        )
+        .set_body_raw(created_xml(id), "text/xml")
 }
 
 fn aws_error(status: u16, code: &str) -> ResponseTemplate {
@@ -230,6 +200,24 @@ async fn first_answered(s: &MockServer) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::sleep(Duration::from_millis(40)).await;
+}
+
+/// Price event 1 of product `a` as a unit, and, once the stub answered its first request, price
+/// event 2 of product `b` as another, while the first may still wait for its retry.
+async fn a_then_b_once_answered(
+    engine: &Engine,
+    s: &MockServer,
+) -> (
+    Result<UnitResult, EngineError>,
+    Result<UnitResult, EngineError>,
+) {
+    let (a, b) = ([price_event(1, "a")], [price_event(2, "b")]);
+    let first = process(engine, &a);
+    let second = async {
+        first_answered(s).await;
+        process(engine, &b).await
+    };
+    futures::join!(first, second)
 }
 
 async fn requests(s: &MockServer) -> Vec<(Vec<String>, String)> {
@@ -249,21 +237,14 @@ async fn throttling_and_too_many_in_progress_are_retried_as_the_same_request() {
         aws_error(429, "TooManyRequestsException"),
     ])
     .await;
-    let mut w = World::new();
-    w.rules("price.yaml", PRICE_RULES);
-    w.extra_config = cf_target("cf", "E1STUB", &s.uri(), "window = \"50ms\"");
+    let w = price_world("E1STUB", &s.uri(), "window = \"50ms\"");
     let engine = w.engine().await;
-    let unit = engine
-        .process(
-            inputs(&[
-                price_event(1, "p1"),
-                price_event(2, "p2"),
-                price_event(3, "p1"),
-            ]),
-            false,
-        )
-        .await
-        .unwrap();
+    let lines = [
+        price_event(1, "p1"),
+        price_event(2, "p2"),
+        price_event(3, "p1"),
+    ];
+    let unit = process(&engine, &lines).await.unwrap();
     assert!(unit.items.iter().all(|i| i.outcome == Outcome::Applied));
     assert_eq!(unit.cdn.purged, 2);
 
@@ -289,17 +270,11 @@ async fn paths_that_arrive_while_a_batch_is_throttled_merge_into_it() {
         aws_error(400, "TooManyInvalidationsInProgress"),
     ])
     .await;
-    let mut w = World::new();
-    w.rules("price.yaml", PRICE_RULES);
-    w.extra_config = cf_target("cf", "E1STUB", &s.uri(), "window = \"50ms\"");
-    let engine = Arc::new(w.engine().await);
-    let first = engine.process(inputs(&[price_event(1, "a")]), false);
+    let engine = price_world("E1STUB", &s.uri(), "window = \"50ms\"")
+        .engine()
+        .await;
     // The first batch is refused at once and waits at least 200 ms for its retry.
-    let second = async {
-        first_answered(&s).await;
-        engine.process(inputs(&[price_event(2, "b")]), false).await
-    };
-    let (first, second) = futures::join!(first, second);
+    let (first, second) = a_then_b_once_answered(&engine, &s).await;
     let (first, second) = (first.unwrap(), second.unwrap());
     assert_eq!(first.items[0].outcome, Outcome::Applied);
     assert_eq!(second.items[0].outcome, Outcome::Applied);
@@ -320,16 +295,10 @@ async fn a_request_with_an_unknown_outcome_is_retried_unchanged() {
     // A 500 may come after CloudFront made the invalidation: the retry must be the same request
     // (same reference: CloudFront then answers with that invalidation), even if newer paths came.
     let s = stub(vec![aws_error(500, "InternalError")]).await;
-    let mut w = World::new();
-    w.rules("price.yaml", PRICE_RULES);
-    w.extra_config = cf_target("cf", "E1STUB", &s.uri(), "window = \"50ms\"");
-    let engine = Arc::new(w.engine().await);
-    let first = engine.process(inputs(&[price_event(1, "a")]), false);
-    let second = async {
-        first_answered(&s).await;
-        engine.process(inputs(&[price_event(2, "b")]), false).await
-    };
-    let (first, second) = futures::join!(first, second);
+    let engine = price_world("E1STUB", &s.uri(), "window = \"50ms\"")
+        .engine()
+        .await;
+    let (first, second) = a_then_b_once_answered(&engine, &s).await;
     first.unwrap();
     let second = second.unwrap();
     assert_eq!(second.items[0].outcome, Outcome::Applied);
@@ -353,20 +322,15 @@ async fn a_request_with_an_unknown_outcome_is_retried_unchanged() {
 #[tokio::test]
 async fn a_path_cloudfront_refuses_dead_letters_its_events_and_the_others_are_purged() {
     let s = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(body_string_contains("<Path>/api/products/p-bad</Path>"))
-        .respond_with(aws_error(400, "InvalidArgument"))
-        .mount(&s)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201).set_body_raw(created_xml("I1"), "text/xml"))
-        .mount(&s)
-        .await;
-    let mut w = World::new();
-    w.rules("price.yaml", PRICE_RULES);
+    let refused = body_string_contains("<Path>/api/products/p-bad</Path>");
+    answer(&s, refused, aws_error(400, "InvalidArgument")).await;
+    answer(&s, any(), created("I1")).await;
     // `é` is allowed in values here, so a path that must be URL-encoded reaches the target.
-    w.extra_config = cf_target("cf", "E1STUB", &s.uri(), "window = \"50ms\"")
-        + "[limits]\nsafe_value = \"^[A-Za-z0-9é_-]{1,64}$\"\n";
+    let w = price_world(
+        "E1STUB",
+        &s.uri(),
+        "window = \"50ms\"\n\n[limits]\nsafe_value = \"^[A-Za-z0-9é_-]{1,64}$\"",
+    );
     let mut lines: Vec<String> = (1..=9).map(|i| price_event(i, &format!("p-{i}"))).collect();
     lines.push(price_event(10, "p-bad"));
     lines.push(price_event(11, "p-bad"));
@@ -417,10 +381,7 @@ async fn a_path_cloudfront_refuses_dead_letters_its_events_and_the_others_are_pu
 
 #[tokio::test]
 async fn an_unreachable_cloudfront_is_an_outage_and_nothing_is_dead_lettered() {
-    let mut w = World::new();
-    w.rules("price.yaml", PRICE_RULES);
-    w.extra_config = cf_target(
-        "cf",
+    let w = price_world(
         "E1STUB",
         "http://127.0.0.1:1",
         "window = \"10ms\"\ntimeout = \"200ms\"\nretry_for = \"800ms\"",
@@ -440,23 +401,14 @@ async fn an_unreachable_cloudfront_is_an_outage_and_nothing_is_dead_lettered() {
 #[tokio::test]
 async fn access_denied_is_an_outage_not_a_rejection() {
     let s = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(aws_error(403, "AccessDenied"))
-        .mount(&s)
-        .await;
-    let mut w = World::new();
-    w.rules("price.yaml", PRICE_RULES);
-    w.extra_config = cf_target(
-        "cf",
+    answer(&s, any(), aws_error(403, "AccessDenied")).await;
+    let w = price_world(
         "E1STUB",
         &s.uri(),
         "window = \"10ms\"\nretry_for = \"500ms\"",
     );
     let engine = w.engine().await;
-    let err = engine
-        .process(inputs(&[price_event(1, "p1")]), false)
-        .await
-        .unwrap_err();
+    let err = process(&engine, &[price_event(1, "p1")]).await.unwrap_err();
     assert!(err.to_string().contains("AccessDenied"), "{err}");
     assert!(
         s.received_requests().await.unwrap().len() >= 2,
@@ -468,9 +420,7 @@ async fn access_denied_is_an_outage_not_a_rejection() {
 async fn replay_summary_shows_the_cloudfront_figures() {
     let cf = cloudfront(&moto_url());
     let distribution = create_distribution(&cf).await;
-    let mut w = World::new();
-    w.rules("price.yaml", PRICE_RULES);
-    w.extra_config = cf_target("cf", &distribution, &moto_url(), "window = \"50ms\"");
+    let w = price_world(&distribution, &moto_url(), "window = \"50ms\"");
     let lines: Vec<String> = (0..50)
         .map(|i| price_event(i, &format!("p{}", i % 5)))
         .collect();
@@ -497,44 +447,34 @@ async fn replay_summary_shows_the_cloudfront_figures() {
 /// the waiting batch is sent at once, the offsets are committed, the exit is clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_shutdown_sends_the_waiting_batch_instead_of_waiting_out_the_window() {
-    use common::kafka::{
-        Msg, Worker, committed, create_topic, free_port, name, produce, wait_until, worker_config,
-    };
+    use common::kafka::{Msg, Stream, Worker, free_port};
     let cf = cloudfront(&moto_url());
     let distribution = create_distribution(&cf).await;
-    let mut w = World::new();
-    w.rules("price.yaml", PRICE_RULES);
-    w.extra_config = cf_target("cf", &distribution, &moto_url(), "window = \"5m\"");
-    let topic = name("cf");
-    let group = name("g");
-    create_topic(&topic, 1);
+    let s = Stream::new(
+        price_world(&distribution, &moto_url(), "window = \"5m\""),
+        "cf",
+        1,
+    );
     let msgs: Vec<Msg> = (0..20)
         .map(|i| Msg::json(0, price_event(i, &format!("p{}", i % 4))))
         .collect();
-    let last = produce(&topic, &msgs)
+    let last = s
+        .produce(0..20, &msgs)
         .iter()
         .map(|(_, o)| *o)
         .max()
         .unwrap();
     let port = free_port();
-    let config = format!(
-        "{}\n{}",
-        w.config_text(),
-        worker_config(&group, &topic, port, "")
-    );
-    let mut worker = Worker::start_env(&w, "worker", &config, port, common::aws::CHILD_ENV);
+    let config = s.config(port, "");
+    let mut worker = Worker::start_env(&s.w, "worker", &config, port, common::aws::CHILD_ENV);
     let pending = "invalidator_cdn_pending_paths{target=\"cf\"}";
-    assert!(
-        wait_until(Duration::from_secs(30), || worker.metric(pending) == 4.0),
-        "4 paths wait for the 5-minute window:\n{}",
-        worker.logs()
+    worker.expect_within(
+        Duration::from_secs(30),
+        "4 paths wait for the 5-minute window",
+        || worker.metric(pending) == 4.0,
     );
     assert!(invalidations(&cf, &distribution).await.is_empty());
-    assert_eq!(
-        committed(&group, &topic, 1),
-        vec![-1001],
-        "nothing committed yet"
-    );
+    assert_eq!(s.committed(), vec![-1001], "nothing committed yet");
 
     worker.signal(libc::SIGTERM);
     let status = worker
@@ -544,20 +484,18 @@ async fn worker_shutdown_sends_the_waiting_batch_instead_of_waiting_out_the_wind
     let sent = invalidations(&cf, &distribution).await;
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].2.len(), 4);
-    assert!(
-        committed(&group, &topic, 1)[0] > last,
-        "committed past the last event"
-    );
+    assert!(s.committed()[0] > last, "committed past the last event");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_keeps_units_in_flight_that_share_one_window() {
     let cf = cloudfront(&moto_url());
     let distribution = create_distribution(&cf).await;
-    let mut w = World::new();
-    w.rules("price.yaml", PRICE_RULES);
-    w.extra_config = cf_target("cf", &distribution, &moto_url(), "window = \"5s\"")
-        + "[replay]\nbatch_size = 1000\nmax_in_flight = 10\n";
+    let w = price_world(
+        &distribution,
+        &moto_url(),
+        "window = \"5s\"\n\n[replay]\nbatch_size = 1000\nmax_in_flight = 10",
+    );
     let lines: Vec<String> = (0..10_000)
         .map(|i| price_event(i, &format!("p{}", i % 100)))
         .collect();

@@ -6,10 +6,8 @@
 
 mod common;
 
+use common::layer::{self, RedisConfig, TagMode};
 use common::topology::{Cluster, Server};
-use invalidator::apply::redis::Redis;
-use invalidator::config::{RedisConfig, TagMode};
-use invalidator::plan::Plan;
 
 /// The cluster node id of `s`.
 fn id(s: &Server) -> String {
@@ -91,21 +89,33 @@ fn exists(s: &Server, keys: &[String]) -> usize {
         .count()
 }
 
-fn deletes(keys: &[String]) -> Plan {
-    let mut plan = Plan::default();
-    plan.deletes.extend(keys.iter().cloned());
-    plan
+/// Starts moving the slot of `keys` from its owner to another primary, with `moved` (the first
+/// of `keys`) already on the new owner; returns (slot, old owner, new owner).
+fn start_moving<'c>(
+    c: &'c Cluster,
+    keys: &[String],
+    moved: usize,
+) -> (u16, &'c Server, &'c Server) {
+    let from = c.owner_of(&keys[0]);
+    let to = c
+        .primaries()
+        .into_iter()
+        .find(|p| p.port != from.port)
+        .unwrap();
+    let slot = slot_of(from, &keys[0]);
+    migrate(from, to, slot, &keys[..moved]);
+    (slot, from, to)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn moved_and_ask_redirects_are_followed() {
     let c = Cluster::start();
-    let redis = Redis::connect(
+    let redis = layer::connect(
         &RedisConfig {
             cluster: Some(c.seeds()),
             ..RedisConfig::default()
         },
-        Some(std::time::Duration::from_secs(20)),
+        std::time::Duration::from_secs(20),
     )
     .await
     .expect("connect");
@@ -115,20 +125,12 @@ async fn moved_and_ask_redirects_are_followed() {
     let other: Vec<String> = (0..200).map(|i| format!("other:k{i}")).collect();
     c.set_all(&moved);
     c.set_all(&other);
-    let from = c.owner_of(&moved[0]);
-    let to = c
-        .primaries()
-        .into_iter()
-        .find(|p| p.port != from.port)
-        .unwrap();
-    let slot = slot_of(from, &moved[0]);
-    migrate(from, to, slot, &moved);
+    let (slot, _, to) = start_moving(&c, &moved, moved.len());
     finish(&c, slot, to);
     assert_eq!(exists(to, &moved), 50, "the keys moved to the new owner");
 
-    let mut plan = deletes(&moved);
-    plan.deletes.extend(other.iter().cloned());
-    let r = redis.apply(&plan, TagMode::Set, "tag:").await.unwrap();
+    let plan = layer::delete(moved.iter().chain(&other));
+    let r = layer::apply(&redis, &plan, TagMode::Set, "tag:").await;
     assert_eq!(r.keys_removed, 250, "{r:?}");
     assert_eq!(exists(to, &moved), 0);
     assert_eq!(c.count_existing(&other), 0);
@@ -136,19 +138,9 @@ async fn moved_and_ask_redirects_are_followed() {
     // ASK: a slot half way through its move; some keys on each side.
     let asking: Vec<String> = (0..40).map(|i| format!("{{asking}}:k{i}")).collect();
     c.set_all(&asking);
-    let from = c.owner_of(&asking[0]);
-    let to = c
-        .primaries()
-        .into_iter()
-        .find(|p| p.port != from.port)
-        .unwrap();
-    let slot = slot_of(from, &asking[0]);
-    migrate(from, to, slot, &asking[..20]);
+    let (slot, from, to) = start_moving(&c, &asking, 20);
     assert_eq!((exists(from, &asking), exists(to, &asking)), (20, 20));
-    let r = redis
-        .apply(&deletes(&asking), TagMode::Set, "tag:")
-        .await
-        .unwrap();
+    let r = layer::apply(&redis, &layer::delete(&asking), TagMode::Set, "tag:").await;
     assert_eq!(r.keys_removed, 40, "{r:?}");
     assert_eq!((exists(from, &asking), exists(to, &asking)), (0, 0));
     finish(&c, slot, to);

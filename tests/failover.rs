@@ -31,15 +31,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::topology::{Cluster, Proxy, Sentinels, Server, count_existing, freeze, set_all, until};
+use common::topology::{
+    CONTROL, Cluster, Proxy, REWIND, Sentinels, Server, WAIT, count_existing, freeze, seed, until,
+};
 use common::{Run, Spawned, World, summary_count};
-
-/// The protections off: the controls' `[redis]` lines (see the module docs).
-const CONTROL: &str = "failover_rewind = \"0s\"\nwait_replicas = 0\n";
-/// Rewind after a failover, no `WAIT`.
-const REWIND: &str = "failover_rewind = \"30s\"\n";
-/// `WAIT 1` after each unit, no rewind.
-const WAIT: &str = "failover_rewind = \"0s\"\nwait_replicas = 1\nwait_timeout = \"500ms\"\n";
 
 /// Keys seeded, one event each: 20,000, or `FAILOVER_KEYS` (BENCHMARKS.md's runs at 1,000,000).
 fn n() -> usize {
@@ -57,9 +52,6 @@ fn rate() -> String {
 /// How long the replay may take from the fault to its exit: it rides through in seconds.
 const RIDE_THROUGH: Duration = Duration::from_secs(60);
 
-const RULES: &str =
-    "rules:\n  - name: price\n    on: price.updated\n    delete:\n      - P:price:{sku}\n";
-
 /// One test's world, keys and input file (event i deletes `P:price:{i}`).
 struct Workload {
     w: World,
@@ -68,8 +60,7 @@ struct Workload {
 
 impl Workload {
     fn new() -> Workload {
-        let w = World::new();
-        w.rules("price.yaml", RULES);
+        let w = World::new().with_rules("rules/delete_price.yaml");
         let keys = (0..n()).map(|i| w.k(&format!("P:price:{i}"))).collect();
         let lines: Vec<String> = (0..n())
             .map(|i| format!(r#"{{"type":"price.updated","id":"e-{i}","data":{{"sku":"{i}"}}}}"#))
@@ -124,6 +115,21 @@ fn finish(replay: &mut Spawned, fault: Instant) -> Run {
     run
 }
 
+/// Waits for the replay's exit after the fault, then counts the `stale` keys on the new primary.
+fn verdict(
+    replay: &mut Spawned,
+    fault: Instant,
+    deleted_before: usize,
+    stale: impl FnOnce() -> usize,
+) -> Verdict {
+    let run = finish(replay, fault);
+    Verdict {
+        run,
+        deleted_before,
+        stale: stale(),
+    }
+}
+
 /// What one run showed.
 struct Verdict {
     run: Run,
@@ -134,6 +140,12 @@ struct Verdict {
 }
 
 impl Verdict {
+    /// Prints the run as `name`, then checks it with `check`.
+    fn check(self, name: &str, check: fn(&Verdict)) {
+        self.print(name);
+        check(&self);
+    }
+
     fn print(&self, name: &str) {
         eprintln!(
             "{name}: exit {}, deleted on the old primary before the kill: {}, stale on the new primary: {}, \
@@ -202,14 +214,6 @@ impl Verdict {
     }
 }
 
-/// Seeds every key on `primary` and waits until each replica has them.
-fn seed(primary: &Server, replicas: &[&Server], keys: &[String]) {
-    set_all(&mut primary.conn(), keys);
-    for r in replicas {
-        r.wait_synced(primary);
-    }
-}
-
 /// Waits, while the replay runs, until it made progress on `primary`: half of `keys` gone, or with
 /// `WAIT` (where nothing is acknowledged while the replicas are frozen) a first unit applied and
 /// a second and a half of shortfalls.
@@ -252,27 +256,19 @@ fn endpoint_switch(protection: &str) -> Verdict {
     r.cont();
     r.promote();
     proxy.switch(&r.addr());
-    let run = finish(&mut replay, fault);
-    let stale = count_existing(&mut r.conn(), &wl.keys);
-    Verdict {
-        run,
-        deleted_before,
-        stale,
-    }
+    verdict(&mut replay, fault, deleted_before, || {
+        count_existing(&mut r.conn(), &wl.keys)
+    })
 }
 
 #[test]
 fn endpoint_switch_with_rewind_leaves_no_stale_key() {
-    let v = endpoint_switch(REWIND);
-    v.print("endpoint switch, rewind");
-    v.rewound();
+    endpoint_switch(REWIND).check("endpoint switch, rewind", Verdict::rewound);
 }
 
 #[test]
 fn endpoint_switch_control_leaves_stale_keys() {
-    let v = endpoint_switch(CONTROL);
-    v.print("endpoint switch, control");
-    v.control();
+    endpoint_switch(CONTROL).check("endpoint switch, control", Verdict::control);
 }
 
 /// A-WAIT: two frozen replicas; the replay stalls (nothing acknowledged) until the failover, after
@@ -298,15 +294,10 @@ fn endpoint_switch_with_wait_leaves_no_stale_key() {
     r1.promote();
     r2.replica_of(&r1);
     proxy.switch(&r1.addr());
-    let run = finish(&mut replay, fault);
-    let stale = count_existing(&mut r1.conn(), &wl.keys);
-    let v = Verdict {
-        run,
-        deleted_before,
-        stale,
-    };
-    v.print("endpoint switch, WAIT");
-    v.waited();
+    verdict(&mut replay, fault, deleted_before, || {
+        count_existing(&mut r1.conn(), &wl.keys)
+    })
+    .check("endpoint switch, WAIT", Verdict::waited);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -382,55 +373,33 @@ impl SentinelSetup {
             .find(|r| r.port == port)
             .unwrap_or_else(|| panic!("port {port} is not one of the replicas"))
     }
-
-    /// `sentinels = [...]` and `sentinel_master` lines.
-    fn config(&self) -> String {
-        format!(
-            "sentinels = [{}]\nsentinel_master = \"{}\"\n",
-            self.sentinels
-                .urls()
-                .iter()
-                .map(|u| format!("\"{u}\""))
-                .collect::<Vec<_>>()
-                .join(", "),
-            self.sentinels.name
-        )
-    }
 }
 
 fn sentinel(protection: &str, replicas: usize) -> Verdict {
     let s = sentinel_setup(replicas);
-    let (mut replay, deleted_before, fault, new) =
-        s.run(&format!("{}{protection}", s.config()), replicas > 1);
-    let run = finish(&mut replay, fault);
-    let stale = count_existing(&mut s.server(new).conn(), &s.wl.keys);
-    Verdict {
-        run,
-        deleted_before,
-        stale,
-    }
+    let (mut replay, deleted_before, fault, new) = s.run(
+        &format!("{}{protection}", s.sentinels.config()),
+        replicas > 1,
+    );
+    verdict(&mut replay, fault, deleted_before, || {
+        count_existing(&mut s.server(new).conn(), &s.wl.keys)
+    })
 }
 
 #[test]
 fn sentinel_failover_with_rewind_leaves_no_stale_key() {
-    let v = sentinel(REWIND, 1);
-    v.print("sentinel, rewind");
-    v.rewound();
+    sentinel(REWIND, 1).check("sentinel, rewind", Verdict::rewound);
 }
 
 /// Two frozen replicas: the Sentinel promotes one and points the other at it, so `WAIT 1` is met.
 #[test]
 fn sentinel_failover_with_wait_leaves_no_stale_key() {
-    let v = sentinel(WAIT, 2);
-    v.print("sentinel, WAIT");
-    v.waited();
+    sentinel(WAIT, 2).check("sentinel, WAIT", Verdict::waited);
 }
 
 #[test]
 fn sentinel_failover_control_leaves_stale_keys() {
-    let v = sentinel(CONTROL, 1);
-    v.print("sentinel, control");
-    v.control();
+    sentinel(CONTROL, 1).check("sentinel, control", Verdict::control);
 }
 
 /// B behind an endpoint: the Sentinel promotes the replica and the endpoint (the proxy) follows
@@ -442,27 +411,19 @@ fn sentinel_endpoint(protection: &str) -> Verdict {
     let (mut replay, deleted_before, fault, new) =
         s.run(&format!("url = \"{}\"\n{protection}", proxy.url()), false);
     proxy.switch(&s.server(new).addr());
-    let run = finish(&mut replay, fault);
-    let stale = count_existing(&mut s.server(new).conn(), &s.wl.keys);
-    Verdict {
-        run,
-        deleted_before,
-        stale,
-    }
+    verdict(&mut replay, fault, deleted_before, || {
+        count_existing(&mut s.server(new).conn(), &s.wl.keys)
+    })
 }
 
 #[test]
 fn sentinel_behind_an_endpoint_with_rewind_leaves_no_stale_key() {
-    let v = sentinel_endpoint(REWIND);
-    v.print("sentinel behind an endpoint, rewind");
-    v.rewound();
+    sentinel_endpoint(REWIND).check("sentinel behind an endpoint, rewind", Verdict::rewound);
 }
 
 #[test]
 fn sentinel_behind_an_endpoint_control_leaves_stale_keys() {
-    let v = sentinel_endpoint(CONTROL);
-    v.print("sentinel behind an endpoint, control");
-    v.control();
+    sentinel_endpoint(CONTROL).check("sentinel behind an endpoint, control", Verdict::control);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -502,13 +463,7 @@ fn cluster_takeover(
     );
     freeze(p1, &[r1]);
 
-    let seeds = c
-        .seeds()
-        .iter()
-        .map(|u| format!("\"{u}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut replay = wl.replay(&format!("cluster = [{seeds}]\n{protection}"));
+    let mut replay = wl.replay(&format!("{}{protection}", c.config()));
     let deleted_before = wait_mid_run(&mut replay, p1, own, restart_old);
     let fault = Instant::now();
     p1.kill9();
@@ -523,34 +478,27 @@ fn cluster_takeover(
     if restart_old {
         p1.restart();
     }
-    let run = finish(&mut replay, fault);
-    let stale = c.count_existing(&wl.keys);
-    Verdict {
-        run,
-        deleted_before,
-        stale,
-    }
+    verdict(&mut replay, fault, deleted_before, || {
+        c.count_existing(&wl.keys)
+    })
 }
 
 #[test]
 fn cluster_takeover_with_rewind_leaves_no_stale_key() {
-    let v = cluster_takeover(REWIND, SMALL_UNITS, false, Duration::ZERO);
-    v.print("cluster takeover, rewind");
-    v.rewound();
+    cluster_takeover(REWIND, SMALL_UNITS, false, Duration::ZERO)
+        .check("cluster takeover, rewind", Verdict::rewound);
 }
 
 #[test]
 fn cluster_takeover_with_wait_leaves_no_stale_key() {
-    let v = cluster_takeover(WAIT, SMALL_UNITS, true, Duration::ZERO);
-    v.print("cluster takeover, WAIT");
-    v.waited();
+    cluster_takeover(WAIT, SMALL_UNITS, true, Duration::ZERO)
+        .check("cluster takeover, WAIT", Verdict::waited);
 }
 
 #[test]
 fn cluster_takeover_control_leaves_stale_keys() {
-    let v = cluster_takeover(CONTROL, SMALL_UNITS, false, Duration::ZERO);
-    v.print("cluster takeover, control");
-    v.control();
+    cluster_takeover(CONTROL, SMALL_UNITS, false, Duration::ZERO)
+        .check("cluster takeover, control", Verdict::control);
 }
 
 /// Regression: with units of the default size (hundreds of commands in flight on the primary
@@ -563,7 +511,8 @@ fn cluster_takeover_control_leaves_stale_keys() {
 /// never.
 #[test]
 fn cluster_takeover_with_full_units_after_a_second_without_a_primary_rides_through() {
-    let v = cluster_takeover(REWIND, "", false, Duration::from_secs(1));
-    v.print("cluster takeover, full units, 1 s without a primary, rewind");
-    v.rewound();
+    cluster_takeover(REWIND, "", false, Duration::from_secs(1)).check(
+        "cluster takeover, full units, 1 s without a primary, rewind",
+        Verdict::rewound,
+    );
 }

@@ -17,18 +17,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::World;
-use common::kafka::{
-    Msg, Worker, committed, create_topic, free_port, name, produce, worker_config,
+use common::kafka::{Msg, Stream, Worker, free_port};
+use common::topology::{
+    CONTROL, Cluster, Proxy, REWIND, Sentinels, Server, WAIT, count_existing, freeze, seed, until,
 };
-use common::topology::{Cluster, Proxy, Sentinels, Server, count_existing, freeze, set_all, until};
-
-/// The protections off: the controls' `[redis]` lines (see the module docs).
-const CONTROL: &str = "failover_rewind = \"0s\"\nwait_replicas = 0\n";
-/// Rewind after a failover, no `WAIT`.
-const REWIND: &str = "failover_rewind = \"30s\"\n";
-/// `WAIT 1` after each unit, no rewind.
-const WAIT: &str = "failover_rewind = \"0s\"\nwait_replicas = 1\nwait_timeout = \"500ms\"\n";
 
 /// Keys seeded, one event each.
 const N: usize = 20_000;
@@ -36,27 +28,26 @@ const PARTITIONS: i32 = 2;
 /// Small units, few at a time, so that the drain lasts long enough for a fault in its middle.
 const UNITS: &str = "batch_size = 20\nmax_in_flight = 1\n";
 
-const RULES: &str =
-    "rules:\n  - name: price\n    on: price.updated\n    delete:\n      - P:price:{sku}\n";
-
-/// One test's world, topic, group and keys (event i deletes `P:price:{i}`).
-struct Stream {
-    w: World,
-    topic: String,
-    group: String,
+/// One test's stream of the N price events (event i deletes `P:price:{i}`), produced before the
+/// worker starts, and their keys.
+struct Drain {
+    s: Stream,
     keys: Vec<String>,
-    /// The offset after the last event, per partition (from the delivery reports).
-    ends: Vec<i64>,
 }
 
-impl Stream {
+impl std::ops::Deref for Drain {
+    type Target = Stream;
+
+    fn deref(&self) -> &Stream {
+        &self.s
+    }
+}
+
+impl Drain {
     /// Creates the topic and produces the N events.
-    fn new() -> Stream {
-        let w = World::new();
-        w.rules("price.yaml", RULES);
-        let topic = name("failover");
-        create_topic(&topic, PARTITIONS);
-        let keys = (0..N).map(|i| w.k(&format!("P:price:{i}"))).collect();
+    fn new() -> Drain {
+        let s = Stream::prices(PARTITIONS);
+        let keys = (0..N).map(|i| s.w.k(&format!("P:price:{i}"))).collect();
         let msgs: Vec<Msg> = (0..N)
             .map(|i| {
                 Msg::json(
@@ -65,32 +56,17 @@ impl Stream {
                 )
             })
             .collect();
-        let mut ends = vec![0; PARTITIONS as usize];
-        for (p, o) in produce(&topic, &msgs) {
-            ends[p as usize] = ends[p as usize].max(o + 1);
-        }
-        Stream {
-            w,
-            topic,
-            group: name("g"),
-            keys,
-            ends,
-        }
+        s.produce(0..N, &msgs);
+        Drain { s, keys }
     }
 
     /// `invalidator run` with `redis` as the body of `[redis]`.
     fn start(&self, redis: &str) -> Worker {
         let port = free_port();
-        let config = format!(
-            "{}\n{}",
-            self.w.config_text_with_redis(redis),
-            worker_config(&self.group, &self.topic, port, UNITS)
-        );
+        let config = self
+            .s
+            .config_with(&self.w.config_text_with_redis(redis), port, UNITS);
         Worker::start(&self.w, "worker", &config, port)
-    }
-
-    fn committed(&self) -> Vec<i64> {
-        committed(&self.group, &self.topic, PARTITIONS)
     }
 }
 
@@ -109,6 +85,12 @@ struct Verdict {
 }
 
 impl Verdict {
+    /// Prints the run as `name`, then checks it with `check`.
+    fn check(self, name: &str, check: fn(&Verdict)) {
+        self.print(name);
+        check(&self);
+    }
+
     fn print(&self, name: &str) {
         eprintln!(
             "{name}: drained {}, committed while frozen {:?}, deleted on the old primary before the kill: {}, \
@@ -180,7 +162,7 @@ impl Verdict {
 /// shortfalls (the committed offsets are read then). Returns the keys deleted so far, read last,
 /// just before the caller's kill, and the committed offsets.
 fn wait_mid_drain(
-    s: &Stream,
+    s: &Drain,
     worker: &mut Worker,
     primary: &Server,
     keys: usize,
@@ -224,18 +206,19 @@ fn wait_mid_drain(
 /// After the fault: waits until the committed offsets reach the end, reads the metrics, counts
 /// the stale keys with `stale`, stops the worker.
 fn verdict(
-    s: &Stream,
+    s: &Drain,
     mut worker: Worker,
     fault: Instant,
     committed_before: Vec<i64>,
     deleted_before: usize,
     stale: impl FnOnce() -> usize,
 ) -> Verdict {
-    let drained = until(Duration::from_secs(60), || s.committed() == s.ends);
+    let ends = s.ends();
+    let drained = until(Duration::from_secs(60), || s.committed() == ends);
     eprintln!(
         "committed {:?} of {:?} {:.1} s after the fault",
         s.committed(),
-        s.ends,
+        ends,
         fault.elapsed().as_secs_f64()
     );
     let v = Verdict {
@@ -259,16 +242,13 @@ fn verdict(
 
 /// With `replicas = 2` (the `WAIT` variant) the second replica follows the promoted one.
 fn endpoint_switch(protection: &str, replicas: usize) -> Verdict {
-    let s = Stream::new();
+    let s = Drain::new();
     let p = Server::start();
     let rs: Vec<Server> = (0..replicas).map(|_| Server::start()).collect();
     for r in &rs {
         r.replica_of(&p);
     }
-    set_all(&mut p.conn(), &s.keys);
-    for r in &rs {
-        r.wait_synced(&p);
-    }
+    seed(&p, &rs.iter().collect::<Vec<_>>(), &s.keys);
     let proxy = Proxy::start(&p.addr());
     freeze(&p, &rs.iter().collect::<Vec<_>>());
 
@@ -291,48 +271,32 @@ fn endpoint_switch(protection: &str, replicas: usize) -> Verdict {
 
 #[test]
 fn worker_endpoint_switch_with_rewind_leaves_no_stale_key() {
-    let v = endpoint_switch(REWIND, 1);
-    v.print("worker, endpoint switch, rewind");
-    v.rewound();
+    endpoint_switch(REWIND, 1).check("worker, endpoint switch, rewind", Verdict::rewound);
 }
 
 #[test]
 fn worker_endpoint_switch_with_wait_leaves_no_stale_key() {
-    let v = endpoint_switch(WAIT, 2);
-    v.print("worker, endpoint switch, WAIT");
-    v.waited();
+    endpoint_switch(WAIT, 2).check("worker, endpoint switch, WAIT", Verdict::waited);
 }
 
 #[test]
 fn worker_endpoint_switch_control_leaves_stale_keys() {
-    let v = endpoint_switch(CONTROL, 1);
-    v.print("worker, endpoint switch, control");
-    v.control();
+    endpoint_switch(CONTROL, 1).check("worker, endpoint switch, control", Verdict::control);
 }
 
 // ---------------------------------------------------------------------------------------------
 // B. Sentinel promotes the frozen replica (resumed right after the kill: see tests/failover.rs).
 
 fn sentinel(protection: &str) -> Verdict {
-    let s = Stream::new();
+    let s = Drain::new();
     let p = Server::start();
     let r = Server::start();
     r.replica_of(&p);
-    set_all(&mut p.conn(), &s.keys);
-    r.wait_synced(&p);
+    seed(&p, &[&r], &s.keys);
     let sentinels = Sentinels::start(1, &p, &[&r]);
     freeze(&p, &[&r]);
 
-    let urls = sentinels
-        .urls()
-        .iter()
-        .map(|u| format!("\"{u}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut worker = s.start(&format!(
-        "sentinels = [{urls}]\nsentinel_master = \"{}\"\n{protection}",
-        sentinels.name
-    ));
+    let mut worker = s.start(&format!("{}{protection}", sentinels.config()));
     let (deleted_before, committed_before) = wait_mid_drain(&s, &mut worker, &p, N, false);
     let fault = Instant::now();
     p.kill9();
@@ -346,16 +310,12 @@ fn sentinel(protection: &str) -> Verdict {
 
 #[test]
 fn worker_sentinel_failover_with_rewind_leaves_no_stale_key() {
-    let v = sentinel(REWIND);
-    v.print("worker, sentinel, rewind");
-    v.rewound();
+    sentinel(REWIND).check("worker, sentinel, rewind", Verdict::rewound);
 }
 
 #[test]
 fn worker_sentinel_failover_control_leaves_stale_keys() {
-    let v = sentinel(CONTROL);
-    v.print("worker, sentinel, control");
-    v.control();
+    sentinel(CONTROL).check("worker, sentinel, control", Verdict::control);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -365,7 +325,7 @@ fn worker_sentinel_failover_control_leaves_stale_keys() {
 /// takeover and rejoins as a replica of the new one. `orphaned`: how long the killed primary's
 /// slots stay without one before the takeover (the replica is resumed at once).
 fn cluster_takeover(protection: &str, restart_old: bool, orphaned: Duration) -> Verdict {
-    let s = Stream::new();
+    let s = Drain::new();
     let c = Cluster::start();
     c.set_all(&s.keys);
     c.wait_replicas_synced();
@@ -374,13 +334,7 @@ fn cluster_takeover(protection: &str, restart_old: bool, orphaned: Duration) -> 
     let own = c.by_owner(&s.keys)[&p1.port].len();
     freeze(p1, &[r1]);
 
-    let seeds = c
-        .seeds()
-        .iter()
-        .map(|u| format!("\"{u}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut worker = s.start(&format!("cluster = [{seeds}]\n{protection}"));
+    let mut worker = s.start(&format!("{}{protection}", c.config()));
     let (deleted_before, committed_before) = wait_mid_drain(&s, &mut worker, p1, own, restart_old);
     let fault = Instant::now();
     p1.kill9();
@@ -397,23 +351,20 @@ fn cluster_takeover(protection: &str, restart_old: bool, orphaned: Duration) -> 
 
 #[test]
 fn worker_cluster_takeover_with_rewind_leaves_no_stale_key() {
-    let v = cluster_takeover(REWIND, false, Duration::ZERO);
-    v.print("worker, cluster takeover, rewind");
-    v.rewound();
+    cluster_takeover(REWIND, false, Duration::ZERO)
+        .check("worker, cluster takeover, rewind", Verdict::rewound);
 }
 
 #[test]
 fn worker_cluster_takeover_with_wait_leaves_no_stale_key() {
-    let v = cluster_takeover(WAIT, true, Duration::ZERO);
-    v.print("worker, cluster takeover, WAIT");
-    v.waited();
+    cluster_takeover(WAIT, true, Duration::ZERO)
+        .check("worker, cluster takeover, WAIT", Verdict::waited);
 }
 
 #[test]
 fn worker_cluster_takeover_control_leaves_stale_keys() {
-    let v = cluster_takeover(CONTROL, false, Duration::ZERO);
-    v.print("worker, cluster takeover, control");
-    v.control();
+    cluster_takeover(CONTROL, false, Duration::ZERO)
+        .check("worker, cluster takeover, control", Verdict::control);
 }
 
 /// Slots without a primary for a second, as in a real automatic failover (node timeout, then the
@@ -422,7 +373,8 @@ fn worker_cluster_takeover_control_leaves_stale_keys() {
 /// tests/failover.rs); the worker's units of 20 events rode through it already.
 #[test]
 fn worker_cluster_takeover_after_a_second_without_a_primary_rides_through() {
-    let v = cluster_takeover(REWIND, false, Duration::from_secs(1));
-    v.print("worker, cluster takeover after 1 s without a primary, rewind");
-    v.rewound();
+    cluster_takeover(REWIND, false, Duration::from_secs(1)).check(
+        "worker, cluster takeover after 1 s without a primary, rewind",
+        Verdict::rewound,
+    );
 }

@@ -7,7 +7,7 @@ use indexmap::IndexMap;
 use invalidator::apply::cdn::{CdnError, CdnTargets};
 use invalidator::config::Config;
 use wiremock::matchers::{header, method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{Match, Mock, MockServer, ResponseTemplate};
 
 fn target(urls: Vec<String>, retry_for: Duration) -> CdnTargets {
     let config = Config::from_toml(&format!(
@@ -30,6 +30,16 @@ fn purges(paths: &[(&str, Vec<u32>)]) -> IndexMap<String, IndexMap<String, Vec<u
             .collect(),
     );
     m
+}
+
+/// Makes `s` answer the requests that match `m` with `status` (only the first `times` of them
+/// with `Some`).
+async fn answer(s: &MockServer, m: impl Match + 'static, status: u16, times: Option<u64>) {
+    let mock = Mock::given(m).respond_with(ResponseTemplate::new(status));
+    match times {
+        Some(n) => mock.up_to_n_times(n).mount(s).await,
+        None => mock.mount(s).await,
+    }
 }
 
 #[tokio::test]
@@ -71,18 +81,9 @@ async fn purges_every_node_with_method_and_headers() {
 #[tokio::test]
 async fn a_refused_path_is_rejected_with_its_events_and_the_others_pass() {
     let s = MockServer::start().await;
-    Mock::given(path("/forbidden"))
-        .respond_with(ResponseTemplate::new(400))
-        .mount(&s)
-        .await;
-    Mock::given(path("/not-cached"))
-        .respond_with(ResponseTemplate::new(404))
-        .mount(&s)
-        .await;
-    Mock::given(path("/ok"))
-        .respond_with(ResponseTemplate::new(204))
-        .mount(&s)
-        .await;
+    answer(&s, path("/forbidden"), 400, None).await;
+    answer(&s, path("/not-cached"), 404, None).await;
+    answer(&s, path("/ok"), 204, None).await;
     let cdn = target(vec![s.uri()], Duration::from_secs(2));
     let report = cdn
         .purge(&purges(&[
@@ -106,15 +107,8 @@ async fn a_refused_path_is_rejected_with_its_events_and_the_others_pass() {
 #[tokio::test]
 async fn server_errors_are_retried_until_accepted() {
     let s = MockServer::start().await;
-    Mock::given(method("PURGE"))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(2)
-        .mount(&s)
-        .await;
-    Mock::given(method("PURGE"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&s)
-        .await;
+    answer(&s, method("PURGE"), 503, Some(2)).await;
+    answer(&s, method("PURGE"), 200, None).await;
     let cdn = target(vec![s.uri()], Duration::from_secs(5));
     let report = cdn.purge(&purges(&[("/p", vec![0])])).await.unwrap();
     assert_eq!(report.purged, 1);
@@ -140,10 +134,7 @@ async fn a_node_that_does_not_allow_purges_is_an_outage_not_a_rejection() {
     // Varnish answers 405 when the client is not in its purge ACL: every path would fail the
     // same way, so it is a configuration outage, not a reason to dead-letter the events.
     let s = MockServer::start().await;
-    Mock::given(method("PURGE"))
-        .respond_with(ResponseTemplate::new(405))
-        .mount(&s)
-        .await;
+    answer(&s, method("PURGE"), 405, None).await;
     let cdn = target(vec![s.uri()], Duration::from_millis(300));
     let err = cdn
         .purge(&purges(&[("/p", vec![0]), ("/q", vec![1])]))
@@ -164,10 +155,7 @@ async fn stats_count_requests_and_paths_per_target() {
     let a = MockServer::start().await;
     let b = MockServer::start().await;
     for s in [&a, &b] {
-        Mock::given(method("PURGE"))
-            .respond_with(ResponseTemplate::new(200))
-            .mount(s)
-            .await;
+        answer(s, method("PURGE"), 200, None).await;
     }
     let cdn = target(vec![a.uri(), b.uri()], Duration::from_secs(2));
     cdn.purge(&purges(&[

@@ -355,16 +355,25 @@ fn sns_notification(message: &str, message_id: &str) -> Value {
     })
 }
 
-/// The SQS Lambda fixture with one record per `(body, messageId)`.
-fn sqs_document(bodies: &[(String, String)]) -> Vec<u8> {
-    let mut doc: Value = serde_json::from_str(SQS_FIXTURE).unwrap();
+/// The Lambda fixture `fixture` (JSON) with one record per `(text, id)`: the record of the fixture
+/// with its text at `text_at` and its id at `id_at` (paths of keys).
+fn lambda_document(
+    fixture: &str,
+    text_at: &[&str],
+    id_at: &[&str],
+    records: &[(String, String)],
+) -> Vec<u8> {
+    fn at<'v>(v: &'v mut Value, path: &[&str]) -> &'v mut Value {
+        path.iter().fold(v, |v, k| &mut v[*k])
+    }
+    let mut doc: Value = serde_json::from_str(fixture).unwrap();
     let template = doc["Records"][0].clone();
-    let records: Vec<Value> = bodies
+    let records: Vec<Value> = records
         .iter()
-        .map(|(body, id)| {
+        .map(|(text, id)| {
             let mut r = template.clone();
-            r["body"] = Value::String(body.clone());
-            r["messageId"] = Value::String(id.clone());
+            *at(&mut r, text_at) = Value::String(text.clone());
+            *at(&mut r, id_at) = Value::String(id.clone());
             r
         })
         .collect();
@@ -372,21 +381,19 @@ fn sqs_document(bodies: &[(String, String)]) -> Vec<u8> {
     serde_json::to_vec(&doc).unwrap()
 }
 
+/// The SQS Lambda fixture with one record per `(body, messageId)`.
+fn sqs_document(bodies: &[(String, String)]) -> Vec<u8> {
+    lambda_document(SQS_FIXTURE, &["body"], &["messageId"], bodies)
+}
+
 /// The SNS Lambda fixture with one record per `(message, MessageId)`.
 fn sns_document(messages: &[(String, String)]) -> Vec<u8> {
-    let mut doc: Value = serde_json::from_str(SNS_FIXTURE).unwrap();
-    let template = doc["Records"][0].clone();
-    let records: Vec<Value> = messages
-        .iter()
-        .map(|(message, id)| {
-            let mut r = template.clone();
-            r["Sns"]["Message"] = Value::String(message.clone());
-            r["Sns"]["MessageId"] = Value::String(id.clone());
-            r
-        })
-        .collect();
-    doc["Records"] = Value::Array(records);
-    serde_json::to_vec(&doc).unwrap()
+    lambda_document(
+        SNS_FIXTURE,
+        &["Sns", "Message"],
+        &["Sns", "MessageId"],
+        messages,
+    )
 }
 
 /// Expands a Lambda document and decodes its records the way a source does.
@@ -409,19 +416,25 @@ fn message_id() -> impl Strategy<Value = String> {
     "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 }
 
+/// The keys of the native envelope and of CloudEvents that the decoder reads (never copied into a
+/// whole-object payload).
+const ENVELOPE_KEYS: &[&str] = &[
+    "type",
+    "event_type",
+    "id",
+    "event_id",
+    "time",
+    "occurred_at",
+    "timestamp",
+    "source",
+    "data",
+    "specversion",
+];
+
 /// Objects built from the keys every decoder path looks at, with hostile values.
 fn envelopeish() -> impl Strategy<Value = Value> {
-    let key = prop::sample::select(vec![
-        "type",
-        "event_type",
-        "id",
-        "event_id",
-        "time",
-        "occurred_at",
-        "timestamp",
-        "source",
-        "data",
-        "specversion",
+    let mut keys = ENVELOPE_KEYS.to_vec();
+    keys.extend([
         "data_base64",
         "Type",
         "Message",
@@ -440,6 +453,7 @@ fn envelopeish() -> impl Strategy<Value = Value> {
         "messageId",
         "Sns",
     ]);
+    let key = prop::sample::select(keys);
     let special = prop_oneof![
         Just(json!("Notification")),
         Just(json!("1.0")),
@@ -516,20 +530,8 @@ fn check_whole_object_payload(
     let mut obj = ev.native();
     let o = obj.as_object_mut().unwrap();
     o.remove("data");
-    let reserved = [
-        "type",
-        "event_type",
-        "id",
-        "event_id",
-        "time",
-        "occurred_at",
-        "timestamp",
-        "source",
-        "data",
-        "specversion",
-    ];
     for (k, v) in extra {
-        if !o.contains_key(k) && !reserved.contains(&k.as_str()) {
+        if !o.contains_key(k) && !ENVELOPE_KEYS.contains(&k.as_str()) {
             o.insert(k.clone(), v.clone());
         }
     }

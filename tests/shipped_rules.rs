@@ -78,6 +78,18 @@ fn expire(key: &str, ttl: Duration, jitter: f64) -> Action {
     }
 }
 
+/// The plan of `ev` under `rules`, the members of every set unknown.
+fn plan_of(rules: &RuleSet, ev: &Event) -> EventPlan {
+    rules
+        .plan_event(ev, &NoMembers)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The plan of the sample event `id` under `rules`, the members of every set unknown.
+fn plan_sample(rules: &RuleSet, id: &str) -> EventPlan {
+    plan_of(rules, &sample(id))
+}
+
 /// `(rule, event type, depth, condition)` of every hit, in plan order.
 fn summary(plan: &EventPlan) -> Vec<(String, String, u32, bool)> {
     plan.hits
@@ -321,7 +333,7 @@ fn price_event_deletes_tags_purges_redeletes_and_cascades() {
     let rules = shipped();
     let ev = sample("evt-20260302-0001");
     assert_eq!(ev.data["category_ids"], json!(["shoes", "running"]));
-    let plan = rules.plan_event(&ev, &NoMembers).unwrap();
+    let plan = plan_of(&rules, &ev);
     assert_eq!(
         summary(&plan),
         [
@@ -402,7 +414,7 @@ fn price_event_deletes_tags_purges_redeletes_and_cascades() {
 fn an_unchanged_price_is_skipped_by_the_condition() {
     let ev = sample("evt-20260302-0005");
     assert_eq!(ev.data["old_price"], ev.data["new_price"]);
-    let plan = shipped().plan_event(&ev, &NoMembers).unwrap();
+    let plan = plan_of(&shipped(), &ev);
     assert_eq!(
         summary(&plan),
         [row("price-changed", "price.updated", 0, false)]
@@ -423,7 +435,7 @@ fn unknown_types_match_no_rule() {
             "{}",
             ev.kind
         );
-        let plan = rules.plan_event(&ev, &NoMembers).unwrap();
+        let plan = plan_of(&rules, &ev);
         assert!(plan.hits.is_empty(), "{:#?}", plan.hits);
         assert!(!plan.matched());
     }
@@ -433,9 +445,7 @@ fn unknown_types_match_no_rule() {
 fn a_stock_out_purges_and_cascades_a_stock_movement_only_deletes() {
     let rules = shipped();
     // 1 → 0 in stock: availability flipped.
-    let plan = rules
-        .plan_event(&sample("evt-20260302-0006"), &NoMembers)
-        .unwrap();
+    let plan = plan_sample(&rules, "evt-20260302-0006");
     assert_eq!(
         summary(&plan),
         [
@@ -459,7 +469,7 @@ fn a_stock_out_purges_and_cascades_a_stock_movement_only_deletes() {
     // A warehouse that sends only quantities: has() makes the condition false, not an error.
     let ev = sample("evt-20260302-0009");
     assert!(ev.data.get("in_stock").is_none());
-    let plan = rules.plan_event(&ev, &NoMembers).unwrap();
+    let plan = plan_of(&rules, &ev);
     assert_eq!(
         summary(&plan),
         [
@@ -475,7 +485,7 @@ fn a_promotion_fans_out_over_sections_and_products() {
     let rules = shipped();
     let ev = sample("6b1f0c2e-8d3a-4b7e-9a51-0c2d3e4f5a61"); // CloudEvents
     assert_eq!(ev.source.as_deref(), Some("/marketing/promotions"));
-    let plan = rules.plan_event(&ev, &NoMembers).unwrap();
+    let plan = plan_of(&rules, &ev);
     assert_eq!(
         summary(&plan),
         [
@@ -504,9 +514,7 @@ fn a_promotion_fans_out_over_sections_and_products() {
     assert_eq!(plan.hits[3].actions[0], delete("product:1002"));
 
     // promotion.ended (the prefix glob), no sections and no products: only the promotion itself.
-    let plan = rules
-        .plan_event(&sample("3a7d9c1e-2f4b-4e6a-8c0d-1e2f3a4b5c6d"), &NoMembers)
-        .unwrap();
+    let plan = plan_sample(&rules, "3a7d9c1e-2f4b-4e6a-8c0d-1e2f3a4b5c6d");
     assert_eq!(
         summary(&plan),
         [
@@ -528,17 +536,13 @@ fn a_promotion_fans_out_over_sections_and_products() {
 fn reviews_pending_published_flat_and_moderated() {
     let rules = shipped();
     // Pending: nothing cached shows it.
-    let plan = rules
-        .plan_event(&sample("evt-20260302-0010"), &NoMembers)
-        .unwrap();
+    let plan = plan_sample(&rules, "evt-20260302-0010");
     assert_eq!(
         summary(&plan),
         [row("review-changed", "review.created", 0, false)]
     );
     // A flat native event (no `data`): the whole object is the payload; no status → shown.
-    let plan = rules
-        .plan_event(&sample("evt-20260302-0012"), &NoMembers)
-        .unwrap();
+    let plan = plan_sample(&rules, "evt-20260302-0012");
     assert_eq!(
         plan.hits[0].actions,
         [delete("review:r-49990"), delete("review:product:1003")]
@@ -552,9 +556,7 @@ fn reviews_pending_published_flat_and_moderated() {
         ]
     );
     // Removed by moderation: `event.source` in the condition.
-    let plan = rules
-        .plan_event(&sample("evt-20260302-0013"), &NoMembers)
-        .unwrap();
+    let plan = plan_sample(&rules, "evt-20260302-0013");
     let moderation = hit(&plan, "review-removed-by-moderation");
     assert!(moderation.condition);
     assert_eq!(
@@ -570,7 +572,7 @@ fn for_each_member_of_emits_one_event_per_member_or_reports_needs() {
     assert_eq!(ev.kind, "product.updated");
 
     // Members not known yet: the set is reported in `needs`, the cascade emits nothing.
-    let plan = rules.plan_event(&ev, &NoMembers).unwrap();
+    let plan = plan_of(&rules, &ev);
     assert_eq!(plan.needs, ["product:1002:categories"]);
     assert_eq!(
         summary(&plan),
@@ -679,9 +681,7 @@ rules:
         data: { id: "{id}" }
 "#;
     let rules = RuleSet::from_sources(&[("cycle.yaml".into(), yaml.into())], &options()).unwrap();
-    let plan = rules
-        .plan_event(&event("a.x", json!({"id": 7})), &NoMembers)
-        .unwrap();
+    let plan = plan_of(&rules, &event("a.x", json!({"id": 7})));
     assert_eq!(
         summary(&plan),
         [row("a-to-b", "a.x", 0, true), row("b-to-a", "b.x", 1, true)]
@@ -696,9 +696,7 @@ rules:
     assert_eq!(p.deletes.iter().collect::<Vec<_>>(), ["a:7", "b:7"]);
 
     // Extra fields in the original make the first return differ; the loop still ends one step later.
-    let plan = rules
-        .plan_event(&event("a.x", json!({"id": 7, "extra": true})), &NoMembers)
-        .unwrap();
+    let plan = plan_of(&rules, &event("a.x", json!({"id": 7, "extra": true})));
     assert_eq!(plan.hits.len(), 3);
     assert_eq!(plan.notes.len(), 1);
 }
@@ -732,9 +730,7 @@ rules:
         ..options()
     };
     let rules = RuleSet::from_sources(&[("chain.yaml".into(), yaml.into())], &opts).unwrap();
-    let plan = rules
-        .plan_event(&event("chain.0", json!({"id": "x"})), &NoMembers)
-        .unwrap();
+    let plan = plan_of(&rules, &event("chain.0", json!({"id": "x"})));
     assert_eq!(
         summary(&plan),
         [
@@ -751,9 +747,7 @@ rules:
     );
     // The default depth (4) follows the whole chain.
     let rules = RuleSet::from_sources(&[("chain.yaml".into(), yaml.into())], &options()).unwrap();
-    let plan = rules
-        .plan_event(&event("chain.0", json!({"id": "x"})), &NoMembers)
-        .unwrap();
+    let plan = plan_of(&rules, &event("chain.0", json!({"id": "x"})));
     assert_eq!(plan.hits.len(), 4);
     assert!(plan.notes.is_empty());
 }

@@ -6,34 +6,13 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{World, attr, conn, drain, fixture_json, queue, sqs};
+use common::{BATCH_KEYS, World, attr, conn, drain, failures, fixture_json, queue, sqs};
 use invalidator_lambda::batch::{HandlerError, Source};
 use serde_json::{Value, json};
 
 /// The message ids of `sqs-batch.json`.
 fn batch_id(i: usize) -> String {
     format!("3f3f6a52-0f4e-4a7e-9b2b-4c1f0d8e0a{:02}", i + 1)
-}
-
-/// The keys `sqs-batch.json` invalidates with the test rules.
-const BATCH_KEYS: &[&str] = &[
-    "P:price:2001",
-    "P:product:2001",
-    "P:inventory:SKU-2002",
-    "P:review:2003",
-    "P:price:2004",
-    "P:product:2004",
-    "P:product:2007",
-    "P:review:2009",
-];
-
-fn failures(v: &Value) -> Vec<String> {
-    v["batchItemFailures"]
-        .as_array()
-        .expect("a partial batch response")
-        .iter()
-        .map(|f| f["itemIdentifier"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[tokio::test]
@@ -332,17 +311,7 @@ async fn a_retried_sns_event_is_a_duplicate_within_the_dedupe_window() {
 #[tokio::test]
 async fn redeletes_run_before_the_invocation_returns() {
     let w = World::new();
-    std::fs::write(
-        w.rules_dir().join("redelete.yaml"),
-        w.k(r#"
-rules:
-  - name: promo
-    on: promotion.changed
-    delete: ["P:promo:{section}"]
-    redelete_after: 300ms
-"#),
-    )
-    .unwrap();
+    w.rules_fixture("redelete.yaml", "rules/promo_redelete_300ms.yaml");
     let mut c = conn();
     w.set(&mut c, &["P:promo:home"]);
     let app = w.app(None).await;
@@ -378,17 +347,7 @@ rules:
 #[tokio::test]
 async fn a_long_redelete_runs_early_within_max_redelete_wait() {
     let w = World::new();
-    std::fs::write(
-        w.rules_dir().join("redelete.yaml"),
-        w.k(r#"
-rules:
-  - name: promo
-    on: promotion.changed
-    delete: ["P:promo:{section}"]
-    redelete_after: 1h
-"#),
-    )
-    .unwrap();
+    w.rules_fixture("redelete.yaml", "rules/promo_redelete_1h.yaml");
     let app = w.app_with(None, "max_redelete_wait = \"200ms\"\n").await;
     let event = json!({"Records": [{
         "messageId": "m-promo", "receiptHandle": "r", "eventSource": "aws:sqs",

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{World, attr, conn, drain, queue, sqs};
+use common::{BATCH_KEYS, World, attr, conn, drain, failures, fixture_path, queue, sqs};
 use serde_json::Value;
 
 fn free_port() -> u16 {
@@ -120,21 +120,6 @@ fn response(out: &Output) -> Value {
     }
 }
 
-fn failures(v: &Value) -> Vec<String> {
-    v["batchItemFailures"]
-        .as_array()
-        .unwrap_or_else(|| panic!("not a partial batch response: {v}"))
-        .iter()
-        .map(|f| f["itemIdentifier"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-fn fixture_path(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sns_and_sqs_events_through_the_runtime_api_emulator() {
     let w = World::new();
@@ -160,20 +145,9 @@ async fn sns_and_sqs_events_through_the_runtime_api_emulator() {
 
     w.set(
         &mut c,
-        &[
-            "P:price:2101",
-            "P:product:2101",
-            "P:price:2001",
-            "P:product:2001",
-            "P:inventory:SKU-2002",
-            "P:review:2003",
-            "P:price:2004",
-            "P:product:2004",
-            "P:product:2007",
-            "P:review:2009",
-            "P:product:2006",
-        ],
+        &["P:price:2101", "P:product:2101", "P:product:2006"],
     );
+    w.set(&mut c, BATCH_KEYS);
     {
         let _f = function(port, w.dir.path(), &env(&dlq), &log);
         // Direct SNS subscription: success is an empty (null) answer.
@@ -185,16 +159,7 @@ async fn sns_and_sqs_events_through_the_runtime_api_emulator() {
         // SQS: 8 applied or skipped, 2 poison dead-lettered and acknowledged.
         let out = invoke(port, &fixture_path("sqs-batch.json"));
         assert_eq!(failures(&response(&out)), Vec::<String>::new());
-        for k in [
-            "P:price:2001",
-            "P:product:2001",
-            "P:inventory:SKU-2002",
-            "P:review:2003",
-            "P:price:2004",
-            "P:product:2004",
-            "P:product:2007",
-            "P:review:2009",
-        ] {
+        for k in BATCH_KEYS {
             assert!(!w.exists(&mut c, k), "{k}");
         }
         assert!(w.exists(&mut c, "P:product:2006"));

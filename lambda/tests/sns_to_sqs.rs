@@ -155,14 +155,7 @@ async fn notifications_published_to_sns_are_invalidated_from_both_queue_kinds() 
         }
 
         // Lambda deletes what was not reported failed; then nothing is left in the queue.
-        for m in &messages {
-            sqs.delete_message()
-                .queue_url(url)
-                .receipt_handle(m.receipt_handle().unwrap())
-                .send()
-                .await
-                .unwrap();
-        }
+        common::delete_messages(&sqs, url, &messages).await;
         let left = sqs
             .get_queue_attributes()
             .queue_url(url)

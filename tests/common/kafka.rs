@@ -1,9 +1,13 @@
 //! Helpers of the Kafka tests: a real Kafka-protocol broker (`KAFKA_BROKERS`, default the Tansu
-//! broker that scripts/tansu.sh starts on 127.0.0.1:19092), random topic and group names, and the
-//! `invalidator run` binary as a child process.
+//! broker that scripts/tansu.sh starts on 127.0.0.1:19092), random topic and group names, a test's
+//! [`Stream`] (its topic, group and what it produced) and the `invalidator run` binary as a child
+//! process ([`Worker`]).
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -198,17 +202,8 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+pub fn wait_until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    super::poll_until(timeout, Duration::from_millis(50), cond)
 }
 
 /// The `[kafka]` and `[http]` sections of a worker of `group` over `topic`.
@@ -219,6 +214,155 @@ pub fn worker_config(group: &str, topic: &str, port: u16, extra_kafka: &str) -> 
          \"topic.metadata.refresh.interval.ms\" = \"1000\"\n\n[http]\nlisten = \"127.0.0.1:{port}\"\n",
         brokers()
     )
+}
+
+/// `price.updated` event `i` (id `e-{i}`, `sku` i, `time` now), which the rules of
+/// `tests/fixtures/rules/delete_price.yaml` turn into a delete of `P:price:{i}`.
+pub fn price_event(i: usize) -> String {
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    format!(r#"{{"type":"price.updated","id":"e-{i}","time":"{now}","data":{{"sku":"{i}"}}}}"#)
+}
+
+/// One test's stream: its world, its own topic and consumer group, and where every event it
+/// produced landed.
+pub struct Stream {
+    pub w: World,
+    pub topic: String,
+    pub group: String,
+    pub partitions: i32,
+    /// (partition, offset) → event number, from the delivery reports.
+    sent: RefCell<BTreeMap<(i32, i64), usize>>,
+}
+
+impl Stream {
+    /// A new topic `{topic}-…` of `partitions` and a new group, for the world `w`.
+    pub fn new(w: World, topic: &str, partitions: i32) -> Stream {
+        let topic = name(topic);
+        create_topic(&topic, partitions);
+        Stream {
+            w,
+            topic,
+            group: name("g"),
+            partitions,
+            sent: RefCell::default(),
+        }
+    }
+
+    /// A stream of price events (see [`price_event`]) under the rules of
+    /// `tests/fixtures/rules/delete_price.yaml`.
+    pub fn prices(partitions: i32) -> Stream {
+        let w = World::new();
+        w.rules_fixture("price.yaml", "rules/delete_price.yaml");
+        Stream::new(w, "it", partitions)
+    }
+
+    /// The world's config and a worker's `[kafka]` (plus `extra_kafka`) and `[http]` on `port`.
+    pub fn config(&self, port: u16, extra_kafka: &str) -> String {
+        self.config_with(&self.w.config_text(), port, extra_kafka)
+    }
+
+    /// [`Stream::config`] with `base` for the world's config.
+    pub fn config_with(&self, base: &str, port: u16, extra_kafka: &str) -> String {
+        format!(
+            "{base}\n{}",
+            worker_config(&self.group, &self.topic, port, extra_kafka)
+        )
+    }
+
+    /// Starts worker `name` with [`Stream::config`] on a free port.
+    pub fn start(&self, name: &str, extra_kafka: &str) -> Worker {
+        let port = free_port();
+        Worker::start(&self.w, name, &self.config(port, extra_kafka), port)
+    }
+
+    /// Produces `msgs`, event `range.start + n` as the n-th, and records where they landed.
+    pub fn produce(&self, range: Range<usize>, msgs: &[Msg]) -> Vec<(i32, i64)> {
+        let at = produce(&self.topic, msgs);
+        self.produced(range, &at);
+        at
+    }
+
+    /// Records where events `range` landed.
+    pub fn produced(&self, range: Range<usize>, at: &[(i32, i64)]) {
+        let mut sent = self.sent.borrow_mut();
+        for (i, &pos) in range.zip(at) {
+            sent.insert(pos, i);
+        }
+    }
+
+    /// Seeds `P:price:{i}` for every i of `range` and produces price event i to partition
+    /// i % partitions.
+    pub fn seed_and_produce(&self, c: &mut redis::Connection, range: Range<usize>) {
+        let keys: Vec<String> = range.clone().map(|i| format!("P:price:{i}")).collect();
+        self.w.set(c, &keys);
+        let msgs: Vec<Msg> = range
+            .clone()
+            .map(|i| Msg::json((i % self.partitions as usize) as i32, price_event(i)))
+            .collect();
+        self.produce(range, &msgs);
+    }
+
+    /// How many `P:price:*` keys are left.
+    pub fn remaining(&self, c: &mut redis::Connection) -> usize {
+        self.w.keys(c, "P:price:*").len()
+    }
+
+    /// The offset after the last event produced, per partition.
+    pub fn ends(&self) -> Vec<i64> {
+        let mut ends = vec![0; self.partitions as usize];
+        for &(p, o) in self.sent.borrow().keys() {
+            ends[p as usize] = ends[p as usize].max(o + 1);
+        }
+        ends
+    }
+
+    /// The events below the committed offsets `upto` and the others.
+    pub fn split(&self, upto: &[i64]) -> (Vec<usize>, Vec<usize>) {
+        let mut below = Vec::new();
+        let mut above = Vec::new();
+        for (&(p, o), &i) in self.sent.borrow().iter() {
+            if o < upto[p as usize] {
+                below.push(i);
+            } else {
+                above.push(i);
+            }
+        }
+        (below, above)
+    }
+
+    /// The group's committed offsets (-1001 = none).
+    pub fn committed(&self) -> Vec<i64> {
+        committed(&self.group, &self.topic, self.partitions)
+    }
+
+    /// Asserts that `worker` applies every event produced (no `P:price:*` key left) within
+    /// `within`, then commits up to the end of every partition within 20 s more; `what` names the
+    /// first in a failure.
+    pub fn expect_drained_by(
+        &self,
+        worker: &Worker,
+        c: &mut redis::Connection,
+        within: Duration,
+        what: &str,
+    ) {
+        worker.expect_within(within, what, || self.remaining(c) == 0);
+        worker.expect_within(
+            Duration::from_secs(20),
+            &format!("{what}, then committed up to the end of every partition"),
+            || self.all_committed(),
+        );
+    }
+
+    /// Committed up to the end of every partition.
+    pub fn all_committed(&self) -> bool {
+        let (c, e) = (self.committed(), self.ends());
+        if c != e {
+            eprintln!("committed {c:?}, end {e:?}");
+        }
+        c == e
+    }
 }
 
 /// `invalidator run` as a child process.
@@ -296,20 +440,34 @@ impl Worker {
 
     /// Waits for the process to exit.
     pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let until = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            if Instant::now() >= until {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        super::wait_exit(&mut self.child, timeout)
     }
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Asserts `ok`; the failure says `what` and shows the worker's log.
+    pub fn expect(&self, ok: bool, what: &str) {
+        assert!(ok, "{what}\n--- worker log ---\n{}", self.logs());
+    }
+
+    /// Asserts that `cond` comes true within `timeout` (polled every 50 ms), as [`Worker::expect`].
+    pub fn expect_within(&self, timeout: Duration, what: &str, cond: impl FnMut() -> bool) {
+        self.expect(wait_until(timeout, cond), what);
+    }
+
+    /// SIGTERM, then asserts an exit 0 within `timeout`.
+    pub fn terminate(&mut self, timeout: Duration, what: &str) {
+        self.signal(libc::SIGTERM);
+        let status = self.wait(timeout);
+        self.expect(status.is_some_and(|s| s.success()), what);
+    }
+
+    /// SIGKILL, then waits for the exit (5 s at most).
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        self.signal(libc::SIGKILL);
+        self.wait(Duration::from_secs(5))
     }
 }
 

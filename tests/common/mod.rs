@@ -1,47 +1,102 @@
-//! Shared helpers of the integration tests that run against a real Redis.
+//! Shared harness of the integration tests, which run against real services.
 //!
 //! Every test gets its own random key prefix (`t{random}:`) and works in DB 9 of
 //! `redis://127.0.0.1:6379/9` (overridden by `INVALIDATOR_TEST_REDIS_URL`), so tests never collide
-//! when run in parallel.
+//! when run in parallel. Here: [`World`] (one test's prefix, temp dir, rules, config and runs of
+//! the binary) and the fixtures of `tests/fixtures/`. Beside it:
+//!
+//! - `spec`: cases as data (given, rules, events, expected) replayed through the binary;
+//! - `engine` and `layer`: the only places that call the library (its engine, its Redis layer);
+//! - `cluster`: the shared Redis Cluster on 7001-7003; `topology`: servers, Sentinels and
+//!   clusters a test starts for itself;
+//! - `kafka`: the broker, a test's stream and the worker as a child process; `aws`: moto_server.
 
 #![allow(dead_code)]
 
 pub mod aws;
+pub mod cluster;
+pub mod engine;
 pub mod kafka;
+mod keyspace;
+pub mod layer;
+pub mod spec;
 pub mod topology;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use invalidator::apply::redis::Redis;
-use invalidator::config::Config;
-use invalidator::engine::Engine;
-use invalidator::replay::{self, ReplayOptions, Summary};
-use invalidator::rules::{CompileOptions, RuleSet};
+#[allow(unused_imports)] // not every test binary uses every name
+pub use keyspace::{Keyspace, conn, prefix, redis_url};
 
-pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379/9";
-
-pub fn redis_url() -> String {
-    std::env::var("INVALIDATOR_TEST_REDIS_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+/// `tests/fixtures/{rel}`.
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
 }
 
-/// A random prefix such as `t5f3a9c1e2b7d4a60:`.
-pub fn prefix() -> String {
-    format!("t{:016x}:", rand::random::<u64>())
+/// The bytes of `tests/fixtures/{rel}`.
+pub fn fixture_bytes(rel: &str) -> Vec<u8> {
+    let path = fixture(rel);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
 }
 
-pub fn conn() -> redis::Connection {
-    redis::Client::open(redis_url())
-        .expect("redis url")
-        .get_connection()
-        .expect("Redis must run on the test URL (see tests/common/mod.rs)")
+/// `bytes` with every `P:` replaced by `prefix` (fixtures write keys and ids as `P:price:1`).
+pub fn with_prefix(bytes: &[u8], prefix: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut rest = bytes;
+    while let Some(at) = rest.windows(2).position(|w| w == b"P:") {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(prefix.as_bytes());
+        rest = &rest[at + 2..];
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
-/// One test's world: its prefix, a temp dir holding `rules/`, `invalidator.toml` and inputs.
+/// Polls `cond` every `every` until it holds (true) or `timeout` passes (false).
+pub fn poll_until(timeout: Duration, every: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// Waits for `child` to exit; `None` if it is still running after `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    poll_until(timeout, Duration::from_millis(20), || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    status
+}
+
+/// One event as a JSON line: `{"type": kind, "id": id, "data": data}`.
+pub fn event(kind: &str, id: &str, data: serde_json::Value) -> String {
+    serde_json::json!({"type": kind, "id": id, "data": data}).to_string()
+}
+
+/// The lines of a JSON Lines fixture (as text).
+pub fn fixture_lines(rel: &str) -> Vec<String> {
+    String::from_utf8(fixture_bytes(rel))
+        .expect("UTF-8")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// One test's world: its key space (prefix: `w.p`; `w.k`, `w.set`, `w.exists`, … through
+/// [`Keyspace`]), a temp dir holding `rules/`, `invalidator.toml` and inputs.
 pub struct World {
-    pub p: String,
+    pub ks: Keyspace,
     pub dir: tempfile::TempDir,
     pub extra_config: String,
     /// `[tags] mode`.
@@ -51,16 +106,11 @@ pub struct World {
 impl World {
     pub fn new() -> World {
         World {
-            p: prefix(),
+            ks: Keyspace::new(),
             dir: tempfile::tempdir().expect("tempdir"),
             extra_config: String::new(),
             tags_mode: "set",
         }
-    }
-
-    /// Replaces `P:` with the test prefix (so rules and keys can be written as `P:price:1`).
-    pub fn k(&self, text: &str) -> String {
-        text.replace("P:", &self.p)
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -79,19 +129,47 @@ impl World {
         path
     }
 
+    /// Writes `rules/{name}` from the fixture `rel` (with `P:` replaced).
+    pub fn rules_fixture(&self, name: &str, rel: &str) -> PathBuf {
+        let text = String::from_utf8(fixture_bytes(rel)).expect("rules are UTF-8");
+        self.rules(name, &text)
+    }
+
+    /// This world with the rules of the fixture `rel` (as `rules/{its file name}`).
+    pub fn with_rules(self, rel: &str) -> World {
+        let name = Path::new(rel).file_name().expect("a file name");
+        self.rules_fixture(name.to_str().unwrap(), rel);
+        self
+    }
+
+    /// This world with `extra_config` from the fixture `rel` (a TOML file).
+    pub fn with_config(mut self, rel: &str) -> World {
+        self.config_fixture(rel);
+        self
+    }
+
+    /// Takes `extra_config` from the fixture `rel` (a TOML file).
+    pub fn config_fixture(&mut self, rel: &str) {
+        self.extra_config = String::from_utf8(fixture_bytes(rel)).expect("config is UTF-8");
+    }
+
     /// The config text: Redis URL, tag and dedupe prefixes under the test prefix, a `log` CDN target
-    /// named `logcdn`, plus `extra_config` (with `P:` replaced).
+    /// named `logcdn`, plus `extra_config` (with `P:` replaced; a `[tags]` or `[dedupe]` section
+    /// of its own replaces the default one).
     pub fn config_text(&self) -> String {
         self.config_text_with_redis(&format!("url = \"{}\"\nretry_for = \"5s\"\n", redis_url()))
     }
 
     /// [`World::config_text`] with `redis` (lines) as the body of the `[redis]` section.
     pub fn config_text_with_redis(&self, redis: &str) -> String {
-        let mut t = format!(
-            "[redis]\n{redis}\n[tags]\nmode = \"{}\"\nprefix = \"{}tag:\"\n\n[cdn.logcdn]\nkind = \"log\"\n\n",
-            self.tags_mode, self.p
-        );
         let extra = self.k(&self.extra_config);
+        let mut t = format!("[redis]\n{redis}\n[cdn.logcdn]\nkind = \"log\"\n\n");
+        if !extra.contains("[tags]") {
+            t.push_str(&format!(
+                "[tags]\nmode = \"{}\"\nprefix = \"{}tag:\"\n\n",
+                self.tags_mode, self.p
+            ));
+        }
         if !extra.contains("[dedupe]") {
             t.push_str(&format!("[dedupe]\nprefix = \"{}seen:\"\n\n", self.p));
         }
@@ -112,53 +190,53 @@ impl World {
         path
     }
 
-    /// Writes JSON Lines (with `P:` replaced).
+    /// Writes the fixture `rel` as an input file of the same name (with `P:` replaced, every other
+    /// byte as it is).
+    pub fn input_fixture(&self, rel: &str) -> PathBuf {
+        let name = Path::new(rel).file_name().expect("a file name");
+        self.input(
+            name.to_str().unwrap(),
+            &with_prefix(&fixture_bytes(rel), &self.p),
+        )
+    }
+
+    /// Writes JSON Lines (as given).
     pub fn lines(&self, name: &str, lines: &[String]) -> PathBuf {
         let mut text = lines.join("\n");
         text.push('\n');
         self.input(name, text.as_bytes())
     }
 
-    /// Builds the engine through the library, as `main` does.
-    pub async fn engine(&self) -> Engine {
-        let config = Config::from_toml(&self.config_text()).expect("config");
-        let options = CompileOptions {
-            limits: config.rule_limits(),
-            cdn_targets: Some(config.cdn.keys().cloned().collect()),
-        };
-        let rules = RuleSet::load(&self.rules_dir(), &options)
-            .unwrap_or_else(|e| panic!("rules must compile:\n{e}"));
-        let redis = Redis::connect(&config.redis, Some(config.redis.retry_for))
-            .await
-            .expect("connect");
-        // AWS targets (CloudFront, SNS) point at moto with static test credentials.
-        let aws = invalidator::apply::aws::emulator("us-east-1");
-        Engine::build_with(config, rules, redis, Some(&aws)).expect("engine")
-    }
-
-    /// Replays `lines` through the library; the DLQ goes to `dlq.jsonl` in the temp dir.
-    pub async fn replay_lines(&self, lines: &[String], dry_run: bool) -> Summary {
-        let input = self.lines(&format!("in-{:x}.jsonl", rand::random::<u32>()), lines);
-        self.replay_files(&[input], dry_run).await
-    }
-
-    pub async fn replay_files(&self, inputs: &[PathBuf], dry_run: bool) -> Summary {
-        let engine = self.engine().await;
-        let options = ReplayOptions {
-            inputs: inputs.iter().map(|p| p.display().to_string()).collect(),
-            dry_run,
-            dlq: Some(self.path("dlq.jsonl")),
-            rate: None,
-            progress: false,
-        };
-        replay::replay(Arc::new(engine), &options)
-            .await
-            .expect("replay")
-    }
-
     /// The DLQ records written so far (`dlq.jsonl`), as JSON.
     pub fn dlq(&self) -> Vec<serde_json::Value> {
         read_jsonl(&self.path("dlq.jsonl"))
+    }
+
+    /// `dlq.jsonl` in the temp dir: where [`World::replay`] dead-letters.
+    pub fn dlq_path(&self) -> PathBuf {
+        self.path("dlq.jsonl")
+    }
+
+    /// `invalidator replay --dlq dlq.jsonl {input}` through the binary.
+    pub fn replay(&self, input: &Path) -> Run {
+        self.replay_with(&[], "dlq.jsonl", &[input], &[])
+    }
+
+    /// `invalidator replay {flags} --dlq {dlq} {inputs}` with `env`, through the binary (`dlq`: a
+    /// file name in the temp dir).
+    pub fn replay_with(
+        &self,
+        flags: &[&str],
+        dlq: &str,
+        inputs: &[&Path],
+        env: &[(&str, &str)],
+    ) -> Run {
+        let dlq = self.path(dlq);
+        let mut args = vec!["replay"];
+        args.extend(flags);
+        args.extend(["--dlq", dlq.to_str().unwrap()]);
+        args.extend(inputs.iter().map(|i| i.to_str().unwrap()));
+        self.bin_env(&args, env)
     }
 
     /// Runs the binary with `-c invalidator.toml --rules rules/` in the temp dir.
@@ -208,48 +286,13 @@ impl World {
             .expect("start the binary");
         Spawned { child, out, err }
     }
-
-    /// Keys under the prefix matching `P:`-pattern (sorted).
-    pub fn keys(&self, c: &mut redis::Connection, pattern: &str) -> Vec<String> {
-        let mut keys: Vec<String> = redis::cmd("KEYS").arg(self.k(pattern)).query(c).unwrap();
-        keys.sort();
-        keys
-    }
-
-    /// Sets every key (with `P:` replaced) to "v".
-    pub fn set(&self, c: &mut redis::Connection, keys: &[&str]) {
-        for k in keys {
-            let _: () = redis::cmd("SET").arg(self.k(k)).arg("v").query(c).unwrap();
-        }
-    }
-
-    pub fn exists(&self, c: &mut redis::Connection, key: &str) -> bool {
-        redis::cmd("EXISTS")
-            .arg(self.k(key))
-            .query::<i64>(c)
-            .unwrap()
-            == 1
-    }
-
-    pub fn pttl(&self, c: &mut redis::Connection, key: &str) -> i64 {
-        redis::cmd("PTTL").arg(self.k(key)).query(c).unwrap()
-    }
 }
 
-impl Drop for World {
-    fn drop(&mut self) {
-        // Best effort clean-up of the test's keys.
-        if let Ok(client) = redis::Client::open(redis_url())
-            && let Ok(mut c) = client.get_connection()
-        {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}*", self.p))
-                .query(&mut c)
-                .unwrap_or_default();
-            for chunk in keys.chunks(500) {
-                let _: redis::RedisResult<i64> = redis::cmd("UNLINK").arg(chunk).query(&mut c);
-            }
-        }
+impl std::ops::Deref for World {
+    type Target = Keyspace;
+
+    fn deref(&self) -> &Keyspace {
+        &self.ks
     }
 }
 
@@ -327,20 +370,12 @@ impl Spawned {
 
     /// Waits for the exit; `None` if it is still running after `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> Option<Run> {
-        let until = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(Run {
-                    code: status.code().unwrap_or(-1),
-                    stdout: self.stdout(),
-                    stderr: self.stderr(),
-                });
-            }
-            if Instant::now() >= until {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let status = wait_exit(&mut self.child, timeout)?;
+        Some(Run {
+            code: status.code().unwrap_or(-1),
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+        })
     }
 
     pub fn stdout(&self) -> String {

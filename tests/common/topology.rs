@@ -20,20 +20,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+/// The protections of the failover tests off: the controls' `[redis]` lines. `failover_rewind` is
+/// on by default, so the controls turn it off explicitly (a binary without the failover settings,
+/// which refuses them as unknown keys, would run the controls with `""`).
+pub const CONTROL: &str = "failover_rewind = \"0s\"\nwait_replicas = 0\n";
+/// Rewind after a failover, no `WAIT`.
+pub const REWIND: &str = "failover_rewind = \"30s\"\n";
+/// `WAIT 1` after each unit, no rewind (so that the `WAIT` alone is proven).
+pub const WAIT: &str = "failover_rewind = \"0s\"\nwait_replicas = 1\nwait_timeout = \"500ms\"\n";
 
 /// Polls `cond` every 10 ms until it holds (true) or `timeout` passes (false).
-pub fn until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+pub fn until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    super::poll_until(timeout, Duration::from_millis(10), cond)
 }
 
 /// Ports handed out by this test binary, so that two tests never get the same one.
@@ -67,6 +67,16 @@ pub fn die_with_parent(cmd: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// Starts `cmd` without stdin and with its output discarded, dying with its parent; `what` names
+/// it if it cannot start.
+fn spawn_quietly(cmd: &mut Command, what: &str) -> Child {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    die_with_parent(cmd);
+    cmd.spawn().unwrap_or_else(|e| panic!("start {what}: {e}"))
 }
 
 fn signal(pid: u32, sig: libc::c_int) {
@@ -114,6 +124,23 @@ pub fn count_existing(c: &mut redis::Connection, keys: &[String]) -> usize {
         n += found.iter().filter(|&&e| e == 1).count();
     }
     n
+}
+
+/// Seeds every key on `primary` and waits until each replica has them.
+pub fn seed(primary: &Server, replicas: &[&Server], keys: &[String]) {
+    set_all(&mut primary.conn(), keys);
+    for r in replicas {
+        r.wait_synced(primary);
+    }
+}
+
+/// `"a", "b"`: strings as the items of a TOML array.
+fn toml_items(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Freezes `replicas` (SIGSTOP), forbids them to resync ([`Server::deny_resync`]) and cuts their
@@ -198,11 +225,7 @@ impl Server {
             // because a loaded test machine missed a heartbeat.
             .args(["--cluster-replica-no-failover", "yes"]);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        die_with_parent(&mut cmd);
-        let child = cmd.spawn().expect("start redis-server");
+        let child = spawn_quietly(&mut cmd, "redis-server");
         let pid = child.id().to_string();
         *self.proc.lock().unwrap() = Proc {
             child: Some(child),
@@ -408,6 +431,25 @@ impl Server {
         }
     }
 
+    /// `SHUTDOWN SAVE`: stops with its data set saved in its dir, which [`Server::restart`] loads
+    /// again (a Redis down for maintenance, not lost).
+    pub fn shutdown_saving(&self) {
+        if let Some(mut c) = self.try_conn() {
+            // The server closes the connection instead of answering.
+            let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").arg("SAVE").query(&mut c);
+        }
+        let exited = until(Duration::from_secs(10), || {
+            let mut p = self.proc.lock().unwrap();
+            !matches!(p.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+        });
+        assert!(
+            exited,
+            "redis-server on port {} did not shut down:\n{}",
+            self.port,
+            self.log()
+        );
+    }
+
     /// Starts a killed server again on the same port and dir (a cluster node reads its
     /// `nodes.conf` and rejoins; a primary whose slots were taken over comes back as a replica).
     pub fn restart(&self) {
@@ -521,6 +563,15 @@ impl Sentinels {
             .collect()
     }
 
+    /// The `[redis]` lines of an invalidator that finds its primary through these Sentinels.
+    pub fn config(&self) -> String {
+        format!(
+            "sentinels = [{}]\nsentinel_master = \"{}\"\n",
+            toml_items(&self.urls()),
+            self.name
+        )
+    }
+
     /// The master port each answering Sentinel reports (`SENTINEL get-master-addr-by-name`).
     pub fn master_ports(&self) -> Vec<u16> {
         self.nodes
@@ -606,11 +657,7 @@ impl Sentinel {
                 c
             }
         };
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        die_with_parent(&mut cmd);
-        let child = cmd.spawn().expect("start redis-sentinel");
+        let child = spawn_quietly(&mut cmd, "redis-sentinel");
         let pid = child.id().to_string();
         let mut s = Sentinel { port, dir, child };
         let mut exited = false;
@@ -652,6 +699,11 @@ impl NodeLine {
     pub fn failing(&self) -> bool {
         self.flags.iter().any(|f| f == "fail" || f == "fail?")
     }
+}
+
+/// The text of `CLUSTER {sub}` (`INFO`, `NODES`), empty if the node does not answer.
+fn cluster_text(c: &mut redis::Connection, sub: &str) -> String {
+    redis::cmd("CLUSTER").arg(sub).query(c).unwrap_or_default()
 }
 
 /// Parses `CLUSTER NODES`.
@@ -718,6 +770,11 @@ impl Cluster {
             c.replica_of(p).wait_synced(p);
         }
         c
+    }
+
+    /// The `[redis]` line of an invalidator that works with this cluster.
+    pub fn config(&self) -> String {
+        format!("cluster = [{}]\n", toml_items(&self.seeds()))
     }
 
     /// `redis://127.0.0.1:PORT` of every node, primaries first (the `cluster` seeds).
@@ -862,18 +919,12 @@ impl Cluster {
                     last = format!("node {} does not answer", n.port);
                     return false;
                 };
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query(&mut c)
-                    .unwrap_or_default();
+                let info = cluster_text(&mut c, "INFO");
                 if parse_info(&info).get("cluster_state").map(String::as_str) != Some("ok") {
                     last = format!("node {}: {info}", n.port);
                     return false;
                 }
-                let text: String = redis::cmd("CLUSTER")
-                    .arg("NODES")
-                    .query(&mut c)
-                    .unwrap_or_default();
+                let text = cluster_text(&mut c, "NODES");
                 let view = parse_nodes(&text);
                 let up = |port: u16| self.nodes.iter().any(|s| s.port == port && s.is_up());
                 // Every node known; every node that is up healthy, and either a primary owning

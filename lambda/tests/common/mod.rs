@@ -11,19 +11,25 @@ use invalidator::config::Config;
 use invalidator_lambda::app::App;
 use invalidator_lambda::dlq::SqsDeadLetters;
 
-pub fn redis_url() -> String {
-    std::env::var("INVALIDATOR_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379/9".to_owned())
-}
+// The test Redis and a test's key space in it, as the main crate's tests have them.
+#[path = "../../../tests/common/keyspace.rs"]
+mod keyspace;
+#[allow(unused_imports)]
+pub use keyspace::{Keyspace, conn, redis_url};
 
 pub fn moto_url() -> String {
     std::env::var("INVALIDATOR_TEST_MOTO_URL").unwrap_or_else(|_| "http://127.0.0.1:5055".into())
 }
 
-pub fn fixture(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+/// `lambda/tests/fixtures/{name}`.
+pub fn fixture_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
-        .join(name);
+        .join(name)
+}
+
+pub fn fixture(name: &str) -> String {
+    let path = fixture_path(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -31,47 +37,58 @@ pub fn fixture_json(name: &str) -> serde_json::Value {
     serde_json::from_str(&fixture(name)).expect("fixture is JSON")
 }
 
-/// The rules of the Lambda tests, keys under the test prefix `P:`.
-pub const RULES: &str = r#"
-rules:
-  - name: price
-    on: price.updated
-    when: data.new_price != data.old_price
-    delete: ["P:price:{product_id}", "P:product:{product_id}"]
-  - name: inventory
-    on: inventory.changed
-    delete: ["P:inventory:{sku}"]
-  - name: review
-    on: review.updated
-    delete: ["P:review:{product_id}"]
-  - name: product
-    on: product.updated
-    delete: ["P:product:{product_id}"]
-    purge:
-      - target: logcdn
-        paths: ["/api/products/{product_id}"]
-"#;
+/// The keys `sqs-batch.json` invalidates under the test rules.
+pub const BATCH_KEYS: &[&str] = &[
+    "P:price:2001",
+    "P:product:2001",
+    "P:inventory:SKU-2002",
+    "P:review:2003",
+    "P:price:2004",
+    "P:product:2004",
+    "P:product:2007",
+    "P:review:2009",
+];
 
-/// One test's world: a key prefix and a temp dir holding `rules/`.
+/// The `itemIdentifier`s of a partial batch response.
+pub fn failures(v: &serde_json::Value) -> Vec<String> {
+    v["batchItemFailures"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a partial batch response: {v}"))
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// One test's world: its key space (prefix `w.p`; `w.k`, `w.set`, `w.exists` through
+/// [`Keyspace`]) and a temp dir holding `rules/` (the rules of `fixtures/rules/lambda.yaml` as
+/// `test.yaml`).
 pub struct World {
-    pub p: String,
+    pub ks: Keyspace,
     pub dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for World {
+    type Target = Keyspace;
+
+    fn deref(&self) -> &Keyspace {
+        &self.ks
+    }
 }
 
 impl World {
     pub fn new() -> World {
         let w = World {
-            p: format!("t{:016x}:", rand::random::<u64>()),
+            ks: Keyspace::new(),
             dir: tempfile::tempdir().expect("tempdir"),
         };
         std::fs::create_dir_all(w.rules_dir()).unwrap();
-        std::fs::write(w.rules_dir().join("test.yaml"), w.k(RULES)).unwrap();
+        w.rules_fixture("test.yaml", "rules/lambda.yaml");
         w
     }
 
-    /// `P:` replaced by the prefix.
-    pub fn k(&self, text: &str) -> String {
-        text.replace("P:", &self.p)
+    /// Writes `rules/{name}` from the fixture `rel` (with `P:` replaced).
+    pub fn rules_fixture(&self, name: &str, rel: &str) {
+        std::fs::write(self.rules_dir().join(name), self.k(&fixture(rel))).unwrap();
     }
 
     pub fn rules_dir(&self) -> PathBuf {
@@ -113,43 +130,6 @@ impl World {
             .await
             .unwrap_or_else(|e| panic!("init: {e}"))
     }
-
-    pub fn set(&self, c: &mut redis::Connection, keys: &[&str]) {
-        for k in keys {
-            let _: () = redis::cmd("SET").arg(self.k(k)).arg("v").query(c).unwrap();
-        }
-    }
-
-    pub fn exists(&self, c: &mut redis::Connection, key: &str) -> bool {
-        redis::cmd("EXISTS")
-            .arg(self.k(key))
-            .query::<i64>(c)
-            .unwrap()
-            == 1
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        if let Ok(client) = redis::Client::open(redis_url())
-            && let Ok(mut c) = client.get_connection()
-        {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}*", self.p))
-                .query(&mut c)
-                .unwrap_or_default();
-            for chunk in keys.chunks(500) {
-                let _: redis::RedisResult<i64> = redis::cmd("UNLINK").arg(chunk).query(&mut c);
-            }
-        }
-    }
-}
-
-pub fn conn() -> redis::Connection {
-    redis::Client::open(redis_url())
-        .expect("redis url")
-        .get_connection()
-        .expect("Redis must run on the test URL (see lambda/tests/common/mod.rs)")
 }
 
 fn aws_config_for(url: &str) -> aws_sdk_sqs::config::Config {
@@ -225,15 +205,24 @@ pub async fn drain(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<aws_sdk_sqs::typ
         if msgs.is_empty() {
             return all;
         }
-        for m in &msgs {
-            sqs.delete_message()
-                .queue_url(url)
-                .receipt_handle(m.receipt_handle().unwrap())
-                .send()
-                .await
-                .unwrap();
-        }
+        delete_messages(sqs, url, &msgs).await;
         all.extend(msgs);
+    }
+}
+
+/// Deletes `msgs` (received from the queue at `url`), as Lambda does with what succeeded.
+pub async fn delete_messages(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    msgs: &[aws_sdk_sqs::types::Message],
+) {
+    for m in msgs {
+        sqs.delete_message()
+            .queue_url(url)
+            .receipt_handle(m.receipt_handle().unwrap())
+            .send()
+            .await
+            .unwrap();
     }
 }
 
