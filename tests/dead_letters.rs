@@ -145,7 +145,8 @@ fn a_dead_letter_near_the_size_limit_replays_back_byte_exact() {
     assert_eq!(r.code, 1, "{r:?}");
     let second = read_jsonl(&w.path("dlq2.jsonl"));
     assert_eq!(second.len(), 1);
-    // Observed: reason too_large, attempts 1, no origin, payload = the first 400 bytes of the DLQ line.
+    // Once a DLQ line (larger than the event it holds) was cut at the event limit and dead-lettered
+    // as too_large; it must come back as the original event, one attempt more.
     assert_eq!(second[0]["reason"], "template_error", "{}", second[0]);
     assert_eq!(second[0]["attempts"], 2);
     assert_eq!(payload(&second[0]), event.as_bytes(), "payload byte-exact");
