@@ -1,4 +1,10 @@
 //! Raw rule files → compiled [`Rule`]s and [`TtlPolicy`]s, collecting every error with its location.
+//!
+//! Owns the checks that need a rule's context (unique names across files, `on`, `when`, durations,
+//! jitter, CDN targets, cascades, TTL policies) and turns a template's byte offset into the
+//! `file:line:column` of the YAML scalar. What a template may hold is decided in
+//! [`super::template`], the YAML shape in [`super::raw`]. Pure: it compiles the texts it is given,
+//! it reads no file (that is [`RuleSet::load`](super::RuleSet::load)), no tokio, no Redis.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,8 +13,8 @@ use std::time::Duration;
 use serde_saphyr::{Location, Spanned};
 
 use super::raw::{
-    DataValue, FLOW_TEMPLATE_HINT, RawCascade, RawExpire, RawFile, RawPurge, RawRule, RawTtlPolicy,
-    TemplateText,
+    DataValue, FLOW_TEMPLATE_HINT, OneOrMany, RawCascade, RawExpire, RawFile, RawPurge, RawRule,
+    RawTtlPolicy, TemplateText,
 };
 use super::template::{SyntaxError, Template, TemplateKind};
 use super::{
@@ -200,6 +206,8 @@ fn parse_message(e: &serde_saphyr::Error, source: &str) -> String {
     }
 }
 
+/// Compiles one rule in stages: its name, `on`, `when`, its actions, `redelete_after`, then the
+/// checks across fields. Every error is recorded; `None` when the rule had any.
 fn compile_rule(
     ctx: &mut Ctx<'_>,
     raw: RawRule,
@@ -208,59 +216,119 @@ fn compile_rule(
     options: &CompileOptions,
 ) -> Option<Rule> {
     let before = ctx.errors.len();
-    let name = raw.name.value.trim().to_owned();
-    if name.is_empty() {
-        ctx.err(&raw.name.referenced, "a rule needs a non-empty name");
-    }
-    let mut on = Vec::new();
-    if raw.on.value.0.is_empty() {
-        ctx.err(&raw.on.referenced, "`on` needs at least one event type");
-    }
-    for t in &raw.on.value.0 {
-        match matcher(t) {
-            Ok(m) => on.push(m),
-            Err(m) => ctx.err(&raw.on.referenced, m),
-        }
-    }
-    let when = raw
-        .when
-        .as_ref()
-        .and_then(|w| match Condition::compile(&w.value, env) {
-            Ok(c) => Some(c),
-            Err(m) => {
-                ctx.err(&w.referenced, format!("condition `{}`: {m}", w.value));
-                None
-            }
-        });
-    let delete: Vec<Template> = raw
-        .delete
-        .iter()
-        .filter_map(|t| ctx.template(t, TemplateKind::KeyOrPattern, false))
-        .collect();
-    let tags: Vec<Template> = raw
-        .tags
-        .iter()
-        .filter_map(|t| ctx.template(t, TemplateKind::Tag, false))
-        .collect();
-    let expire: Vec<ExpireSpec> = raw
-        .expire
-        .iter()
-        .filter_map(|e| compile_expire(ctx, e))
-        .collect();
-    let purge: Vec<PurgeSpec> = raw
-        .purge
-        .iter()
-        .filter_map(|p| compile_purge(ctx, p, options))
-        .collect();
-    let cascade: Vec<CascadeSpec> = raw
-        .cascade
-        .iter()
-        .filter_map(|c| compile_cascade(ctx, c))
-        .collect();
+    let name = rule_name(ctx, &raw.name);
+    let on = compile_on(ctx, &raw.on);
+    let when = compile_when(ctx, raw.when.as_ref(), env);
+    let actions = compile_actions(ctx, &raw, options);
     let redelete_after = raw
         .redelete_after
         .as_ref()
         .and_then(|d| ctx.duration(d, "redelete_after"));
+    check_rule_acts(ctx, &raw, &name);
+    if ctx.errors.len() > before {
+        return None;
+    }
+    Some(Rule {
+        name: name.into(),
+        at: at.into(),
+        on,
+        when,
+        delete: actions.delete,
+        tags: actions.tags,
+        expire: actions.expire,
+        cascade: actions.cascade,
+        purge: actions.purge,
+        redelete_after,
+    })
+}
+
+/// What a rule does, compiled (the fields of [`Rule`] of the same names).
+struct Actions {
+    delete: Vec<Template>,
+    tags: Vec<Template>,
+    expire: Vec<ExpireSpec>,
+    purge: Vec<PurgeSpec>,
+    cascade: Vec<CascadeSpec>,
+}
+
+/// The trimmed name, which must not be empty.
+fn rule_name(ctx: &mut Ctx<'_>, name: &Spanned<String>) -> String {
+    let trimmed = name.value.trim().to_owned();
+    if trimmed.is_empty() {
+        ctx.err(&name.referenced, "a rule needs a non-empty name");
+    }
+    trimmed
+}
+
+/// `on`: at least one event type, each exact, a prefix glob or `*`.
+fn compile_on(ctx: &mut Ctx<'_>, on: &Spanned<OneOrMany>) -> Vec<Matcher> {
+    if on.value.0.is_empty() {
+        ctx.err(&on.referenced, "`on` needs at least one event type");
+    }
+    let mut matchers = Vec::new();
+    for t in &on.value.0 {
+        match matcher(t) {
+            Ok(m) => matchers.push(m),
+            Err(m) => ctx.err(&on.referenced, m),
+        }
+    }
+    matchers
+}
+
+/// `when`: a CEL condition, compiled against `env`.
+fn compile_when(
+    ctx: &mut Ctx<'_>,
+    when: Option<&Spanned<String>>,
+    env: &Arc<cel::Env>,
+) -> Option<Condition> {
+    let w = when?;
+    match Condition::compile(&w.value, env) {
+        Ok(c) => Some(c),
+        Err(m) => {
+            ctx.err(&w.referenced, format!("condition `{}`: {m}", w.value));
+            None
+        }
+    }
+}
+
+/// `delete`, `tags`, `expire`, `purge` and `cascade`, in that order (the order of their errors).
+fn compile_actions(ctx: &mut Ctx<'_>, raw: &RawRule, options: &CompileOptions) -> Actions {
+    let delete = raw
+        .delete
+        .iter()
+        .filter_map(|t| ctx.template(t, TemplateKind::KeyOrPattern, false))
+        .collect();
+    let tags = raw
+        .tags
+        .iter()
+        .filter_map(|t| ctx.template(t, TemplateKind::Tag, false))
+        .collect();
+    let expire = raw
+        .expire
+        .iter()
+        .filter_map(|e| compile_expire(ctx, e))
+        .collect();
+    let purge = raw
+        .purge
+        .iter()
+        .filter_map(|p| compile_purge(ctx, p, options))
+        .collect();
+    let cascade = raw
+        .cascade
+        .iter()
+        .filter_map(|c| compile_cascade(ctx, c))
+        .collect();
+    Actions {
+        delete,
+        tags,
+        expire,
+        purge,
+        cascade,
+    }
+}
+
+/// Checks across fields: a rule does something, and `redelete_after` has something to repeat.
+fn check_rule_acts(ctx: &mut Ctx<'_>, raw: &RawRule, name: &str) {
     if raw.delete.is_empty()
         && raw.tags.is_empty()
         && raw.expire.is_empty()
@@ -281,21 +349,6 @@ fn compile_rule(
             "redelete_after repeats `delete` and `tags`, and this rule has neither",
         );
     }
-    if ctx.errors.len() > before {
-        return None;
-    }
-    Some(Rule {
-        name: name.into(),
-        at: at.into(),
-        on,
-        when,
-        delete,
-        tags,
-        expire,
-        cascade,
-        purge,
-        redelete_after,
-    })
 }
 
 fn matcher(t: &str) -> Result<Matcher, String> {
