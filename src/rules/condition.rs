@@ -1,4 +1,6 @@
 //! `when:` conditions: CEL expressions over `event` (id, type, source, time) and `data`, compiled once.
+//!
+//! Pure: evaluation reads the event it is given and nothing else (no I/O, no tokio, no Redis).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

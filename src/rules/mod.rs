@@ -6,6 +6,9 @@
 //! - planning is pure: it reads the event, the compiled rules and the set members it is given, never
 //!   Redis; members it does not have are returned as `needs` for the caller to fetch;
 //! - an event value never widens a key, pattern, tag or path (see [`template`]).
+//!
+//! This module holds the compiled types and the [`RuleSet`] index; reading the rule files
+//! ([`RuleSet::load`]) is the only I/O under `rules/`. Nothing here uses tokio or Redis.
 
 mod compile;
 pub mod condition;

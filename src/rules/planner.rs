@@ -3,6 +3,9 @@
 //! Cascades run through the same rules at depth + 1. A chain ends (with a note, the event still
 //! applied) when it would pass `max_cascade_depth` or emit an event equal to one of its ancestors
 //! (a cycle).
+//!
+//! Pure: it never reads Redis nor waits on anything; set members it does not have are returned as
+//! `needs` for the caller to fetch. Rendering and value confinement are [`super::template`]'s.
 
 use std::collections::HashMap;
 

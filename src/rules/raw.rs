@@ -1,5 +1,6 @@
 //! The rule files as written: YAML → these structs with `serde-saphyr`, every value with its location,
 //! unknown keys refused. Nothing is validated here beyond shape; `compile` does the rest.
+//! Pure: parses the text it is given (no I/O).
 
 use std::collections::BTreeMap;
 use std::fmt;

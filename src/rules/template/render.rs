@@ -1,0 +1,222 @@
+//! A compiled [`Template`] and an event → the strings it builds (or, for a single placeholder in
+//! cascade data, the JSON values it reads), with the `[]` fan-out counted before anything is built
+//! and bounded by `max_fanout`.
+//!
+//! Reads only the [`Scope`] it is given; every value it takes from the event goes through
+//! [`SafeValues::is_safe`] (the rules live in [`super::confine`]). No I/O.
+
+use serde_json::Value;
+
+use super::{RenderError, Root, SafeValues, Scope, Segment, Step, Template, Var};
+
+impl Template {
+    /// Renders every output of the template (several with `[]` fan-outs) into `out`.
+    pub fn render(
+        &self,
+        scope: Scope<'_>,
+        safe: &SafeValues,
+        max_fanout: usize,
+        out: &mut Vec<String>,
+    ) -> Result<(), RenderError> {
+        // Resolve every placeholder to its values first, so the product is known before building.
+        let mut parts: Vec<Vec<String>> = Vec::with_capacity(self.segments.len());
+        let mut total: u128 = 1;
+        for seg in &self.segments {
+            let values = match seg {
+                Segment::Lit(l) => vec![l.clone()],
+                Segment::Var(var) => self.resolve(var, scope, safe)?,
+            };
+            total = total.saturating_mul(values.len() as u128);
+            parts.push(values);
+        }
+        if total > max_fanout as u128 {
+            return Err(RenderError::FanoutExceeded {
+                template: self.source.clone(),
+                count: total,
+                limit: max_fanout,
+            });
+        }
+        if total == 0 {
+            return Ok(());
+        }
+        odometer(&parts, self.source.len() + 16, out);
+        Ok(())
+    }
+
+    /// Renders a template that must give exactly one value (cascade data, sets).
+    pub fn render_one(
+        &self,
+        scope: Scope<'_>,
+        safe: &SafeValues,
+        max_fanout: usize,
+    ) -> Result<Vec<String>, RenderError> {
+        let mut out = Vec::new();
+        self.render(scope, safe, max_fanout, &mut out)?;
+        Ok(out)
+    }
+
+    /// The JSON value of a single-placeholder template (for cascade data).
+    pub fn render_value(
+        &self,
+        scope: Scope<'_>,
+        safe: &SafeValues,
+    ) -> Result<Vec<Value>, RenderError> {
+        let [Segment::Var(var)] = &self.segments[..] else {
+            unreachable!("render_value is only called on single placeholders")
+        };
+        let mut leaves = Vec::new();
+        let owned;
+        match &var.root {
+            Root::Data => collect(&scope.event.data, &var.path, &mut leaves)
+                .map_err(|m| self.template_error(var, m))?,
+            _ => {
+                owned = Value::String(self.resolve(var, scope, safe)?.remove(0));
+                leaves.push(&owned);
+            }
+        }
+        leaves
+            .into_iter()
+            .map(|v| {
+                self.scalar(var, v, safe)?;
+                Ok(v.clone())
+            })
+            .collect()
+    }
+
+    fn resolve(
+        &self,
+        var: &Var,
+        scope: Scope<'_>,
+        safe: &SafeValues,
+    ) -> Result<Vec<String>, RenderError> {
+        let direct = |v: Option<&str>, what: &str| -> Result<Vec<String>, RenderError> {
+            let Some(v) = v else {
+                return Err(self.template_error(var, format!("the event has no {what}")));
+            };
+            if !safe.is_safe(v) {
+                return Err(self.unsafe_value(var, v));
+            }
+            Ok(vec![v.to_owned()])
+        };
+        match &var.root {
+            Root::EventId => direct(Some(&scope.event.id), "id"),
+            Root::EventType => direct(Some(&scope.event.kind), "type"),
+            Root::EventSource => direct(scope.event.source.as_deref(), "source"),
+            Root::Item => direct(scope.item, "current member"),
+            Root::Data => {
+                let mut leaves = Vec::new();
+                collect(&scope.event.data, &var.path, &mut leaves)
+                    .map_err(|m| self.template_error(var, m))?;
+                leaves
+                    .into_iter()
+                    .map(|v| self.scalar(var, v, safe))
+                    .collect()
+            }
+        }
+    }
+
+    fn scalar(&self, var: &Var, v: &Value, safe: &SafeValues) -> Result<String, RenderError> {
+        let s = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+            other => {
+                return Err(self.template_error(
+                    var,
+                    format!(
+                        "`{}` is {}; only strings and integers can be used",
+                        var.text,
+                        crate::event::decode::kind_name(other)
+                    ),
+                ));
+            }
+        };
+        if !safe.is_safe(&s) {
+            return Err(self.unsafe_value(var, &s));
+        }
+        Ok(s)
+    }
+
+    fn template_error(&self, _var: &Var, message: String) -> RenderError {
+        RenderError::Template {
+            template: self.source.clone(),
+            message,
+        }
+    }
+
+    fn unsafe_value(&self, var: &Var, value: &str) -> RenderError {
+        RenderError::UnsafeValue {
+            template: self.source.clone(),
+            var: var.text.clone(),
+            value: shown(value),
+        }
+    }
+}
+
+/// A value as shown in an error: quoted, escaped, at most 64 characters.
+fn shown(value: &str) -> String {
+    let mut s: String = value.chars().take(64).collect();
+    if s.len() < value.len() {
+        s.push('…');
+    }
+    format!("{s:?}")
+}
+
+/// Walks `path` from `value`, pushing every leaf (several through `[]`).
+fn collect<'v>(value: &'v Value, path: &[Step], out: &mut Vec<&'v Value>) -> Result<(), String> {
+    let Some((step, rest)) = path.split_first() else {
+        out.push(value);
+        return Ok(());
+    };
+    match (step, value) {
+        (Step::Key(k), Value::Object(map)) => match map.get(k) {
+            Some(v) if !v.is_null() => collect(v, rest, out),
+            _ => Err(format!("no field `{k}` in the event data")),
+        },
+        (Step::Key(k), other) => Err(format!(
+            "cannot read `{k}` from {}",
+            crate::event::decode::kind_name(other)
+        )),
+        (Step::Index(i), Value::Array(items)) => match items.get(*i) {
+            Some(v) => collect(v, rest, out),
+            None => Err(format!(
+                "index {i} is past the end of a list of {}",
+                items.len()
+            )),
+        },
+        (Step::Each, Value::Array(items)) => {
+            for item in items {
+                collect(item, rest, out)?;
+            }
+            Ok(())
+        }
+        (Step::Index(_) | Step::Each, other) => Err(format!(
+            "`[]` needs a list, found {}",
+            crate::event::decode::kind_name(other)
+        )),
+    }
+}
+
+/// Pushes every concatenation of one value from each part, the last part varying fastest.
+/// Every part must be non-empty.
+fn odometer(parts: &[Vec<String>], capacity: usize, out: &mut Vec<String>) {
+    let mut idx = vec![0usize; parts.len()];
+    loop {
+        let mut s = String::with_capacity(capacity);
+        for (p, &i) in parts.iter().zip(&idx) {
+            s.push_str(&p[i]);
+        }
+        out.push(s);
+        let mut k = parts.len();
+        loop {
+            if k == 0 {
+                return;
+            }
+            k -= 1;
+            idx[k] += 1;
+            if idx[k] < parts[k].len() {
+                break;
+            }
+            idx[k] = 0;
+        }
+    }
+}
