@@ -101,7 +101,7 @@ impl Matcher {
     }
 }
 
-/// A delete: an exact key or a pattern.
+/// An expire: a key and the longest TTL it may keep.
 #[derive(Debug, Clone)]
 pub struct ExpireSpec {
     pub key: Template,

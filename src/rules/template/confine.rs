@@ -1,4 +1,4 @@
-//! Confinement (SPEC §3), enforced here and nowhere else:
+//! Confinement of values taken from events (docs/rules.md), enforced here and nowhere else:
 //! - at compile time, the literal parts are checked for the kind of string they build (a key, a
 //!   pattern, a tag, a CDN path): glob characters only where a pattern allows them, a literal prefix of
 //!   at least 3 characters before the first placeholder of a pattern delete;

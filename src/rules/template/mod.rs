@@ -3,7 +3,7 @@
 //! This module owns the template types and their accessors; the work is split by job:
 //! - `parse`: template text → segments (literals and `{...}` placeholders), with byte offsets
 //!   for errors;
-//! - `confine`: every confinement rule of SPEC §3, and nowhere else: the literal checks per
+//! - `confine`: every confinement rule, and nowhere else: the literal checks per
 //!   [`TemplateKind`] at compile time, [`SafeValues`] for values taken from events at render time,
 //!   and [`glob_escape`];
 //! - `render`: a compiled template and an event → strings (or JSON values for cascade data),
