@@ -173,3 +173,39 @@ async fn stats_count_requests_and_paths_per_target() {
     assert_eq!(s.requests, 6, "3 paths on 2 nodes");
     assert_eq!(s.estimated_cost_usd(), 0.0);
 }
+
+/// `s`'s URL with a user and password in it.
+fn with_password(uri: &str) -> String {
+    uri.replacen("http://", "http://purger:pw-s3cr3t@", 1)
+}
+
+#[tokio::test]
+async fn a_node_password_is_sent_but_never_shown() {
+    let s = MockServer::start().await;
+    answer(&s, path("/forbidden"), 400, None).await;
+    let cdn = target(vec![with_password(&s.uri())], Duration::from_secs(2));
+    let report = cdn
+        .purge(&purges(&[("/forbidden", vec![0])]))
+        .await
+        .unwrap();
+    // The refusal is what a dead letter carries.
+    let error = &report.rejected[0].error;
+    assert!(!error.contains("pw-s3cr3t"), "{error}");
+    assert!(error.contains("purger:***@"), "{error}");
+    let sent = &s.received_requests().await.unwrap()[0];
+    let auth = sent.headers.get("authorization").expect("credentials sent");
+    assert!(auth.to_str().unwrap().starts_with("Basic "), "{auth:?}");
+
+    // An outage is what /readyz and the replay summary show.
+    let down = target(
+        vec![with_password("http://127.0.0.1:1")],
+        Duration::from_millis(300),
+    );
+    let err = down
+        .purge(&purges(&[("/p", vec![0])]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("pw-s3cr3t"), "{err}");
+    assert!(err.contains("purger:***@"), "{err}");
+}

@@ -25,11 +25,24 @@ use crate::telemetry;
 pub struct HttpPurger {
     name: String,
     client: Client,
-    urls: Vec<String>,
+    nodes: Vec<Node>,
     method: Method,
     retry_for: Duration,
     concurrency: usize,
     counters: Counters,
+}
+
+/// A cache node: the base URL requests go to, and the same with its password as `***`, the only
+/// form that logs, errors (and so `/readyz` and dead letters) show.
+struct Node {
+    base: String,
+    shown: String,
+}
+
+/// One request: the URL sent, and the URL shown.
+struct Request {
+    url: String,
+    shown: String,
 }
 
 /// One request's failure.
@@ -59,9 +72,12 @@ impl HttpPurger {
         Ok(HttpPurger {
             name: name.to_owned(),
             client,
-            urls: urls
+            nodes: urls
                 .iter()
-                .map(|u| u.as_str().trim_end_matches('/').to_owned())
+                .map(|u| Node {
+                    base: u.as_str().trim_end_matches('/').to_owned(),
+                    shown: u.to_string().trim_end_matches('/').to_owned(),
+                })
                 .collect(),
             method: method.as_method().clone(),
             retry_for,
@@ -81,13 +97,19 @@ impl HttpPurger {
         paths: impl Iterator<Item = &'a str>,
     ) -> Result<Vec<Result<(), String>>, CdnError> {
         let paths: Vec<&str> = paths.collect();
-        let requests: Vec<(usize, String)> = paths
+        let requests: Vec<(usize, Request)> = paths
             .iter()
             .enumerate()
-            .flat_map(|(i, p)| self.urls.iter().map(move |u| (i, format!("{u}{p}"))))
+            .flat_map(|(i, p)| {
+                self.nodes.iter().map(move |n| {
+                    let url = format!("{}{p}", n.base);
+                    let shown = format!("{}{p}", n.shown);
+                    (i, Request { url, shown })
+                })
+            })
             .collect();
         let results: Vec<(usize, Result<(), Failure>)> = stream::iter(requests)
-            .map(|(i, url)| async move { (i, self.send_with_retry(&url).await) })
+            .map(|(i, r)| async move { (i, self.send_with_retry(&r).await) })
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
@@ -117,8 +139,8 @@ impl HttpPurger {
         Ok(out)
     }
 
-    async fn send_with_retry(&self, url: &str) -> Result<(), Failure> {
-        (|| self.send(url))
+    async fn send_with_retry(&self, r: &Request) -> Result<(), Failure> {
+        (|| self.send(r))
             .retry(
                 ExponentialBuilder::default()
                     .with_min_delay(Duration::from_millis(50))
@@ -130,18 +152,25 @@ impl HttpPurger {
             .when(|f| matches!(f, Failure::Transient(_)))
             .notify(|f, d| {
                 if let Failure::Transient(m) = f {
-                    tracing::warn!(target_name = %self.name, %url, error = %m, retry_in = ?d, "purge failed, retrying");
+                    tracing::warn!(target_name = %self.name, url = %r.shown, error = %m, retry_in = ?d, "purge failed, retrying");
                 }
             })
             .await
     }
 
-    async fn send(&self, url: &str) -> Result<(), Failure> {
-        let result = self.client.request(self.method.clone(), url).send().await;
+    async fn send(&self, r: &Request) -> Result<(), Failure> {
+        let result = self
+            .client
+            .request(self.method.clone(), &r.url)
+            .send()
+            .await;
+        let url = &r.shown;
         let status = match result {
             Ok(r) => r.status(),
             Err(e) => {
                 self.count("failed");
+                // reqwest's message would name the URL as sent, password included.
+                let e = e.without_url();
                 return Err(Failure::Transient(format!("{} {url}: {e}", self.method)));
             }
         };
