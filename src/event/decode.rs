@@ -13,6 +13,9 @@ use super::Event;
 const MAX_TYPE_LEN: usize = 256;
 /// Longest accepted event id.
 const MAX_ID_LEN: usize = 512;
+/// Longest accepted `source` (a producer name or URI): it travels in every completion notice and
+/// every cascaded event, so it is bounded like the id.
+const MAX_SOURCE_LEN: usize = 1024;
 
 /// Why a payload is not an event. Permanent: the same bytes always fail the same way.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,7 +110,7 @@ fn decode_native(
     let kind = take_type(&mut obj, &["type", "event_type"])?;
     let id = take_id(&mut obj, &["id", "event_id"])?;
     let time = take_time(&obj, &["time", "occurred_at", "timestamp"]);
-    let source = take_optional_string(&obj, "source")?;
+    let source = take_source(&obj)?;
     let data = match obj.remove("data") {
         Some(data) => data,
         // The whole object is the payload, as the producer wrote it.
@@ -132,7 +135,7 @@ fn decode_cloudevent(
     let kind = take_type(&mut obj, &["type"])?;
     let id = take_id(&mut obj, &["id"])?;
     let time = take_time(&obj, &["time"]);
-    let source = take_optional_string(&obj, "source")?;
+    let source = take_source(&obj)?;
     let data = if let Some(data) = obj.remove("data") {
         data
     } else if let Some(encoded) = obj.remove("data_base64") {
@@ -245,6 +248,20 @@ fn take_optional_string(
     }
 }
 
+/// `source`, at most [`MAX_SOURCE_LEN`] bytes.
+fn take_source(obj: &Map<String, Value>) -> Result<Option<String>, DecodeError> {
+    let source = take_optional_string(obj, "source")?;
+    if let Some(s) = &source
+        && s.len() > MAX_SOURCE_LEN
+    {
+        return Err(DecodeError::InvalidField {
+            field: "source",
+            reason: format!("must be at most {MAX_SOURCE_LEN} bytes"),
+        });
+    }
+    Ok(source)
+}
+
 pub(crate) fn kind_name(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -265,6 +282,20 @@ mod tests {
 
     fn decode(s: &str) -> Result<Event, DecodeError> {
         decode_event(s.as_bytes(), MAX, &|| "fallback".into())
+    }
+
+    #[test]
+    fn source_is_bounded_like_the_id() {
+        let event =
+            |source: &str| format!(r#"{{"type":"a","id":"e","source":"{source}","data":{{}}}}"#);
+        let ok = "s".repeat(MAX_SOURCE_LEN);
+        assert_eq!(
+            decode(&event(&ok)).unwrap().source.as_deref(),
+            Some(ok.as_str())
+        );
+        let long = decode(&event(&"s".repeat(MAX_SOURCE_LEN + 1))).unwrap_err();
+        assert_eq!(long.reason(), "invalid_field");
+        assert!(long.to_string().contains("source"), "{long}");
     }
 
     #[test]
