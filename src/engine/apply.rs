@@ -190,10 +190,10 @@ impl Engine {
         let now = OffsetDateTime::now_utc();
         for p in unit {
             let kind = match &p.event {
-                Some(e) if self.rules.listens_to(&e.kind) => e.kind.as_str(),
-                _ => "other",
+                Some(e) => self.rules.metric_label(&e.kind),
+                None => "other".into(),
             };
-            telemetry::event(kind, p.outcome.label());
+            telemetry::event(&kind, p.outcome.label());
             if let Outcome::DeadLettered { reason, .. } = &p.outcome {
                 telemetry::dead_lettered(reason);
             }

@@ -16,6 +16,7 @@ mod planner;
 pub mod raw;
 pub mod template;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -271,7 +272,28 @@ impl RuleSet {
             .map(move |i| &self.rules[i])
     }
 
-    /// True when at least one rule listens to `kind` (no allocation: used per event for metrics).
+    /// The metric label of events of type `kind`: the type itself when a rule names it exactly,
+    /// the `on` pattern that matches it (`promotion.*`, `*`) otherwise, `other` when no rule
+    /// listens. Labels come from the rule files only: no producer can grow the set of series.
+    pub fn metric_label<'a>(&self, kind: &'a str) -> Cow<'a, str> {
+        if self.exact.contains_key(kind) {
+            return Cow::Borrowed(kind);
+        }
+        for &i in &self.other {
+            for m in &self.rules[i].on {
+                match m {
+                    Matcher::Prefix(p) if kind.starts_with(p.as_str()) => {
+                        return Cow::Owned(format!("{p}*"));
+                    }
+                    Matcher::Any => return Cow::Borrowed("*"),
+                    _ => {}
+                }
+            }
+        }
+        Cow::Borrowed("other")
+    }
+
+    /// True when at least one rule listens to `kind`.
     pub fn listens_to(&self, kind: &str) -> bool {
         self.exact.contains_key(kind)
             || self
@@ -318,4 +340,29 @@ fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
         return Err("no *.yaml or *.yml rule files found".into());
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_labels_come_from_the_rule_files_only() {
+        let yaml = "rules:\n  - name: price\n    on: price.updated\n    delete: [\"p:{id}\"]\n  \
+                    - name: promos\n    on: promotion.*\n    delete: [\"promo:{id}\"]\n";
+        let options = CompileOptions {
+            limits: Limits::default(),
+            cdn_targets: None,
+        };
+        let rules = RuleSet::from_sources(&[("r.yaml".into(), yaml.into())], &options).unwrap();
+        assert_eq!(rules.metric_label("price.updated"), "price.updated");
+        // Any number of distinct types under a glob make one series, named by the rule's `on`.
+        for kind in ["promotion.started", "promotion.x-1", "promotion.🎉"] {
+            assert_eq!(rules.metric_label(kind), "promotion.*", "{kind}");
+        }
+        assert_eq!(rules.metric_label("review.posted"), "other");
+        let any = "rules:\n  - name: all\n    on: \"*\"\n    delete: [\"k:{id}\"]\n";
+        let rules = RuleSet::from_sources(&[("a.yaml".into(), any.into())], &options).unwrap();
+        assert_eq!(rules.metric_label("anything.at.all"), "*");
+    }
 }
