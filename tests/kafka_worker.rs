@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::conn;
 use common::kafka::{
-    Msg, Stream, Worker, create_topic, free_port, header, name, price_event, read,
+    Msg, Stream, Worker, create_topic, free_port, header, name, price_event,
+    produce_with_raw_header, read,
 };
 use common::topology::Server;
 use rdkafka::Message;
@@ -165,6 +166,25 @@ fn poison_messages_go_to_the_dlq_topic_with_headers_and_the_partition_keeps_flow
         worker.metric(r#"invalidator_dlq_total{reason="unsafe_value"}"#),
         1.0
     );
+}
+
+#[test]
+fn a_header_name_that_is_not_utf8_crashes_nothing() {
+    // rdkafka's own header reader panics on such a name; one message like this once put every
+    // worker of a group into a crash loop.
+    let s = Stream::prices(1);
+    let mut c = conn();
+    s.w.set(&mut c, &["P:price:0", "P:price:1"]);
+    produce_with_raw_header(&s.topic, 0, price_event(0).as_bytes(), b"\xff\xfebad");
+    s.produce(1..2, &[Msg::json(0, price_event(1))]);
+    let worker = s.start("w", "");
+    s.expect_drained_by(
+        &worker,
+        &mut c,
+        secs(60),
+        "the event with the odd header and the one after it are applied",
+    );
+    assert!(worker.ready(), "still up and ready:\n{}", worker.logs());
 }
 
 #[test]

@@ -485,3 +485,61 @@ pub fn metric_value(text: &str, prefix: &str) -> f64 {
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
 }
+
+/// Produces `payload` to `topic`/`partition` with one header whose name is `name`, any bytes
+/// but NUL: rdkafka's safe API takes header names as `&str`, so this goes through librdkafka's C
+/// API (`rd_kafka_produceva`), as a producer in another language could.
+pub fn produce_with_raw_header(topic: &str, partition: i32, payload: &[u8], name: &[u8]) {
+    use rdkafka::bindings as rd;
+    use rdkafka::producer::{BaseProducer, Producer};
+    use std::ffi::{CString, c_void};
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("producer");
+    let topic = CString::new(topic).expect("topic");
+    let name = CString::new(name).expect("a header name without NUL");
+    let value = b"v";
+    let vu = |vtype, u| rd::rd_kafka_vu_t { vtype, u };
+    use rd::rd_kafka_vtype_t as T;
+    use rd::rd_kafka_vu_s__bindgen_ty_1 as U;
+    let vus = [
+        vu(
+            T::RD_KAFKA_VTYPE_TOPIC,
+            U {
+                cstr: topic.as_ptr(),
+            },
+        ),
+        vu(T::RD_KAFKA_VTYPE_PARTITION, U { i32_: partition }),
+        vu(
+            T::RD_KAFKA_VTYPE_VALUE,
+            U {
+                mem: rd::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_1 {
+                    ptr: payload.as_ptr() as *mut c_void,
+                    size: payload.len(),
+                },
+            },
+        ),
+        vu(
+            T::RD_KAFKA_VTYPE_HEADER,
+            U {
+                header: rd::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_2 {
+                    name: name.as_ptr(),
+                    val: value.as_ptr().cast(),
+                    size: value.len() as isize,
+                },
+            },
+        ),
+        vu(
+            T::RD_KAFKA_VTYPE_MSGFLAGS,
+            U {
+                i: rd::RD_KAFKA_MSG_F_COPY,
+            },
+        ),
+    ];
+    // SAFETY: every pointer points into a value alive until the call returns, and MSGFLAGS COPY
+    // makes librdkafka copy the payload; the producer's handle is alive.
+    let err = unsafe { rd::rd_kafka_produceva(p.client().native_ptr(), vus.as_ptr(), vus.len()) };
+    assert!(err.is_null(), "rd_kafka_produceva refused the message");
+    p.flush(Duration::from_secs(10)).expect("delivered");
+}

@@ -23,7 +23,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::statistics::Statistics;
 use rdkafka::{Message, TopicPartitionList};
 use serde_json::{Map, Value};
@@ -166,14 +166,7 @@ pub struct Input {
 
 impl Input {
     pub fn from_message(m: &BorrowedMessage<'_>, max_bytes: usize) -> Input {
-        let headers: Vec<(String, Option<Vec<u8>>)> = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = headers_of(m);
         let position = Position {
             topic: Some(m.topic().to_owned()),
             partition: Some(m.partition()),
@@ -222,6 +215,44 @@ impl Input {
     pub fn offset(&self) -> i64 {
         self.record.position.offset.unwrap_or_default()
     }
+}
+
+/// The headers of `m`. rdkafka's `Headers::iter` panics on a header name that is not UTF-8 (it
+/// unwraps `CStr::to_str`), and any producer can send one: they are read through librdkafka's C
+/// API instead. A header whose name is not UTF-8 is left out (logged at debug): no rule or
+/// envelope reads it, and the dead-letter producer could not write it back.
+fn headers_of(m: &BorrowedMessage<'_>) -> Vec<(String, Option<Vec<u8>>)> {
+    use rdkafka::bindings as rd;
+    const OK: rd::rd_kafka_resp_err_t = rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
+    let mut hdrs: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();
+    // SAFETY: `m.ptr()` is the message `m` borrows, alive for this call; librdkafka gives back a
+    // pointer to the headers it owns with the message, or an error when there are none.
+    if unsafe { rd::rd_kafka_message_headers(m.ptr(), &mut hdrs) } != OK || hdrs.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: `hdrs` is the message's header list, read-only here, alive as long as `m`.
+    let count = unsafe { rd::rd_kafka_header_cnt(hdrs) };
+    let mut out = Vec::with_capacity(count);
+    for idx in 0..count {
+        let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0usize);
+        // SAFETY: `idx` < the count; librdkafka points `name` at a NUL-terminated string and
+        // `value` at `size` bytes (or null), both owned by the list.
+        let err =
+            unsafe { rd::rd_kafka_header_get_all(hdrs, idx, &mut name, &mut value, &mut size) };
+        if err != OK || name.is_null() {
+            continue;
+        }
+        // SAFETY: as above; both are copied before `m` goes.
+        let name = unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes();
+        let value = (!value.is_null())
+            .then(|| unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) }.to_vec());
+        match std::str::from_utf8(name) {
+            Ok(name) => out.push((name.to_owned(), value)),
+            Err(_) => tracing::debug!(topic = m.topic(), partition = m.partition(),
+                offset = m.offset(), name = %name.escape_ascii(), "header with a name that is not UTF-8 left out"),
+        }
+    }
+    out
 }
 
 /// CloudEvents binary content mode: `ce_specversion` and `ce_type` headers make the message an event
