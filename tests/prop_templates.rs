@@ -68,7 +68,7 @@ fn event(data: Value, id: String, kind: String, source: Option<String>) -> Event
         id_given: true,
         kind,
         time: None,
-        source,
+        source: source.map(Into::into),
         data,
     }
 }

@@ -2,6 +2,8 @@
 //! `time`/`occurred_at`/`timestamp`, `source`, `data`), CloudEvents 1.0 structured JSON (including
 //! `data_base64`), and an SNS notification envelope whose `Message` is one of those.
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
@@ -175,7 +177,7 @@ fn finish(
         id_given,
         kind,
         time,
-        source,
+        source: source.map(Arc::from),
         data,
     }
 }

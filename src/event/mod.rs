@@ -18,6 +18,8 @@ pub use decode::{DecodeError, decode_event, decode_value};
 pub use expand::{Expanded, expand_document};
 pub use record::{Carried, DlqRecord, Position, Record};
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -37,8 +39,9 @@ pub struct Event {
         skip_serializing_if = "Option::is_none"
     )]
     pub time: Option<OffsetDateTime>,
+    /// Shared with the events it cascades to: a child costs a pointer, not a copy.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
+    pub source: Option<Arc<str>>,
     pub data: Value,
 }
 
@@ -53,5 +56,40 @@ impl Event {
             source: parent.source.clone(),
             data,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cascaded_event_shares_its_parent_source() {
+        let parent = Event {
+            id: "e".into(),
+            id_given: true,
+            kind: "category.changed".into(),
+            time: None,
+            source: Some("s".repeat(1024).into()),
+            data: Value::Null,
+        };
+        // A fan-out of 1,000 children holds one source, not 1,000 copies of it.
+        let children: Vec<Event> = (0..1000)
+            .map(|i| {
+                Event::derived(
+                    format!("e/{i}"),
+                    "page.changed".into(),
+                    &parent,
+                    Value::Null,
+                )
+            })
+            .collect();
+        let shared = parent.source.as_ref().unwrap();
+        assert!(
+            children
+                .iter()
+                .all(|c| Arc::ptr_eq(c.source.as_ref().unwrap(), shared))
+        );
+        assert_eq!(Arc::strong_count(shared), 1001);
     }
 }

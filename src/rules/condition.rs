@@ -86,7 +86,11 @@ impl Condition {
             env.insert("type".into(), event.kind.clone().into());
             env.insert(
                 "source".into(),
-                event.source.clone().map(Value::from).unwrap_or(Value::Null),
+                event
+                    .source
+                    .as_deref()
+                    .map(Value::from)
+                    .unwrap_or(Value::Null),
             );
             let time = event.time.and_then(|t| {
                 t.format(&time::format_description::well_known::Rfc3339)

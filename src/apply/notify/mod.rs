@@ -384,7 +384,7 @@ mod tests {
     fn an_event_too_large_for_any_notice_ends_without_its_source() {
         // Decoding bounds `source`; an event built otherwise must still not loop forever.
         let mut e = event();
-        e.source = Some("s".repeat(300 * 1024));
+        e.source = Some("s".repeat(300 * 1024).into());
         let plan = EventPlan {
             hits: vec![hit(true, vec![Action::Delete { key: "k".into() }])],
             ..EventPlan::default()
