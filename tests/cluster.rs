@@ -327,7 +327,7 @@ async fn members_of_sets_on_different_slots() {
     let mut ask = sets.clone();
     ask.push(string.clone());
     ask.push(absent.clone());
-    let got = c.redis.members(&ask).await.unwrap();
+    let got = c.redis.members(&ask, 1000).await.unwrap();
     assert_eq!(got.len(), ask.len());
     for (i, s) in sets.iter().enumerate() {
         let mut m = got[s].clone().unwrap();

@@ -150,7 +150,8 @@ impl Engine {
             }
             needs.sort();
             needs.dedup();
-            for (set, result) in self.redis.members(&needs).await? {
+            let limit = self.rules.limits.max_fanout;
+            for (set, result) in self.redis.members(&needs, limit).await? {
                 match result {
                     Ok(m) => {
                         members.insert(set, m);

@@ -17,7 +17,7 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// A batch of reads (`SSCAN`, `EXISTS`, `SMEMBERS`, `PTTL`).
+    /// A batch of reads (`SSCAN`, `EXISTS`, `PTTL`).
     pub fn reads(cluster: bool) -> Batch {
         Batch::new(cluster, false)
     }
