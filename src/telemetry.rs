@@ -33,6 +33,8 @@ pub const CONSUMER_LAG: &str = "invalidator_consumer_lag";
 pub const READY: &str = "invalidator_ready";
 pub const UNIT_RETRIES_TOTAL: &str = "invalidator_unit_retries_total";
 pub const DLQ_WRITE_FAILURES_TOTAL: &str = "invalidator_dlq_write_failures_total";
+/// Dead letters the DLQ topic refused whole for their size, written cut with the hash of the whole.
+pub const DLQ_TRUNCATED_TOTAL: &str = "invalidator_dlq_truncated_total";
 pub const UNIT_SECONDS: &str = "invalidator_unit_seconds";
 /// Changes of the Redis primary (Cluster: of the owner of some slots) seen on (re)connect.
 pub const REDIS_FAILOVERS_TOTAL: &str = "invalidator_redis_failovers_total";
@@ -74,6 +76,7 @@ pub fn install_prometheus() -> Result<metrics_exporter_prometheus::PrometheusHan
                 REDIS_REWIND_ACTIONS_TOTAL,
                 REDIS_REWIND_DROPPED_TOTAL,
                 REDIS_WAIT_SHORTFALL_TOTAL,
+                DLQ_TRUNCATED_TOTAL,
             ] {
                 metrics::counter!(name).absolute(0);
             }
@@ -161,6 +164,10 @@ pub fn unit_retry(cause: &'static str) {
 /// A dead letter could not be written (data at risk until a retry succeeds).
 pub fn dlq_write_failed(n: u64) {
     metrics::counter!(DLQ_WRITE_FAILURES_TOTAL).increment(n);
+}
+
+pub fn dlq_truncated() {
+    metrics::counter!(DLQ_TRUNCATED_TOTAL).increment(1);
 }
 
 /// Time from taking a unit in to having it done (applied and dead letters written).

@@ -188,6 +188,68 @@ fn a_header_name_that_is_not_utf8_crashes_nothing() {
 }
 
 #[test]
+fn a_dead_letter_too_large_for_the_dlq_topic_goes_cut_and_the_partition_moves_on() {
+    let s = Stream::prices(1);
+    let dlq = format!("{}.dlq", s.topic);
+    create_topic(&dlq, 1);
+    let mut c = conn();
+    s.w.set(&mut c, &["P:price:0", "P:price:1"]);
+    // A malformed event of 60 KB between two good ones, and a DLQ producer that takes at most
+    // 20,000 bytes: the whole letter is refused for good (MSG_SIZE_TOO_LARGE).
+    let big = format!("{{\"type\": \"price.updated\", oops {}", "x".repeat(60_000));
+    let poison = Msg {
+        partition: Some(0),
+        key: Some(b"k-big".to_vec()),
+        payload: big.clone().into_bytes(),
+        headers: vec![("traceparent".into(), "00-abc-01".into())],
+    };
+    s.produce(
+        0..3,
+        &[
+            Msg::json(0, price_event(0)),
+            poison,
+            Msg::json(0, price_event(1)),
+        ],
+    );
+    let port = free_port();
+    let config = s.config(port, "").replace(
+        "[kafka.properties]\n",
+        "[kafka.properties]\n\"message.max.bytes\" = \"20000\"\n",
+    );
+    let worker = Worker::start(&s.w, "w", &config, port);
+    s.expect_drained_by(
+        &worker,
+        &mut c,
+        secs(60),
+        "the events around the oversized poison one are applied",
+    );
+    let dead = read(&dlq, 1, 1, secs(20));
+    assert_eq!(dead.len(), 1, "the poison message reached the DLQ topic");
+    let m = &dead[0];
+    assert_eq!(header(m, "invalidator.reason"), Some("invalid_json"));
+    assert_eq!(header(m, "invalidator.truncated"), Some("true"));
+    let size = big.len().to_string();
+    assert_eq!(header(m, "invalidator.payload_bytes"), Some(size.as_str()));
+    let hash = format!(
+        "{:x}",
+        <sha2::Sha256 as sha2::Digest>::digest(big.as_bytes())
+    );
+    assert_eq!(header(m, "invalidator.payload_sha256"), Some(hash.as_str()));
+    assert_eq!(
+        m.payload(),
+        Some(&big.as_bytes()[..16 * 1024]),
+        "the first 16 KiB"
+    );
+    assert_eq!(m.key(), Some(&b"k-big"[..]), "the key is kept");
+    assert_eq!(
+        header(m, "traceparent"),
+        None,
+        "the original headers are not"
+    );
+    assert_eq!(worker.metric("invalidator_dlq_truncated_total"), 1.0);
+}
+
+#[test]
 fn the_offset_does_not_pass_a_dead_letter_until_the_dlq_accepted_it() {
     let s = Stream::prices(1);
     let mut c = conn();

@@ -56,7 +56,10 @@ pub async fn run(
     let k = engine.config.kafka.clone();
     let shared = Arc::new(Shared::default());
     let consumer = kafka::consumer(&k, shared.clone())?;
-    let sink = Arc::new(KafkaDeadLetters::new(&k)?);
+    let sink = Arc::new(KafkaDeadLetters::new(
+        &k,
+        engine.config.limits.max_event_bytes,
+    )?);
     tracing::info!(brokers = %k.brokers, group = %k.group, topics = ?k.topics, "consuming");
     let driver = Driver {
         engine: engine.clone(),
