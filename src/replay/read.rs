@@ -29,7 +29,13 @@ impl Records for Lines {
     }
 }
 
-/// The reader thread: every input in order, in batches.
+/// The most input bytes in one batch, whatever `batch_size` says: a unit's memory is several times
+/// its input once parsed (about 8 bytes per byte of a JSON array), so lines of a megabyte make
+/// batches of a few lines, not of a thousand.
+pub(super) const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// The reader thread: every input in order, in batches of at most `batch_size` items and
+/// [`MAX_BATCH_BYTES`] (a single larger item goes alone).
 pub(super) fn read_inputs(
     inputs: Vec<String>,
     max_bytes: usize,
@@ -38,6 +44,7 @@ pub(super) fn read_inputs(
     tx: mpsc::Sender<Batch>,
 ) {
     let mut batch = Vec::with_capacity(batch_size);
+    let mut bytes = 0;
     for input in inputs {
         let (reader, name): (Box<dyn io::BufRead + Send>, String) = if input == "-" {
             (
@@ -57,22 +64,85 @@ pub(super) fn read_inputs(
             }
         };
         for item in InputReader::new(reader, &name, max_bytes, consumed.clone()) {
-            match item {
-                Ok(e) => batch.push(e),
+            let item = match item {
+                Ok(item) => item,
                 Err(e) => {
                     let _ = tx.blocking_send(Err(ReplayError::Input(name, e)));
                     return;
                 }
+            };
+            if !batch.is_empty() && bytes + item.bytes() > MAX_BATCH_BYTES {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
+                if tx.blocking_send(Ok(full)).is_err() {
+                    return;
+                }
+                bytes = 0;
             }
+            bytes += item.bytes();
+            batch.push(item);
             if batch.len() >= batch_size {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
                 if tx.blocking_send(Ok(full)).is_err() {
                     return;
                 }
+                bytes = 0;
             }
         }
     }
     if !batch.is_empty() {
         let _ = tx.blocking_send(Ok(batch));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the reader over `path` and returns each batch's (items, bytes).
+    fn batches(path: &std::path::Path, batch_size: usize) -> Vec<(usize, usize)> {
+        let (tx, mut rx) = mpsc::channel(2);
+        let inputs = vec![path.display().to_string()];
+        let consumed = Arc::new(AtomicU64::new(0));
+        let reader =
+            std::thread::spawn(move || read_inputs(inputs, 2 << 20, batch_size, consumed, tx));
+        let mut out = Vec::new();
+        while let Some(batch) = rx.blocking_recv() {
+            let batch = batch.expect("readable");
+            out.push((batch.len(), batch.iter().map(Input::bytes).sum()));
+        }
+        reader.join().unwrap();
+        out
+    }
+
+    #[test]
+    fn batches_are_bounded_in_bytes_as_well_as_in_items() {
+        let dir = std::env::temp_dir().join(format!("invalidator-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("big.jsonl");
+        // 12 lines of about 1 MiB (arrays of events), then 100 small ones.
+        let big = format!(
+            "[{}]",
+            vec![r#"{"type":"a","data":{"k":"xxxxxxxxxx"}}"#; 27_000].join(",")
+        );
+        let mut text = String::new();
+        for _ in 0..12 {
+            text.push_str(&big);
+            text.push('\n');
+        }
+        for i in 0..100 {
+            text.push_str(&format!("{{\"type\":\"a\",\"id\":\"{i}\"}}\n"));
+        }
+        std::fs::write(&path, text).unwrap();
+        let got = batches(&path, 1000);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            got.iter().map(|b| b.0).sum::<usize>(),
+            112,
+            "every line, once"
+        );
+        assert!(got.len() >= 4, "{got:?}");
+        for (items, bytes) in &got {
+            assert!(*bytes <= MAX_BATCH_BYTES || *items == 1, "{got:?}");
+        }
     }
 }

@@ -34,6 +34,18 @@ pub enum Input {
 }
 
 impl Input {
+    /// The bytes of input it holds (what a batch is bounded by).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Input::Line(r) => r.payload.len(),
+            Input::Ready(
+                Expanded::Parsed { record, .. }
+                | Expanded::Raw(record)
+                | Expanded::Failed { record, .. },
+            ) => record.payload.len(),
+        }
+    }
+
     /// The records this item holds.
     pub fn expand(self, max_bytes: usize) -> Vec<Expanded> {
         match self {
