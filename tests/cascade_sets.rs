@@ -60,3 +60,75 @@ async fn a_set_over_the_fanout_limit_is_read_no_further_than_the_limit() {
         .query(&mut c)
         .unwrap();
 }
+
+/// `cmdstat_scan` calls of the server behind `c`.
+fn scan_calls(c: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(c).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_scan:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A cascade that fans out to many pattern deletes (one per category page prefix, say) costs one
+/// walk of the keyspace for the whole unit, not one per pattern, and removes exactly what each
+/// pattern matches.
+#[tokio::test]
+async fn the_pattern_deletes_of_a_unit_share_one_scan_pass() {
+    // A server of its own: the count of SCAN calls must be ours alone.
+    let server = common::topology::Server::start();
+    let mut c = server.conn();
+    for chunk in (0..20_000).collect::<Vec<u32>>().chunks(2_000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            // 100 categories of 200 pages, and keys the patterns must leave alone.
+            pipe.cmd("SET")
+                .arg(format!("cat:c{}:page:{}", i % 100, i))
+                .arg(1)
+                .ignore();
+            pipe.cmd("SET")
+                .arg(format!("other:c{}:page:{}", i % 100, i))
+                .arg(1)
+                .ignore();
+        }
+        let _: () = pipe.query(&mut c).unwrap();
+    }
+    // Half the categories, and one whose name holds a glob character, escaped.
+    let _: () = redis::cmd("SET")
+        .arg("cat:c[x]:page:1")
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
+    let mut patterns: Vec<String> = (0..50).map(|i| format!("cat:c{i}:page:*")).collect();
+    patterns.push(r"cat:c\[x\]:page:*".into());
+    let redis = layer::single(server.url()).await;
+    let before = scan_calls(&mut c);
+    let report = redis
+        .apply(
+            &layer::delete_matching(&patterns),
+            layer::TagMode::Set,
+            "tag:",
+        )
+        .await
+        .unwrap();
+    let scans = scan_calls(&mut c) - before;
+    assert_eq!(report.keys_removed, 50 * 200 + 1);
+    let left: Vec<String> = redis::cmd("KEYS").arg("cat:*").query(&mut c).unwrap();
+    assert_eq!(
+        left.len(),
+        50 * 200,
+        "the other 50 categories are untouched"
+    );
+    assert!(
+        left.iter()
+            .all(|k| !patterns.iter().any(|p| k.starts_with(&p[..p.len() - 1])))
+    );
+    let others: u64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(
+        others,
+        50 * 200 + 20_000,
+        "keys outside `cat:` are untouched"
+    );
+    // One pass over `cat:*` (about 30,000 keys, COUNT 1000 per call), not 51.
+    assert!(scans < 100, "{scans} SCAN calls for 51 patterns");
+}

@@ -23,6 +23,7 @@
 //! nothing about what to invalidate.
 
 mod batch;
+mod glob;
 mod reply;
 mod retry;
 mod rewind;
@@ -395,9 +396,8 @@ impl Inner {
             let tags = plan.tags.keys().map(String::as_str);
             tags::invalidate(self, lease, tags, tag_prefix, &mut report, applied).await?;
         }
-        for pattern in &plan.patterns {
-            report.keys_removed += scan::delete_pattern(self, lease, pattern, applied).await?;
-        }
+        let patterns: Vec<&str> = plan.patterns.iter().map(String::as_str).collect();
+        report.keys_removed += scan::delete_patterns(self, lease, &patterns, applied).await?;
         Ok(report)
     }
 

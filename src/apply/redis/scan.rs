@@ -1,14 +1,19 @@
 //! `SCAN MATCH` over every primary: pattern deletes, and the sweeper's pass of a TTL policy.
 //!
 //! The pattern is glob-escaped by the planner (but its final `*`). Each batch of keys found is
-//! handled before the next `SCAN`, so memory holds one batch (`scan_count` keys) at a time.
+//! handled before the next `SCAN`, so memory holds one batch (`scan_count` keys) at a time. The
+//! pattern deletes of a unit share one pass: `SCAN MATCH` on their common literal prefix, each key
+//! matched here against every pattern ([`super::glob`]), so a cascade that fans out to a thousand
+//! patterns costs one walk of the keyspace, not a thousand.
 
+use super::glob;
 use super::reply::{Failure, int_signed, parse_scan, sum_ints};
 use super::rewind::Applied;
 use super::topology::{Lease, NodeConn};
 use super::{Inner, SweepReport, jittered_ms};
 use crate::plan::Expire;
 use crate::rules::TtlPolicy;
+use crate::rules::template::glob_escape;
 
 /// A `SCAN MATCH` in progress over the primaries of a lease.
 struct Scan<'a> {
@@ -55,17 +60,32 @@ impl<'a> Scan<'a> {
     }
 }
 
-/// `SCAN MATCH pattern` + `UNLINK` on every primary; returns the keys removed. The keys found go
-/// to `applied`.
-pub(super) async fn delete_pattern(
+/// One `SCAN` pass + `UNLINK` on every primary for all of `patterns`; returns the keys removed.
+/// The keys found go to `applied`.
+pub(super) async fn delete_patterns(
     inner: &Inner,
     lease: &Lease,
-    pattern: &str,
+    patterns: &[&str],
     applied: &mut Applied,
 ) -> Result<u64, Failure> {
+    let (matcher, several) = match patterns {
+        [] => return Ok(0),
+        [one] => ((*one).to_owned(), false),
+        _ => (common_match(patterns), true),
+    };
     let mut removed = 0;
-    let mut scan = Scan::new(inner, lease, pattern);
-    while let Some(keys) = scan.next().await? {
+    let mut scan = Scan::new(inner, lease, &matcher);
+    while let Some(mut keys) = scan.next().await? {
+        if several {
+            keys.retain(|k| {
+                patterns
+                    .iter()
+                    .any(|p| glob::matches(p.as_bytes(), k.as_bytes()))
+            });
+            if keys.is_empty() {
+                continue;
+            }
+        }
         let mut b = inner.writes();
         b.unlinks(
             keys.iter().map(String::as_str),
@@ -75,6 +95,29 @@ pub(super) async fn delete_pattern(
         applied.keys(keys.iter().map(String::as_str));
     }
     Ok(removed)
+}
+
+/// The `MATCH` of a pass serving every pattern: their common literal prefix, escaped, then `*`.
+fn common_match(patterns: &[&str]) -> String {
+    let mut prefix = glob::literal_prefix(patterns[0].as_bytes());
+    for p in &patterns[1..] {
+        let other = glob::literal_prefix(p.as_bytes());
+        let same = prefix
+            .iter()
+            .zip(&other)
+            .take_while(|(a, b)| a == b)
+            .count();
+        prefix.truncate(same);
+    }
+    // Cut at a character boundary: keys and patterns are UTF-8.
+    let prefix = match String::from_utf8(prefix) {
+        Ok(s) => s,
+        Err(e) => {
+            let valid = e.utf8_error().valid_up_to();
+            String::from_utf8_lossy(&e.into_bytes()[..valid]).into_owned()
+        }
+    };
+    format!("{}*", glob_escape(&prefix))
 }
 
 /// One pass of `policy`: keys matching it with no TTL or a TTL over `max_ttl` get
