@@ -63,7 +63,10 @@ impl FromStr for HttpUrl {
                 "`{}` is not an http:// or https:// URL",
                 redacted(url)
             )),
-            _ => Err(format!("`{text}` is not an http:// or https:// URL")),
+            _ => Err(format!(
+                "`{}` is not an http:// or https:// URL",
+                mask_userinfo(text)
+            )),
         }
     }
 }
@@ -89,6 +92,21 @@ fn redacted(mut url: reqwest::Url) -> String {
         let _ = url.set_password(Some("***"));
     }
     url.to_string()
+}
+
+/// `text` with whatever stands between `://` and the `@` of its authority as `***`: an error about
+/// a URL that does not even parse must not print the password in it.
+fn mask_userinfo(text: &str) -> String {
+    let Some(start) = text.find("://").map(|i| i + 3) else {
+        return text.to_owned();
+    };
+    let end = text[start..]
+        .find(['/', '?', '#'])
+        .map_or(text.len(), |i| start + i);
+    match text[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &text[..start], &text[start + at..]),
+        None => text.to_owned(),
+    }
 }
 
 /// A URL with its password replaced by `***` (`<invalid URL>` if it is not one), for the Redis
@@ -266,6 +284,16 @@ impl fmt::Debug for HttpHeaders {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_unparsable_url_is_quoted_without_its_password() {
+        let e = "ht!tp://user:pw-s3cret@cache node:80/x"
+            .parse::<HttpUrl>()
+            .unwrap_err();
+        assert!(!e.contains("pw-s3cret"), "{e}");
+        assert!(e.contains("ht!tp://***@cache node:80/x"), "{e}");
+        assert_eq!(mask_userinfo("no-scheme-here"), "no-scheme-here");
+    }
+
     use super::*;
 
     #[test]
