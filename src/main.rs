@@ -231,10 +231,37 @@ async fn cmd_run(cli: &Cli) -> Result<u8, Exit> {
     Ok(if report.clean { 0 } else { 3 })
 }
 
+/// True when `a` and `b` are one file, whatever the paths that name it (`./x` and `x`, a symlink,
+/// a hard link): a replay that read its own DLQ file would feed on its dead letters forever.
+fn same_file(a: &Path, b: &Path) -> bool {
+    if a == b {
+        return true;
+    }
+    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+        // A file that does not exist (yet) is no other file.
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        ma.dev() == mb.dev() && ma.ino() == mb.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (ma, mb);
+        matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(x), Ok(y)) if x == y)
+    }
+}
+
+/// `--rate` bounds: one event in 1,000 s at the least (a slower pace never ends), a billion per
+/// second at the most (beyond any Redis).
+const MIN_RATE: f64 = 0.001;
+const MAX_RATE: f64 = 1e9;
+
 async fn cmd_replay(cli: &Cli, options: ReplayOptions) -> Result<u8, Exit> {
     let engine = build_engine(cli).await?;
     if let Some(dlq) = &options.dlq
-        && options.inputs.iter().any(|i| Path::new(i) == dlq)
+        && options.inputs.iter().any(|i| same_file(Path::new(i), dlq))
     {
         return Err(usage(anyhow::anyhow!(
             "--dlq {} is also an input: write dead letters to another file",
@@ -242,10 +269,10 @@ async fn cmd_replay(cli: &Cli, options: ReplayOptions) -> Result<u8, Exit> {
         )));
     }
     if let Some(r) = options.rate
-        && !(r > 0.0 && r.is_finite())
+        && !(MIN_RATE..=MAX_RATE).contains(&r)
     {
         return Err(usage(anyhow::anyhow!(
-            "--rate must be a positive number of events per second"
+            "--rate must be between {MIN_RATE} and {MAX_RATE:.0} events per second"
         )));
     }
     tracing::info!(redis = %engine.redis.describe(), rules = engine.rules.rules.len(), "replaying");

@@ -83,7 +83,20 @@ fn unknown_config_key_exits_2_naming_it() {
 /// input file, `MISSING` for a file that does not exist).
 const USAGE_ERRORS: &[(&str, &[&str])] = &[
     ("--dlq is also an input", &["--dlq", "INPUT", "INPUT"]),
+    (
+        "--dlq is the input by another path",
+        &["--dlq", "INPUT_BY_ANOTHER_PATH", "INPUT"],
+    ),
+    (
+        "--dlq is a link to the input",
+        &["--dlq", "LINK_TO_INPUT", "INPUT"],
+    ),
     ("a rate of 0", &["--rate", "0", "INPUT"]),
+    (
+        "a rate too slow to ever end",
+        &["--rate", "1e-300", "INPUT"],
+    ),
+    ("an infinite rate", &["--rate", "inf", "INPUT"]),
     ("an input that does not exist", &["MISSING"]),
 ];
 
@@ -94,10 +107,16 @@ fn usage_errors_exit_2_and_touch_nothing() {
     w.set(&mut c, &["P:k:1"]);
     let input = w.input_fixture("replay_cli/one_event.jsonl");
     let missing = w.path("missing.jsonl");
+    let dir = input.parent().unwrap();
+    let another_path = dir.join(".").join(input.file_name().unwrap());
+    let link = w.path("link.jsonl");
+    std::os::unix::fs::symlink(&input, &link).unwrap();
     for (case, args) in USAGE_ERRORS {
         let mut full = vec!["replay"];
         full.extend(args.iter().map(|a| match *a {
             "INPUT" => input.to_str().unwrap(),
+            "INPUT_BY_ANOTHER_PATH" => another_path.to_str().unwrap(),
+            "LINK_TO_INPUT" => link.to_str().unwrap(),
             "MISSING" => missing.to_str().unwrap(),
             a => a,
         }));

@@ -239,6 +239,13 @@ listen = "127.0.0.1:9464"
         assert!(e.contains("limits.max_fanout"), "{e}");
         let e = Config::from_toml("[redis]\nurll = \"x\"").unwrap_err().0;
         assert!(e.contains("urll"), "{e}");
+        let e = Config::from_toml("[sweeper]\ninterval = \"0s\"")
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("sweeper.interval") && e.contains("more than 0s"),
+            "{e}"
+        );
         let e = Config::from_toml("[dedupe]\nwindow = \"soon\"")
             .unwrap_err()
             .0;

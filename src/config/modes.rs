@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::read::{at_least_one, duration, non_blank};
+use super::read::{at_least_one, duration, non_blank, positive_duration};
 use super::types::HttpUrl;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SweeperConfig {
-    #[serde(deserialize_with = "duration")]
+    /// More than 0s (a timer of 0 would spin).
+    #[serde(deserialize_with = "positive_duration")]
     pub interval: Duration,
 }
 

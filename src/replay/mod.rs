@@ -193,7 +193,9 @@ impl Adapter for Intake {
             }
         }
         if let Some(rate) = self.rate {
-            let due = Duration::from_secs_f64(self.paced as f64 / rate);
+            // `--rate` is at least 0.001/s, so this is far from overflowing; saturate anyway.
+            let due = Duration::try_from_secs_f64(self.paced as f64 / rate)
+                .unwrap_or(Duration::from_secs(u32::MAX.into()));
             tokio::time::sleep_until((self.started + due).into()).await;
         }
         let (inputs, n) = self.pending.take()?;
