@@ -91,3 +91,37 @@ fn dedupe_holds_between_units_applied_at_the_same_time() {
         400
     );
 }
+
+/// A copy is dropped only when an earlier copy succeeded: with the first copy of each id
+/// dead-lettered (its `n` is missing) while the second, fixed, runs beside it in another unit, the
+/// second is applied. (It used to be dropped as a duplicate of the copy in flight.)
+#[test]
+fn a_copy_beside_a_failed_first_copy_is_applied() {
+    let w = World::new()
+        .with_config("dedupe/units_of_one_in_flight.toml")
+        .with_rules(K_RULES);
+    let mut c = conn();
+    let mut lines = Vec::new();
+    let mut keys = Vec::new();
+    for i in 0..200 {
+        let id = w.k(&format!("P:b{i}"));
+        lines.push(event("k.changed", &id, json!({ "m": i })));
+        lines.push(event("k.changed", &id, json!({ "n": i })));
+        keys.push(format!("P:k:{i}"));
+    }
+    w.set(&mut c, &keys.iter().map(String::as_str).collect::<Vec<_>>());
+    let r = w.replay(&w.lines("in.jsonl", &lines));
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.count("applied"), 200, "every fixed copy: {}", r.stdout);
+    // A broken copy is dead-lettered, or a duplicate when its fixed copy got there first.
+    assert_eq!(
+        r.count("dead-lettered") + r.count("duplicate"),
+        200,
+        "{}",
+        r.stdout
+    );
+    assert!(
+        keys.iter().all(|k| !w.exists(&mut c, k)),
+        "every fixed copy applied"
+    );
+}

@@ -4,17 +4,17 @@
 //! CDN → remember ids → metrics → notices`. Every step may only turn an outcome into a worse one
 //! (applied → duplicate or dead-lettered), never the reverse.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use time::OffsetDateTime;
 
 use crate::apply::notify::{self, Notice};
-use crate::event::Event;
 use crate::plan::Plan;
 use crate::telemetry;
 
+use super::in_flight::Held;
 use super::prepare::Prepared;
-use super::{Engine, EngineError, Held, Outcome, UnitResult};
+use super::{Engine, EngineError, Outcome, UnitResult};
 
 impl Engine {
     /// Applies a prepared unit. With `dry_run`, Redis is only read (dedupe, set members), nothing
@@ -35,7 +35,7 @@ impl Engine {
         mut unit: Vec<Prepared>,
         dry_run: bool,
     ) -> Result<UnitResult, EngineError> {
-        let _held = self.dedupe(&mut unit).await?;
+        let _held = self.dedupe(&mut unit, dry_run).await?;
         self.read_cascade_sets(&mut unit).await?;
         let mut result = UnitResult {
             plan: coalesce(&unit),
@@ -91,33 +91,44 @@ impl Engine {
         Ok(())
     }
 
-    /// Marks events whose id was seen within the window, earlier in this unit, or in a unit in
-    /// flight as duplicates; the ids of the others are held until this unit ends.
-    async fn dedupe(&self, unit: &mut [Prepared]) -> Result<Option<Held<'_>>, EngineError> {
+    /// Marks events whose id was seen within the window, or earlier in this unit, as duplicates.
+    /// An id held by a unit in flight is waited for (a dry run, which has nothing to wait for,
+    /// takes it for a duplicate): the copy is a duplicate only if that unit remembered it.
+    async fn dedupe(
+        &self,
+        unit: &mut [Prepared],
+        dry_run: bool,
+    ) -> Result<Option<Held<'_>>, EngineError> {
         if self.config.dedupe.window.is_none() {
             return Ok(None);
         }
-        let mut held = Held {
-            ids: Vec::new(),
-            set: &self.in_flight_ids,
-        };
+        let mut ids: Vec<String> = Vec::new();
         let mut candidates: Vec<usize> = Vec::new();
-        {
-            let mut in_flight = self.in_flight_ids.lock().expect("in-flight ids lock");
-            for (i, p) in unit.iter_mut().enumerate() {
-                let Some(e) = p.event.as_ref().filter(|e| e.id_given) else {
-                    continue;
-                };
-                if in_flight.insert(e.id.clone()) {
-                    held.ids.push(e.id.clone());
-                    candidates.push(i);
-                } else {
-                    p.outcome = Outcome::Duplicate;
-                }
+        let mut in_unit = HashSet::new();
+        for (i, p) in unit.iter_mut().enumerate() {
+            let Some(e) = p.event.as_ref().filter(|e| e.id_given) else {
+                continue;
+            };
+            if in_unit.insert(e.id.as_str()) {
+                ids.push(e.id.clone());
+                candidates.push(i);
+            } else {
+                p.outcome = Outcome::Duplicate;
             }
         }
-        let ids: Vec<&str> = candidates.iter().map(|&i| event_id(&unit[i])).collect();
-        let seen = self.redis.seen(&self.config.dedupe.prefix, &ids).await?;
+        let held = if dry_run {
+            let (held, busy) = self.in_flight_ids.take_free(ids.clone());
+            for (&i, busy) in candidates.iter().zip(busy) {
+                if busy {
+                    unit[i].outcome = Outcome::Duplicate;
+                }
+            }
+            held
+        } else {
+            self.in_flight_ids.take(ids.clone()).await
+        };
+        let ask: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let seen = self.redis.seen(&self.config.dedupe.prefix, &ask).await?;
         for (&i, seen) in candidates.iter().zip(seen) {
             if seen {
                 unit[i].outcome = Outcome::Duplicate;
@@ -223,10 +234,6 @@ impl Engine {
             telemetry::cdn_paths(target, paths.len() as u64);
         }
     }
-}
-
-fn event_id(p: &Prepared) -> &str {
-    p.event.as_ref().map_or("", |e: &Event| e.id.as_str())
 }
 
 /// The actions of every event to apply, coalesced; each action remembers the events it came from.

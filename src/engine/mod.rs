@@ -23,12 +23,14 @@
 //!   fail the unit (see [`crate::apply::notify`]).
 
 mod apply;
+mod in_flight;
 mod prepare;
 
 pub use prepare::{Prepared, prepare};
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use in_flight::InFlightIds;
+
+use std::sync::Arc;
 
 use crate::apply::cdn::{CdnError, CdnTargets, PurgeReport};
 use crate::apply::notify::{NoticeReport, Notifier};
@@ -119,7 +121,7 @@ pub struct Engine {
     pub config: Config,
     /// Ids held by units in flight (dedupe between units applied at the same time, before either
     /// has remembered its ids in Redis).
-    in_flight_ids: Mutex<HashSet<String>>,
+    in_flight_ids: InFlightIds,
     /// Units being decoded, planned and applied to Redis at once. A unit gives its slot back
     /// before it waits for its CDN batch, so many units can wait for a CloudFront window while
     /// only a few hold decoded events and plans in memory.
@@ -129,21 +131,6 @@ pub struct Engine {
 /// Slots of [`Engine::slots`]: enough to keep every core busy while others wait on Redis.
 fn apply_slots() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
-}
-
-/// The ids a unit holds in [`Engine::in_flight_ids`]; released when the unit ends, however it ends.
-struct Held<'a> {
-    ids: Vec<String>,
-    set: &'a Mutex<HashSet<String>>,
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        let mut set = self.set.lock().expect("in-flight ids lock");
-        for id in &self.ids {
-            set.remove(id);
-        }
-    }
 }
 
 impl Engine {
@@ -156,7 +143,7 @@ impl Engine {
             cdn,
             notify: Notifier::disabled(),
             config,
-            in_flight_ids: Mutex::default(),
+            in_flight_ids: InFlightIds::default(),
             slots: tokio::sync::Semaphore::new(apply_slots()),
         }
     }

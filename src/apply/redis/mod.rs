@@ -316,7 +316,12 @@ impl Redis {
                 let k = format!("{prefix}{id}");
                 b.cmd("SET", &k).arg(&k).arg(1).arg("PX").arg(ms);
             }
-            lease.run(b).await.map(drop)
+            // A refused marker (an ACL without SET on the prefix, say) fails the unit: an id not
+            // remembered lets every later copy be applied again, silently.
+            match lease.run(b).await?.into_iter().find_map(Result::err) {
+                Some(e) => Err(Failure::Fatal(format!("dedupe marker SET: {e}"))),
+                None => Ok(()),
+            }
         })
         .await
     }
