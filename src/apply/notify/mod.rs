@@ -103,6 +103,48 @@ struct Body<'a> {
     truncated: bool,
 }
 
+impl Body<'_> {
+    /// The notice as JSON, its longest list cut by a quarter until it fits in
+    /// [`MAX_NOTICE_BYTES`].
+    fn fit(&mut self) -> String {
+        let mut json = serde_json::to_string(self).expect("a notice serializes");
+        while json.len() > MAX_NOTICE_BYTES {
+            // Cut the longest list by a quarter until it fits.
+            self.truncated = true;
+            let lens = [
+                self.keys.len(),
+                self.patterns.len(),
+                self.tags.len(),
+                self.expires.len(),
+                self.paths.len(),
+            ];
+            let (i, &n) = lens
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, n)| **n)
+                .expect("five lists");
+            if n == 0 {
+                // Every list is empty: what is left is the event itself. Its fields are bounded
+                // when decoded; an event built otherwise goes without its source, and stops here
+                // whatever its size (the sink then refuses it and counts it dropped).
+                self.event.source = None;
+                json = serde_json::to_string(self).expect("a notice serializes");
+                break;
+            }
+            let keep = n - n.div_ceil(4);
+            match i {
+                0 => self.keys.truncate(keep),
+                1 => self.patterns.truncate(keep),
+                2 => self.tags.truncate(keep),
+                3 => self.expires.truncate(keep),
+                _ => self.paths.truncate(keep),
+            }
+            json = serde_json::to_string(self).expect("a notice serializes");
+        }
+        json
+    }
+}
+
 #[derive(Serialize)]
 struct EventRef<'a> {
     id: &'a str,
@@ -166,40 +208,7 @@ impl Notice {
             paths: paths.into_iter().collect(),
             truncated: false,
         };
-        let mut json = serde_json::to_string(&body).expect("a notice serializes");
-        while json.len() > MAX_NOTICE_BYTES {
-            // Cut the longest list by a quarter until it fits.
-            body.truncated = true;
-            let lens = [
-                body.keys.len(),
-                body.patterns.len(),
-                body.tags.len(),
-                body.expires.len(),
-                body.paths.len(),
-            ];
-            let (i, &n) = lens
-                .iter()
-                .enumerate()
-                .max_by_key(|(_, n)| **n)
-                .expect("five lists");
-            if n == 0 {
-                // Every list is empty: what is left is the event itself. Its fields are bounded
-                // when decoded; an event built otherwise goes without its source, and stops here
-                // whatever its size (the sink then refuses it and counts it dropped).
-                body.event.source = None;
-                json = serde_json::to_string(&body).expect("a notice serializes");
-                break;
-            }
-            let keep = n - n.div_ceil(4);
-            match i {
-                0 => body.keys.truncate(keep),
-                1 => body.patterns.truncate(keep),
-                2 => body.tags.truncate(keep),
-                3 => body.expires.truncate(keep),
-                _ => body.paths.truncate(keep),
-            }
-            json = serde_json::to_string(&body).expect("a notice serializes");
-        }
+        let json = body.fit();
         Notice {
             event_id: event.id.clone(),
             event_type: event.kind.clone(),
