@@ -7,6 +7,7 @@
 
 use aws_lambda_events::event::{sns::SnsEvent, sqs::SqsEvent};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::DecodeError;
 use super::record::{DLQ_MARKER, DlqRecord, Position, Record};
@@ -53,7 +54,7 @@ fn expand_value(
         Value::Object(ref obj) if obj.contains_key(DLQ_MARKER) => {
             expand_dlq(value, bytes, position)
         }
-        Value::Array(items) => expand_array(items, &position, max_bytes),
+        Value::Array(items) => expand_array(items, &bytes, &position, max_bytes),
         // One event: the limit applies to it (envelopes above are checked per payload).
         _ if bytes.len() > max_bytes => vec![too_large(bytes, position, max_bytes)],
         _ => vec![Expanded::Parsed {
@@ -98,12 +99,24 @@ fn expand_dlq(value: Value, bytes: Vec<u8>, position: Position) -> Vec<Expanded>
 }
 
 /// A JSON array: each element is an event (position `[i]`), or a nested document expanded in turn.
-fn expand_array(items: Vec<Value>, position: &Position, max_bytes: usize) -> Vec<Expanded> {
+/// Each element's record holds its bytes as they are in the input (`array`), so that its dead
+/// letter is byte-exact.
+fn expand_array(
+    items: Vec<Value>,
+    array: &[u8],
+    position: &Position,
+    max_bytes: usize,
+) -> Vec<Expanded> {
+    let raw: Vec<&RawValue> = serde_json::from_slice(array).unwrap_or_default();
     items
         .into_iter()
         .enumerate()
         .flat_map(|(i, item)| {
-            let bytes = serde_json::to_vec(&item).unwrap_or_default();
+            let bytes = match raw.get(i) {
+                Some(r) => r.get().as_bytes().to_vec(),
+                // Parsed once already: this does not happen; re-serialize rather than lose it.
+                None => serde_json::to_vec(&item).unwrap_or_default(),
+            };
             let pos = Position {
                 message_id: Some(format!("[{i}]")),
                 ..position.clone()
@@ -265,6 +278,22 @@ mod tests {
             assert_eq!(back.origin, Some(Position::file_line("x", 9)));
             assert_eq!(back.position, Position::file_line("dlq.jsonl", 1));
         }
+    }
+
+    #[test]
+    fn array_elements_keep_their_input_bytes() {
+        let doc = b"[ {\"type\" : \"a\",\"n\":1.50} ,\n{\"type\":\"b\",\"s\":\"\\u00e9\"}]";
+        let out = expand_document(doc.to_vec(), pos(), MAX);
+        let payloads: Vec<&[u8]> = out
+            .iter()
+            .map(|e| match e {
+                Expanded::Parsed { record, .. } => record.payload.as_slice(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // As written: spaces, `1.50` and the `\u00e9` escape kept, not re-serialized.
+        assert_eq!(payloads[0], br#"{"type" : "a","n":1.50}"#);
+        assert_eq!(payloads[1], br#"{"type":"b","s":"\u00e9"}"#);
     }
 
     #[test]
