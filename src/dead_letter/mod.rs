@@ -99,13 +99,16 @@ impl<'a> DeadLetter<'a> {
             ("invalidator.event_type", self.event_type.map(Cow::from)),
             (
                 "invalidator.source.message_id",
-                p.message_id.clone().map(Cow::from),
+                p.message_id.as_deref().map(Cow::from),
             ),
             (
                 "invalidator.source.arn",
-                carried.and_then(|c| c.source_arn.clone()).map(Cow::from),
+                carried.and_then(|c| c.source_arn.as_deref()).map(Cow::from),
             ),
-            ("invalidator.source.topic", p.topic.clone().map(Cow::from)),
+            (
+                "invalidator.source.topic",
+                p.topic.as_deref().map(Cow::from),
+            ),
             (
                 "invalidator.source.partition",
                 p.partition.map(|n| n.to_string().into()),
@@ -114,7 +117,7 @@ impl<'a> DeadLetter<'a> {
                 "invalidator.source.offset",
                 p.offset.map(|n| n.to_string().into()),
             ),
-            ("invalidator.source.file", p.file.clone().map(Cow::from)),
+            ("invalidator.source.file", p.file.as_deref().map(Cow::from)),
             (
                 "invalidator.source.line",
                 p.line.map(|n| n.to_string().into()),

@@ -383,7 +383,8 @@ async fn finished<T>(task: &mut Option<JoinHandle<T>>) -> Option<T> {
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
+/// Sleeps until `at`; pending forever without one, so that it can stand in a `select!`.
+pub(crate) async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,

@@ -21,7 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::apply::redis::ApplyReport;
 use crate::config::KafkaConfig;
-use crate::driver::{Adapter, Done, Records, Redeleted, Room};
+use crate::driver::{Adapter, Done, Records, Redeleted, Room, sleep_until};
 use crate::engine::EngineError;
 use crate::event::Expanded;
 use crate::health::Health;
@@ -201,12 +201,5 @@ fn set_paused(consumer: &KafkaConsumer, pause: bool) {
     match result {
         Ok(()) => tracing::info!(partitions = assignment.count(), "{what}"),
         Err(e) => tracing::warn!(error = %e, pause, "pause/resume failed"),
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }
