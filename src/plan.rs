@@ -85,7 +85,9 @@ pub type Origin = u32;
 /// The coalesced actions of a unit of work.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Plan {
-    pub deletes: IndexSet<String>,
+    /// Keys are bytes: a rewind after a failover deletes again what a tag set or a `SCAN` held.
+    #[serde(serialize_with = "keys_as_text")]
+    pub deletes: IndexSet<Vec<u8>>,
     pub patterns: IndexSet<String>,
     pub tags: IndexMap<String, Vec<Origin>>,
     pub expires: IndexMap<String, Expire>,
@@ -93,6 +95,25 @@ pub struct Plan {
     pub purges: IndexMap<String, IndexMap<String, Vec<Origin>>>,
     /// delay → what to delete again then.
     pub redeletes: BTreeMap<DurationKey, Redelete>,
+}
+
+/// A key as text for logs, DLQ records and `explain`: UTF-8 as it is, any other byte as `\xNN`.
+pub fn key_text(key: &[u8]) -> std::borrow::Cow<'_, str> {
+    if let Ok(s) = std::str::from_utf8(key) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(key.len() + 8);
+    for chunk in key.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out.into()
+}
+
+fn keys_as_text<S: serde::Serializer>(keys: &IndexSet<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(keys.iter().map(|k| key_text(k)))
 }
 
 /// A `Duration` usable as an ordered, serializable map key.
@@ -110,8 +131,8 @@ impl Plan {
     pub fn add(&mut self, origin: Origin, action: &Action) {
         match action {
             Action::Delete { key } => {
-                if !self.deletes.contains(key) {
-                    self.deletes.insert(key.clone());
+                if !self.deletes.contains(key.as_bytes()) {
+                    self.deletes.insert(key.clone().into_bytes());
                 }
             }
             Action::DeletePattern { pattern } => {

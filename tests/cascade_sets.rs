@@ -41,7 +41,10 @@ async fn a_set_over_the_fanout_limit_is_read_no_further_than_the_limit() {
     );
     let mut small_members = got[&small].clone().unwrap();
     small_members.sort();
-    let mut want = members[..7].to_vec();
+    let mut want: Vec<Vec<u8>> = members[..7]
+        .iter()
+        .map(|m| m.clone().into_bytes())
+        .collect();
     want.sort();
     assert_eq!(small_members, want, "a set under the limit is read whole");
 

@@ -332,7 +332,11 @@ async fn members_of_sets_on_different_slots() {
     for (i, s) in sets.iter().enumerate() {
         let mut m = got[s].clone().unwrap();
         m.sort();
-        let mut want = c.keys(&format!("member{i}:"), i + 1);
+        let mut want: Vec<Vec<u8>> = c
+            .keys(&format!("member{i}:"), i + 1)
+            .into_iter()
+            .map(String::into_bytes)
+            .collect();
         want.sort();
         assert_eq!(m, want, "{s}");
     }

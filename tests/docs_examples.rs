@@ -21,6 +21,7 @@ use std::process::Command;
 use invalidator::config::Config;
 use invalidator::engine::{Outcome, prepare};
 use invalidator::event::{Position, expand_document};
+use invalidator::plan::key_text;
 use invalidator::rules::{CompileOptions, RuleSet};
 
 /// The configuration the rule examples compile against: the CDN target they purge on.
@@ -166,7 +167,11 @@ fn plan_lines(rules: &RuleSet, event_json: &str) -> Vec<String> {
     if !event_plan.hits.iter().any(|h| h.condition) {
         out.push("skipped".to_owned());
     }
-    out.extend(plan.deletes.iter().map(|k| format!("delete {k}")));
+    out.extend(
+        plan.deletes
+            .iter()
+            .map(|k| format!("delete {}", key_text(k))),
+    );
     out.extend(plan.patterns.iter().map(|p| format!("pattern {p}")));
     out.extend(plan.tags.keys().map(|t| format!("tag {t}")));
     for (key, e) in &plan.expires {

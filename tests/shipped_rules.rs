@@ -381,7 +381,7 @@ fn price_event_deletes_tags_purges_redeletes_and_cascades() {
     let p = coalesced(&plan);
     assert_eq!(
         p.deletes.iter().collect::<Vec<_>>(),
-        ["price:1001", "product:1001"]
+        [b"price:1001".as_slice(), b"product:1001"]
     );
     assert_eq!(
         p.tags.keys().collect::<Vec<_>>(),
@@ -693,7 +693,7 @@ rules:
         plan.notes[0]
     );
     let p = coalesced(&plan);
-    assert_eq!(p.deletes.iter().collect::<Vec<_>>(), ["a:7", "b:7"]);
+    assert_eq!(p.deletes.iter().collect::<Vec<_>>(), [b"a:7", b"b:7"]);
 
     // Extra fields in the original make the first return differ; the loop still ends one step later.
     let plan = plan_of(&rules, &event("a.x", json!({"id": 7, "extra": true})));

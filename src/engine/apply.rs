@@ -141,7 +141,8 @@ impl Engine {
     /// and plans the events that walk them again.
     async fn read_cascade_sets(&self, unit: &mut [Prepared]) -> Result<(), EngineError> {
         let mut members: HashMap<String, Vec<String>> = HashMap::new();
-        let mut failed: HashMap<String, String> = HashMap::new();
+        // A set that cannot be walked: the reason its events are dead-lettered with, and why.
+        let mut failed: HashMap<String, (&'static str, String)> = HashMap::new();
         let rounds = self.rules.limits.max_cascade_depth as usize + 1;
         for round in 0..=rounds {
             let mut needs: Vec<String> = Vec::new();
@@ -149,7 +150,8 @@ impl Engine {
             for p in unit.iter_mut().filter(|p| p.outcome != Outcome::Duplicate) {
                 let Some(plan) = &p.plan else { continue };
                 if let Some(set) = plan.needs.iter().find(|s| failed.contains_key(*s)) {
-                    p.outcome = Outcome::dead("redis_wrongtype", failed[set].clone());
+                    let (reason, error) = &failed[set];
+                    p.outcome = Outcome::dead(reason, error.clone());
                     p.plan = None;
                 } else if !plan.needs.is_empty() && round < rounds {
                     needs.extend(plan.needs.iter().cloned());
@@ -163,7 +165,10 @@ impl Engine {
             needs.dedup();
             let limit = self.rules.limits.max_fanout;
             for (set, result) in self.redis.members(&needs, limit).await? {
-                match result {
+                match result
+                    .map_err(|e| ("redis_wrongtype", e))
+                    .and_then(|m| texts(&set, m))
+                {
                     Ok(m) => {
                         members.insert(set, m);
                     }
@@ -234,6 +239,24 @@ impl Engine {
             telemetry::cdn_paths(target, paths.len() as u64);
         }
     }
+}
+
+/// The members of `set` as text: `{item}` becomes event data (JSON), which cannot hold other
+/// bytes, so a member that is not UTF-8 is refused as an unsafe value rather than altered.
+fn texts(set: &str, members: Vec<Vec<u8>>) -> Result<Vec<String>, (&'static str, String)> {
+    members
+        .into_iter()
+        .map(|m| {
+            String::from_utf8(m).map_err(|e| {
+                let m = e.as_bytes();
+                let shown = crate::plan::key_text(&m[..m.len().min(200)]);
+                let more = if m.len() > 200 { "…" } else { "" };
+                let error =
+                    format!("set `{set}` holds a member that is not UTF-8: `{shown}{more}`");
+                ("unsafe_value", error)
+            })
+        })
+        .collect()
 }
 
 /// The actions of every event to apply, coalesced; each action remembers the events it came from.

@@ -198,7 +198,7 @@ impl Engine {
     pub async fn redelete(&self, r: &Redelete) -> Result<ApplyReport, EngineError> {
         let mut plan = Plan::default();
         for k in &r.keys {
-            plan.deletes.insert(k.clone());
+            plan.deletes.insert(k.clone().into_bytes());
         }
         for t in &r.tags {
             plan.tags.insert(t.clone(), Vec::new());

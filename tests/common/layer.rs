@@ -31,7 +31,9 @@ pub async fn single(url: String) -> Redis {
 /// A plan deleting `keys`.
 pub fn delete<K: ToString>(keys: impl IntoIterator<Item = K>) -> Plan {
     let mut plan = Plan::default();
-    plan.deletes.extend(keys.into_iter().map(|k| k.to_string()));
+    for k in keys {
+        plan.deletes.insert(k.to_string().into_bytes());
+    }
     plan
 }
 

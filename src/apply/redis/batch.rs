@@ -38,9 +38,9 @@ impl Batch {
 
     /// Starts command `name` whose keys hash to the slot of `route`; add its arguments to the
     /// command returned.
-    pub fn cmd(&mut self, name: &str, route: &str) -> &mut Cmd {
+    pub fn cmd(&mut self, name: &str, route: impl AsRef<[u8]>) -> &mut Cmd {
         if self.cluster {
-            self.slots.push(slot(route.as_bytes()));
+            self.slots.push(slot(route.as_ref()));
         }
         self.cmds.push(redis::cmd(name));
         self.cmds.last_mut().expect("just pushed")
@@ -60,13 +60,12 @@ impl Batch {
     }
 
     /// Adds `UNLINK`s of `keys`, at most `per` keys each, never across slots; returns how many.
-    pub fn unlinks<'a>(&mut self, keys: impl IntoIterator<Item = &'a str>, per: usize) -> usize {
+    pub fn unlinks<'a>(&mut self, keys: impl IntoIterator<Item = &'a [u8]>, per: usize) -> usize {
         let before = self.len();
         if self.cluster {
-            let mut keyed: Vec<(u16, &str)> =
-                keys.into_iter().map(|k| (slot(k.as_bytes()), k)).collect();
+            let mut keyed: Vec<(u16, &[u8])> = keys.into_iter().map(|k| (slot(k), k)).collect();
             keyed.sort_unstable_by_key(|&(s, _)| s);
-            let mut chunk: Vec<&str> = Vec::with_capacity(per);
+            let mut chunk: Vec<&[u8]> = Vec::with_capacity(per);
             for same in keyed.chunk_by(|a, b| a.0 == b.0) {
                 for part in same.chunks(per) {
                     chunk.clear();
@@ -77,7 +76,7 @@ impl Batch {
                 }
             }
         } else {
-            let mut chunk: Vec<&str> = Vec::with_capacity(per);
+            let mut chunk: Vec<&[u8]> = Vec::with_capacity(per);
             for k in keys {
                 chunk.push(k);
                 if chunk.len() == per {
@@ -205,7 +204,7 @@ mod tests {
     fn cluster_unlinks_never_cross_a_slot() {
         let keys: Vec<String> = (0..1000).map(|i| format!("k:{i}")).collect();
         let mut b = Batch::writes(true);
-        let n = b.unlinks(keys.iter().map(String::as_str), 3);
+        let n = b.unlinks(keys.iter().map(String::as_bytes), 3);
         assert_eq!(n, b.len());
         assert_eq!(b.slots.len(), n);
         for (cmd, &s) in b.cmds.iter().zip(&b.slots) {
@@ -215,7 +214,7 @@ mod tests {
             }
         }
         let mut single = Batch::writes(false);
-        assert_eq!(single.unlinks(keys.iter().map(String::as_str), 300), 4);
+        assert_eq!(single.unlinks(keys.iter().map(String::as_bytes), 300), 4);
         assert!(single.slots.is_empty());
     }
 }

@@ -231,16 +231,16 @@ impl Redis {
     /// Members of the given sets (`for_each_member_of`), read with `SSCAN` in pipelined rounds. A
     /// set is read no further once it holds more than `limit` members (the planner refuses it as
     /// `fanout_exceeded`), so a huge set costs a few rounds, not its whole size in memory. A key
-    /// that is not a set gives an error string for that set only.
+    /// that is not a set gives an error string for that set only. Members are bytes.
     pub async fn members(
         &self,
         sets: &[String],
         limit: usize,
-    ) -> Result<HashMap<String, Result<Vec<String>, String>>, RedisError> {
+    ) -> Result<HashMap<String, Result<Vec<Vec<u8>>, String>>, RedisError> {
         let inner = &self.inner;
         retrying(inner.retry_for, "SSCAN", || async move {
             let lease = self.lease().await?;
-            let mut out: HashMap<String, Result<Vec<String>, String>> = HashMap::new();
+            let mut out: HashMap<String, Result<Vec<Vec<u8>>, String>> = HashMap::new();
             let mut active: Vec<(&String, u64)> = sets.iter().map(|s| (s, 0)).collect();
             // One pipelined round of SSCANs over every set still being read.
             while !active.is_empty() {
@@ -366,7 +366,7 @@ impl Inner {
     ) -> Result<ApplyReport, Failure> {
         let mut report = ApplyReport::default();
         let mut b = self.writes();
-        let deletes = plan.deletes.iter().map(String::as_str);
+        let deletes = plan.deletes.iter().map(Vec::as_slice);
         let unlinks = b.unlinks(deletes, self.settings.keys_per_command);
         for (key, e) in &plan.expires {
             b.cmd("PEXPIRE", key).arg(key).arg(jittered_ms(e)).arg("LT");
@@ -392,7 +392,7 @@ impl Inner {
                 _ => report.tags_invalidated += 1,
             }
         }
-        applied.keys(plan.deletes.iter().map(String::as_str));
+        applied.keys(plan.deletes.iter().map(Vec::as_slice));
         for (key, e) in &plan.expires {
             applied.expire(key, *e);
         }

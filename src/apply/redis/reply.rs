@@ -106,14 +106,14 @@ pub fn sum_ints(values: &[Reply]) -> Result<u64, Failure> {
     values.iter().map(int).sum()
 }
 
-/// The members of an array or set reply, as (lossy) UTF-8 strings.
-pub fn strings(v: Value) -> Result<Vec<String>, Failure> {
+/// The members of an array or set reply, byte for byte (keys and members are bytes).
+pub fn members(v: Value) -> Result<Vec<Vec<u8>>, Failure> {
     match v {
         Value::Array(items) | Value::Set(items) => items
             .into_iter()
             .map(|i| match i {
-                Value::BulkString(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
-                Value::SimpleString(s) => Ok(s),
+                Value::BulkString(b) => Ok(b),
+                Value::SimpleString(s) => Ok(s.into_bytes()),
                 other => Err(unexpected("member", &other)),
             })
             .collect(),
@@ -123,14 +123,14 @@ pub fn strings(v: Value) -> Result<Vec<String>, Failure> {
 }
 
 /// `[cursor, [items...]]` of `SCAN`/`SSCAN`.
-pub fn parse_scan(v: Value) -> Result<(u64, Vec<String>), Failure> {
+pub fn parse_scan(v: Value) -> Result<(u64, Vec<Vec<u8>>), Failure> {
     let Value::Array(mut parts) = v else {
         return Err(unexpected("SCAN", &v));
     };
     if parts.len() != 2 {
         return Err(unexpected("SCAN", &Value::Array(parts)));
     }
-    let items = strings(parts.pop().unwrap_or(Value::Nil))?;
+    let items = members(parts.pop().unwrap_or(Value::Nil))?;
     let cursor = match parts.pop() {
         Some(Value::BulkString(b)) => std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()),
         Some(Value::SimpleString(s)) => s.parse().ok(),
@@ -188,9 +188,9 @@ mod tests {
         assert_eq!(
             parse_scan(Value::Array(vec![
                 Value::BulkString(b"17".to_vec()),
-                Value::Array(vec![Value::BulkString(b"k".to_vec())])
+                Value::Array(vec![Value::BulkString(b"k\xff".to_vec())])
             ])),
-            Ok((17, vec!["k".to_owned()]))
+            Ok((17, vec![b"k\xff".to_vec()]))
         );
     }
 }

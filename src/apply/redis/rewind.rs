@@ -26,26 +26,26 @@ use crate::config::TagMode;
 use crate::plan::{Expire, Plan};
 use crate::telemetry;
 
-/// Many short strings in one buffer.
+/// Many short byte strings (keys are bytes: a tag set or a `SCAN` may hold any) in one buffer.
 #[derive(Debug, Default, Clone)]
 pub struct Keys {
-    buf: String,
+    buf: Vec<u8>,
     ends: Vec<u32>,
 }
 
 impl Keys {
-    pub fn push(&mut self, key: &str) {
-        self.buf.push_str(key);
+    pub fn push(&mut self, key: &[u8]) {
+        self.buf.extend_from_slice(key);
         self.ends.push(self.buf.len() as u32);
     }
 
-    pub fn extend<'a>(&mut self, keys: impl IntoIterator<Item = &'a str>) {
+    pub fn extend<'a>(&mut self, keys: impl IntoIterator<Item = &'a [u8]>) {
         for k in keys {
             self.push(k);
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &str> {
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
         let mut start = 0;
         self.ends.iter().map(move |&end| {
             let k = &self.buf[start..end as usize];
@@ -86,7 +86,7 @@ impl Applied {
         }
     }
 
-    pub fn keys<'a>(&mut self, keys: impl IntoIterator<Item = &'a str>) {
+    pub fn keys<'a>(&mut self, keys: impl IntoIterator<Item = &'a [u8]>) {
         if self.on {
             self.keys.extend(keys);
         }
@@ -94,14 +94,14 @@ impl Applied {
 
     pub fn expire(&mut self, key: &str, e: Expire) {
         if self.on {
-            self.expire_keys.push(key);
+            self.expire_keys.push(key.as_bytes());
             self.expires.push(e);
         }
     }
 
     pub fn tags<'a>(&mut self, tags: impl IntoIterator<Item = &'a str>) {
         if self.on {
-            self.tags.extend(tags);
+            self.tags.extend(tags.into_iter().map(str::as_bytes));
         }
     }
 
@@ -248,7 +248,7 @@ impl Snapshot {
     /// made as they are taken: the window is never copied whole.
     pub fn plans<'a>(
         &'a self,
-        affects: impl Fn(&str) -> bool + 'a,
+        affects: impl Fn(&[u8]) -> bool + 'a,
         size: usize,
     ) -> impl Iterator<Item = Plan> + 'a {
         let prefix = self.tags.as_ref().map_or("", |(_, p)| p.as_str());
@@ -267,7 +267,7 @@ impl Snapshot {
             })
             .filter(move |i| match i {
                 Item::Key(k) | Item::Expire(k, _) => affects(k),
-                Item::Tag(t) => affects(&format!("{prefix}{t}")),
+                Item::Tag(t) => affects(&[prefix.as_bytes(), t].concat()),
             });
         std::iter::from_fn(move || {
             let mut plan = Plan::default();
@@ -278,12 +278,15 @@ impl Snapshot {
                             plan.deletes.insert(k.to_owned());
                         }
                     }
+                    // Expires and tags were recorded from text: they are UTF-8.
                     Item::Expire(k, x) => {
-                        plan.expires.insert(k.to_owned(), x);
+                        plan.expires
+                            .insert(String::from_utf8_lossy(k).into_owned(), x);
                     }
                     Item::Tag(t) => {
-                        if !plan.tags.contains_key(t) {
-                            plan.tags.insert(t.to_owned(), Vec::new());
+                        let t = String::from_utf8_lossy(t);
+                        if !plan.tags.contains_key(t.as_ref()) {
+                            plan.tags.insert(t.into_owned(), Vec::new());
                         }
                     }
                 }
@@ -294,9 +297,9 @@ impl Snapshot {
 }
 
 enum Item<'a> {
-    Key(&'a str),
-    Expire(&'a str, Expire),
-    Tag(&'a str),
+    Key(&'a [u8]),
+    Expire(&'a [u8], Expire),
+    Tag(&'a [u8]),
 }
 
 #[cfg(test)]
@@ -313,16 +316,17 @@ mod tests {
 
     fn applied(keys: &[&str]) -> Applied {
         let mut a = Applied::new(true);
-        a.keys(keys.iter().copied());
+        a.keys(keys.iter().map(|k| k.as_bytes()));
         a
     }
 
     #[test]
     fn keys_round_trip() {
         let mut k = Keys::default();
-        k.extend(["a", "", "ccc", "é"]);
-        assert_eq!(k.iter().collect::<Vec<_>>(), ["a", "", "ccc", "é"]);
-        assert_eq!(k.len(), 4);
+        let keys: [&[u8]; 5] = [b"a", b"", b"ccc", "é".as_bytes(), b"\xff\x00{\xfe}"];
+        k.extend(keys);
+        assert_eq!(k.iter().collect::<Vec<_>>(), keys);
+        assert_eq!(k.len(), 5);
     }
 
     #[test]
@@ -344,8 +348,8 @@ mod tests {
         assert!(r.bytes() <= 10_000, "{}", r.bytes());
         let plan = all(&r);
         assert!(plan.deletes.len() < 1000);
-        assert!(plan.deletes.contains("key:0999"));
-        assert!(!plan.deletes.contains("key:0000"));
+        assert!(plan.deletes.contains(&b"key:0999"[..]));
+        assert!(!plan.deletes.contains(&b"key:0000"[..]));
     }
 
     #[test]
@@ -370,11 +374,11 @@ mod tests {
         assert!(r.record(a, Some((TagMode::Set, "tag:")), || true));
         let snapshot = r.snapshot();
         let plans: Vec<Plan> = snapshot
-            .plans(|k| k.starts_with("a:") || k == "tag:t1", 1000)
+            .plans(|k| k.starts_with(b"a:") || k == b"tag:t1", 1000)
             .collect();
         assert_eq!(plans.len(), 1);
         let plan = &plans[0];
-        assert_eq!(plan.deletes.iter().collect::<Vec<_>>(), ["a:1"]);
+        assert_eq!(plan.deletes.iter().collect::<Vec<_>>(), [b"a:1"]);
         assert_eq!(plan.expires.len(), 1);
         assert_eq!(plan.tags.keys().collect::<Vec<_>>(), ["t1"]);
         assert_eq!(snapshot.tags, Some((TagMode::Set, "tag:".to_owned())));

@@ -39,7 +39,7 @@ impl<'a> Scan<'a> {
     }
 
     /// The next non-empty batch of keys, or `None` when every primary was scanned.
-    async fn next(&mut self) -> Result<Option<Vec<String>>, Failure> {
+    async fn next(&mut self) -> Result<Option<Vec<Vec<u8>>>, Failure> {
         while let Some(node) = self.nodes.last() {
             let mut cmd = redis::cmd("SCAN");
             cmd.arg(self.cursor)
@@ -77,22 +77,18 @@ pub(super) async fn delete_patterns(
     let mut scan = Scan::new(inner, lease, &matcher);
     while let Some(mut keys) = scan.next().await? {
         if several {
-            keys.retain(|k| {
-                patterns
-                    .iter()
-                    .any(|p| glob::matches(p.as_bytes(), k.as_bytes()))
-            });
+            keys.retain(|k| patterns.iter().any(|p| glob::matches(p.as_bytes(), k)));
             if keys.is_empty() {
                 continue;
             }
         }
         let mut b = inner.writes();
         b.unlinks(
-            keys.iter().map(String::as_str),
+            keys.iter().map(Vec::as_slice),
             inner.settings.keys_per_command,
         );
         removed += sum_ints(&lease.run(b).await?)?;
-        applied.keys(keys.iter().map(String::as_str));
+        applied.keys(keys.iter().map(Vec::as_slice));
     }
     Ok(removed)
 }

@@ -29,7 +29,7 @@ use super::topology::Lease;
 use super::{ApplyReport, Inner};
 
 /// A tag set and the members found in it in one round.
-type Found = (String, Vec<String>);
+type Found = (String, Vec<Vec<u8>>);
 
 /// Invalidates the sets of `tags` (keys `{prefix}{tag}`); the members removed go to `applied`.
 pub(super) async fn invalidate(
@@ -77,7 +77,7 @@ pub(super) async fn invalidate(
         }
         report.keys_removed += remove_members(inner, lease, &found).await?;
         for (_, members) in &found {
-            applied.keys(members.iter().map(String::as_str));
+            applied.keys(members.iter().map(Vec::as_slice));
         }
         active = next;
     }
@@ -104,7 +104,7 @@ async fn remove_atomically(inner: &Inner, lease: &Lease, found: &[Found]) -> Res
     for (set, members) in found {
         let at = b.len();
         b.cmd("MULTI", set);
-        let unlinks = b.unlinks(members.iter().map(String::as_str), per);
+        let unlinks = b.unlinks(members.iter().map(Vec::as_slice), per);
         b.cmd("SREM", set).arg(set).arg(members);
         b.cmd("EXEC", set);
         blocks.push((at, unlinks));
@@ -149,7 +149,7 @@ async fn remove_atomically(inner: &Inner, lease: &Lease, found: &[Found]) -> Res
 }
 
 async fn remove_in_order(inner: &Inner, lease: &Lease, found: &[Found]) -> Result<u64, Failure> {
-    let members = || found.iter().flat_map(|(_, m)| m.iter().map(String::as_str));
+    let members = || found.iter().flat_map(|(_, m)| m.iter().map(Vec::as_slice));
     let mut unlink = inner.writes();
     unlink.unlinks(members(), inner.settings.keys_per_command);
     let removed = sum_ints(&lease.run(unlink).await?)?;

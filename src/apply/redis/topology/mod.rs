@@ -408,7 +408,7 @@ enum FailoverKind {
 
 impl Failover {
     /// True when the invalidation of `key` may have been lost.
-    pub fn affects(&self, key: &str) -> bool {
+    pub fn affects(&self, key: &[u8]) -> bool {
         match &self.kind {
             FailoverKind::Single(_) => true,
             FailoverKind::Cluster(p) => p.affects(key),

@@ -301,8 +301,8 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub fn affects(&self, key: &str) -> bool {
-        self.changed[usize::from(slot(key.as_bytes()))]
+    pub fn affects(&self, key: &[u8]) -> bool {
+        self.changed[usize::from(slot(key))]
     }
 
     pub fn commit(mut self) {
