@@ -111,7 +111,8 @@ async fn remove_atomically(inner: &Inner, lease: &Lease, found: &[Found]) -> Res
     }
     let replies = lease.run(b).await?;
     let exec_at = |&(at, n): &(usize, usize)| at + n + 2;
-    let refused = replies.first().and_then(|r| r.as_ref().err()).or_else(|| {
+    let multi_refused = replies.first().and_then(|r| r.as_ref().err());
+    let refused = multi_refused.or_else(|| {
         blocks
             .iter()
             .find_map(|b| replies.get(exec_at(b))?.as_ref().err())
@@ -119,9 +120,15 @@ async fn remove_atomically(inner: &Inner, lease: &Lease, found: &[Found]) -> Res
     if let Some(e) = refused {
         // `MULTI` refused: every command ran on its own, and the UNLINKs removed what they found.
         // `EXEC` refused: nothing ran. Either way the ordered rounds (idempotent) finish the work
-        // and close the race.
-        tracing::warn!(error = %e, "transactions refused; tag sets are invalidated without them");
-        inner.no_transactions.store(true, Ordering::Relaxed);
+        // and close the race. Only a refused `MULTI` (a proxy without transactions) turns them
+        // off for good; an `EXECABORT` (a command refused while queued: an ACL, a replica's
+        // `READONLY` during a failover is an outage and retried before this) is this round's.
+        if multi_refused.is_some() {
+            tracing::warn!(error = %e, "transactions refused; tag sets are invalidated without them");
+            inner.no_transactions.store(true, Ordering::Relaxed);
+        } else {
+            tracing::warn!(error = %e, "a tag transaction was aborted; this round is done without one");
+        }
         let unlinked: u64 = blocks
             .iter()
             .flat_map(|&(at, n)| &replies[at + 1..at + 1 + n])
