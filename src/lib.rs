@@ -30,6 +30,7 @@
 //! - `main.rs` parses the command line and calls the modes.
 
 pub mod apply;
+pub mod backoff;
 pub mod config;
 pub mod dead_letter;
 pub mod driver;

@@ -10,7 +10,7 @@ use aws_sdk_sns::Client;
 use aws_sdk_sns::config::Region;
 use aws_sdk_sns::error::DisplayErrorContext;
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
@@ -51,12 +51,9 @@ impl SnsSink {
         let mut report = NoticeReport::default();
         for chunk in chunks(notices) {
             let mut todo: Vec<&Notice> = chunk;
-            let mut backoff = ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(Duration::from_secs(2))
-                .with_jitter()
-                .without_max_times()
-                .build();
+            let mut backoff =
+                crate::backoff::jittered(Duration::from_millis(100), Duration::from_secs(2))
+                    .build();
             loop {
                 let (left, error) =
                     match tokio::time::timeout_at(deadline, self.publish_batch(&todo)).await {

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use tokio::time::Instant;
 
 use super::RedisError;
@@ -24,12 +24,8 @@ pub async fn retrying<T, Fut>(
 where
     Fut: Future<Output = Result<T, Failure>>,
 {
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(2))
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut delays =
+        crate::backoff::jittered(Duration::from_millis(50), Duration::from_secs(2)).build();
     let mut deadline: Option<Instant> = None;
     let mut attempts = 0u32;
     // The cause of the outage: a last attempt cut off by the budget reports it, not itself.

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use futures::stream::{FuturesUnordered, StreamExt};
 use indexmap::IndexMap;
 use tokio::sync::mpsc;
@@ -439,11 +439,7 @@ fn answer(s: Submission) {
 
 /// The wait before retry number `attempts + 1`: exponential from 200 ms to 20 s, with jitter.
 fn backoff(attempts: usize) -> Duration {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(20))
-        .with_jitter()
-        .without_max_times()
+    crate::backoff::jittered(Duration::from_millis(200), Duration::from_secs(20))
         .build()
         .nth(attempts)
         .unwrap_or(Duration::from_secs(20))
