@@ -209,3 +209,95 @@ async fn a_node_password_is_sent_but_never_shown() {
     assert!(!err.contains("pw-s3cr3t"), "{err}");
     assert!(err.contains("purger:***@"), "{err}");
 }
+
+/// A node that redirects to `to` with `status`.
+async fn redirect(s: &MockServer, status: u16, to: &str) {
+    Mock::given(method("PURGE"))
+        .respond_with(ResponseTemplate::new(status).insert_header("Location", to))
+        .mount(s)
+        .await;
+}
+
+#[tokio::test]
+async fn a_purge_is_never_sent_to_a_host_that_is_not_configured() {
+    let other = MockServer::start().await;
+    answer(&other, method("PURGE"), 200, None).await;
+    answer(&other, method("GET"), 200, None).await;
+
+    // Control: an HTTP client as it comes (reqwest's default policy) follows the redirect and
+    // carries the custom header, the purge token, to the other host.
+    let node = MockServer::start().await;
+    redirect(&node, 307, &format!("{}/elsewhere", other.uri())).await;
+    let sent = reqwest::Client::new()
+        .request(reqwest::Method::from_bytes(b"PURGE").unwrap(), node.uri())
+        .header("X-Purge-Token", "s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200, "the default client followed");
+    let leaked = other.received_requests().await.unwrap();
+    assert_eq!(leaked.len(), 1);
+    assert_eq!(leaked[0].headers.get("X-Purge-Token").unwrap(), "s3cret");
+    other.reset().await;
+    answer(&other, method("PURGE"), 200, None).await;
+    answer(&other, method("GET"), 200, None).await;
+
+    // Ours: every kind of redirect to another origin is a configuration outage, and the other
+    // host gets nothing.
+    for status in [301, 302, 303, 307, 308] {
+        let node = MockServer::start().await;
+        redirect(&node, status, &format!("{}/elsewhere", other.uri())).await;
+        let cdn = target(vec![node.uri()], Duration::from_millis(200));
+        let err = cdn
+            .purge(&purges(&[("/p", vec![0])]))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("HTTP {status}")), "{err}");
+        assert!(
+            err.contains(&format!("redirected to {}", other.uri())),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+    assert!(
+        other.received_requests().await.unwrap().is_empty(),
+        "nothing reached the host that is not configured"
+    );
+}
+
+#[tokio::test]
+async fn a_redirect_that_keeps_the_method_and_the_origin_is_followed() {
+    let s = MockServer::start().await;
+    Mock::given(method("PURGE"))
+        .and(path("/old/p"))
+        .respond_with(ResponseTemplate::new(308).insert_header("Location", "/new/p"))
+        .mount(&s)
+        .await;
+    Mock::given(method("PURGE"))
+        .and(path("/new/p"))
+        .and(header("X-Purge-Token", "s3cret"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&s)
+        .await;
+    let cdn = target(vec![s.uri()], Duration::from_secs(2));
+    let report = cdn.purge(&purges(&[("/old/p", vec![0])])).await.unwrap();
+    assert_eq!(report.purged, 1);
+
+    // A 301 on the same host would turn the PURGE into a GET that answers 200: not followed.
+    let moved = MockServer::start().await;
+    Mock::given(method("PURGE"))
+        .respond_with(ResponseTemplate::new(301).insert_header("Location", "/moved"))
+        .mount(&moved)
+        .await;
+    answer(&moved, method("GET"), 200, None).await;
+    let cdn = target(vec![moved.uri()], Duration::from_millis(200));
+    let err = cdn.purge(&purges(&[("/p", vec![0])])).await.unwrap_err();
+    assert!(err.to_string().contains("HTTP 301"), "{err}");
+    let gets = moved.received_requests().await.unwrap();
+    assert!(
+        gets.iter().all(|r| r.method.as_str() == "PURGE"),
+        "no GET sent"
+    );
+}

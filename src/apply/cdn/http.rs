@@ -8,15 +8,21 @@
 //!   node is unavailable (an outage for the whole unit);
 //! - 401, 403, 405, 407: the node does not let us purge at all (an ACL, a missing `PURGE`
 //!   handler, a token): a configuration outage, retried the same way, never blamed on the events;
-//! - any other 4xx (400, 414, ...): that path is refused; its events dead-letter (`cdn_rejected`).
+//! - any other 4xx (400, 414, ...): that path is refused; its events dead-letter (`cdn_rejected`);
+//! - redirects: only a 307 or 308 to the node's own origin (scheme, host and port) is followed, at
+//!   most three times. A purge (and its headers, such as a token) is never sent to a host that is
+//!   not configured, and a 301/302/303, which would turn the purge into a `GET` that "succeeds"
+//!   without purging, is not followed: either is a configuration outage, like a 403.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use futures::stream::{self, StreamExt};
-use reqwest::{Client, Method, StatusCode};
+use reqwest::header::{HeaderValue, LOCATION};
+use reqwest::redirect::Policy;
+use reqwest::{Client, Method, StatusCode, Url};
 
 use super::{CdnError, CdnStats, Counters};
 use crate::config::{HttpHeaders, HttpMethod, HttpUrl};
@@ -64,6 +70,7 @@ impl HttpPurger {
         concurrency: NonZeroUsize,
     ) -> Result<HttpPurger, String> {
         let client = Client::builder()
+            .redirect(same_origin_redirects())
             .timeout(timeout)
             .connect_timeout(timeout)
             .default_headers(headers.as_map().clone())
@@ -142,11 +149,7 @@ impl HttpPurger {
     async fn send_with_retry(&self, r: &Request) -> Result<(), Failure> {
         (|| self.send(r))
             .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(50))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_jitter()
-                    .without_max_times()
+                crate::backoff::jittered(Duration::from_millis(50), Duration::from_secs(5))
                     .with_total_delay(Some(self.retry_for)),
             )
             .when(|f| matches!(f, Failure::Transient(_)))
@@ -165,8 +168,8 @@ impl HttpPurger {
             .send()
             .await;
         let url = &r.shown;
-        let status = match result {
-            Ok(r) => r.status(),
+        let (status, location) = match result {
+            Ok(r) => (r.status(), r.headers().get(LOCATION).cloned()),
             Err(e) => {
                 self.count("failed");
                 // reqwest's message would name the URL as sent, password included.
@@ -197,6 +200,14 @@ impl HttpPurger {
                     message()
                 )))
             }
+            Class::Redirected => {
+                self.count("refused");
+                Err(Failure::Transient(format!(
+                    "{}: redirected to {}; a purge follows only a 307 or 308 to the node's own origin (configure the URL the node answers on)",
+                    message(),
+                    origin_of(&r.url, location.as_ref())
+                )))
+            }
             Class::Rejected => {
                 self.count("rejected");
                 Err(Failure::Rejected(message()))
@@ -221,16 +232,44 @@ enum Class {
     Throttled,
     Transient,
     NotAllowed,
+    Redirected,
     Rejected,
 }
 
 fn classify(status: StatusCode) -> Class {
     match status.as_u16() {
         200..=299 | 404 => Class::Accepted,
+        300..=399 => Class::Redirected,
         429 => Class::Throttled,
         408 | 500..=599 => Class::Transient,
         401 | 403 | 405 | 407 => Class::NotAllowed,
         _ => Class::Rejected,
+    }
+}
+
+/// Follows a redirect only when it keeps the method (307, 308) and the origin of the request
+/// (so never to another host, never from https to http), at most three times.
+fn same_origin_redirects() -> Policy {
+    Policy::custom(|attempt| {
+        let keeps_method = matches!(attempt.status().as_u16(), 307 | 308);
+        let first = attempt.previous().first();
+        let same = first.is_some_and(|f| f.origin() == attempt.url().origin());
+        if keeps_method && same && attempt.previous().len() <= 3 {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
+}
+
+/// Where a redirect pointed, as `scheme://host:port` only (no credentials, no path).
+fn origin_of(request: &str, location: Option<&HeaderValue>) -> String {
+    let target = location
+        .and_then(|l| l.to_str().ok())
+        .and_then(|l| Url::parse(request).ok()?.join(l).ok());
+    match target {
+        Some(u) => u.origin().ascii_serialization(),
+        None => "an unreadable location".to_owned(),
     }
 }
 
@@ -251,5 +290,7 @@ mod tests {
         assert_eq!(c(403), Class::NotAllowed);
         assert_eq!(c(400), Class::Rejected);
         assert_eq!(c(414), Class::Rejected);
+        assert_eq!(c(301), Class::Redirected);
+        assert_eq!(c(308), Class::Redirected);
     }
 }

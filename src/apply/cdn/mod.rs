@@ -246,7 +246,7 @@ impl CdnTargets {
             Some(Target::CloudFront(c)) => c.purge(paths.keys().cloned().collect()).await?,
             Some(Target::Log) => {
                 for path in paths.keys() {
-                    tracing::debug!(target_name = %name, %path, "purge planned (log target: nothing sent)");
+                    tracing::info!(target_name = %name, %path, "purge planned (log target: nothing sent)");
                 }
                 report.logged += paths.len() as u64;
                 return Ok(report);
