@@ -29,7 +29,7 @@ pub struct KafkaConfig {
     /// are taken as their text; `_` in a name stands for `.` (librdkafka names have none), so that
     /// a secret can come from the environment: `INVALIDATOR_KAFKA__PROPERTIES__SASL_PASSWORD`.
     #[serde(deserialize_with = "kafka_properties")]
-    pub properties: BTreeMap<String, String>,
+    pub properties: KafkaProperties,
     /// Most events in one unit of work.
     #[serde(deserialize_with = "at_least_one")]
     pub batch_size: NonZeroUsize,
@@ -56,7 +56,7 @@ impl Default for KafkaConfig {
             group: "invalidator".into(),
             topics: vec!["catalog-events".into()],
             dlq_topic: None,
-            properties: BTreeMap::new(),
+            properties: KafkaProperties::default(),
             batch_size: NonZeroUsize::new(500).unwrap(),
             batch_wait: Duration::ZERO,
             max_in_flight: NonZeroUsize::new(32).unwrap(),
@@ -99,7 +99,40 @@ fn topic_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
     Ok(topics)
 }
 
-fn kafka_properties<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+/// `[kafka.properties]`: name → value. `Debug` shows the value of no property whose name says it
+/// holds a secret (`sasl.password`, `ssl.key.pem`, `sasl.jaas.config`, ...): `***` instead.
+#[derive(Clone, Default, PartialEq)]
+pub struct KafkaProperties(pub BTreeMap<String, String>);
+
+impl std::ops::Deref for KafkaProperties {
+    type Target = BTreeMap<String, String>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const SECRET: &[&str] = &[
+            "password",
+            "secret",
+            "key",
+            "jaas",
+            "token",
+            "credential",
+            "pem",
+            "sasl.username",
+        ];
+        let shown = self.0.iter().map(|(k, v)| {
+            let secret = SECRET.iter().any(|s| k.contains(s));
+            (k, if secret { "***" } else { v.as_str() })
+        });
+        f.debug_map().entries(shown).finish()
+    }
+}
+
+fn kafka_properties<'de, D: Deserializer<'de>>(d: D) -> Result<KafkaProperties, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Text {
@@ -120,7 +153,14 @@ fn kafka_properties<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, 
             };
             (k.replace('_', "."), v)
         })
-        .collect())
+        .collect::<BTreeMap<_, _>>()
+        .into())
+}
+
+impl From<BTreeMap<String, String>> for KafkaProperties {
+    fn from(m: BTreeMap<String, String>) -> Self {
+        KafkaProperties(m)
+    }
 }
 
 #[cfg(test)]
@@ -139,6 +179,22 @@ mod tests {
         assert_eq!(p["sasl.password"], "s");
         assert_eq!(p["enable.idempotence"], "true");
         assert_eq!(p.len(), 3);
+    }
+
+    #[test]
+    fn secrets_in_kafka_properties_are_never_printed() {
+        let c = Config::from_toml(
+            "[kafka.properties]\n\"sasl.password\" = \"pw-s3cr3t\"\n\"ssl.key.pem\" = \"-----PEM-s3cr3t\"\n\
+             \"sasl.jaas.config\" = \"user=u password=jaas-s3cr3t\"\n\"session.timeout.ms\" = 6000\n",
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("\"sasl.password\": \"***\""), "{shown}");
+        assert!(
+            shown.contains("\"session.timeout.ms\": \"6000\""),
+            "{shown}"
+        );
     }
 
     #[test]
