@@ -315,6 +315,15 @@ impl Server {
         cmd.query(&mut self.conn())
     }
 
+    /// `INFO section`, parsed, or `None` when the server does not answer.
+    pub fn try_info(&self, section: &str) -> Option<HashMap<String, String>> {
+        let text: String = redis::cmd("INFO")
+            .arg(section)
+            .query(&mut self.try_conn()?)
+            .ok()?;
+        Some(parse_info(&text))
+    }
+
     /// `INFO section`, parsed.
     pub fn info(&self, section: &str) -> HashMap<String, String> {
         let text: String = self.query(redis::cmd("INFO").arg(section)).expect("INFO");
@@ -381,8 +390,13 @@ impl Server {
     pub fn wait_synced(&self, primary: &Server) {
         let mut last = (String::new(), String::new());
         let ok = until(Duration::from_secs(20), || {
-            let p = primary.info("replication");
-            let r = self.info("replication");
+            // A server slow to answer (a loaded host) is asked again, not a failure.
+            let (Some(p), Some(r)) = (
+                primary.try_info("replication"),
+                self.try_info("replication"),
+            ) else {
+                return false;
+            };
             let target: i64 = p["master_repl_offset"].parse().unwrap_or(i64::MAX);
             let done = r.get("master_link_status").map(String::as_str) == Some("up")
                 && r.get("master_port") == Some(&primary.port.to_string())

@@ -121,6 +121,17 @@ mod tests {
         ]);
         let r = parse_slots(v, &asked).unwrap();
         assert_eq!(r.len(), 2);
+        // `cluster-preferred-endpoint-type unknown-endpoint` answers NULL, a node without a
+        // hostname `?`: both mean the host that was asked, never a skipped primary.
+        for unknown in [Value::Nil, bulk("?")] {
+            let v = Value::Array(vec![Value::Array(vec![
+                Value::Int(0),
+                Value::Int(16383),
+                Value::Array(vec![unknown, Value::Int(7003), bulk("ccc")]),
+            ])]);
+            let r = parse_slots(v, &asked).unwrap();
+            assert_eq!((r[0].host.as_str(), r[0].port), ("10.0.0.9", 7003));
+        }
         assert_eq!((r[0].start, r[0].end, r[0].port), (0, 5460, 7001));
         assert_eq!(r[0].host, "10.0.0.1");
         assert_eq!(r[1].host, "10.0.0.9");
