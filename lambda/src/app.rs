@@ -5,6 +5,8 @@
 //! package root `/var/task`; `INVALIDATOR_RULES__DIR` overrides it), builds the Redis, CDN and SQS
 //! clients and the metrics recorder. Any error there stops the init with the key or file it is
 //! about: Lambda then reports an init error and the messages stay in their queue or are retried.
+//! Init waits for Redis at most `INIT_REDIS_WAIT` (5 s); the invocations' commands retry within
+//! `[redis] retry_for`, each bounded by its invocation's deadline.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -84,12 +86,13 @@ impl App {
             dir: config.rules.dir.display().to_string(),
             error: e.to_string(),
         })?;
-        let redis = Redis::connect(
-            &config.redis,
-            Some(config.redis.retry_for.min(INIT_REDIS_WAIT)),
-        )
-        .await
-        .map_err(|e| InitError::Redis(e.to_string()))?;
+        // Init waits for Redis at most INIT_REDIS_WAIT; the invocations' commands retry within the
+        // configured `retry_for` (each bounded by its invocation's deadline).
+        let retry_for = config.redis.retry_for;
+        let wait = retry_for.min(INIT_REDIS_WAIT);
+        let redis = Redis::connect_waiting(&config.redis, Some(retry_for), Some(wait))
+            .await
+            .map_err(|e| InitError::Redis(e.to_string()))?;
         let metrics = telemetry::init_metrics(&config.lambda.metrics_namespace);
         tracing::info!(
             redis = %redis.describe(),
