@@ -97,7 +97,7 @@ enum RulesCommand {
 }
 
 /// See Cargo.toml: glibc's malloc cost a replay about 40% of its CPU.
-#[cfg(not(target_env = "msvc"))]
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -108,7 +108,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// 50.9–53.6 MiB with one arena, at the same CPU per event (measured before the failover rewind,
 /// which holds 30 s of keys by default, existed). On a host with many cores,
 /// `_RJEM_MALLOC_CONF=narenas:4` gives more back.
-#[cfg(not(target_env = "msvc"))]
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static malloc_conf: &[u8; 10] = b"narenas:1\0";

@@ -4,13 +4,16 @@
 //! every `INVALIDATOR_*` environment variable), compiles the rules (`[rules] dir`, relative to the
 //! package root `/var/task`; `INVALIDATOR_RULES__DIR` overrides it), builds the Redis, CDN and SQS
 //! clients and the metrics recorder. Any error there stops the init with the key or file it is
-//! about: Lambda then reports an init error and the messages stay in their queue or are retried.
+//! about: `main` posts it to the runtime API's `/runtime/init/error` ([`crate::init_error`]),
+//! Lambda fails the invocation with it, and the messages stay in their queue or are retried.
+//! Init waits for Redis at most `INIT_REDIS_WAIT` (5 s); the invocations' commands retry within
+//! `[redis] retry_for`, each bounded by its invocation's deadline.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use invalidator::apply::redis::Redis;
-use invalidator::config::{CdnConfig, Config};
+use invalidator::config::{CdnConfig, Config, RedisConfig, Topology, redact_url};
 use invalidator::engine::Engine;
 use invalidator::rules::{CompileOptions, RuleSet};
 use lambda_runtime::LambdaEvent;
@@ -54,6 +57,18 @@ fn no_cloudfront_window(config: &mut Config) {
     }
 }
 
+/// The Redis servers of `[redis]`, with their key, for an init error (no password).
+fn redis_endpoint(c: &RedisConfig) -> String {
+    let list = |urls: &[String]| urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>();
+    match c.topology() {
+        Topology::Single { url } => format!("redis.url {}", redact_url(url)),
+        Topology::Sentinel { sentinels, master } => {
+            format!("redis.sentinels {:?}, master {master}", list(sentinels))
+        }
+        Topology::Cluster { seeds } => format!("redis.cluster {:?}", list(seeds)),
+    }
+}
+
 /// Everything built once per sandbox.
 pub struct App {
     pub invalidate: Invalidate,
@@ -84,12 +99,18 @@ impl App {
             dir: config.rules.dir.display().to_string(),
             error: e.to_string(),
         })?;
-        let redis = Redis::connect(
-            &config.redis,
-            Some(config.redis.retry_for.min(INIT_REDIS_WAIT)),
-        )
-        .await
-        .map_err(|e| InitError::Redis(e.to_string()))?;
+        // Init waits for Redis at most INIT_REDIS_WAIT; the invocations' commands retry within the
+        // configured `retry_for` (each bounded by its invocation's deadline).
+        let retry_for = config.redis.retry_for;
+        let wait = retry_for.min(INIT_REDIS_WAIT);
+        let redis = Redis::connect_waiting(&config.redis, Some(retry_for), Some(wait))
+            .await
+            .map_err(|e| {
+                InitError::Redis(format!(
+                    "{e} ({}; init waits {wait:?} for Redis)",
+                    redis_endpoint(&config.redis)
+                ))
+            })?;
         let metrics = telemetry::init_metrics(&config.lambda.metrics_namespace);
         tracing::info!(
             redis = %redis.describe(),
@@ -231,6 +252,28 @@ mod tests {
             matches!(&c.cdn["edge"], CdnConfig::Http { .. }),
             "others untouched"
         );
+    }
+
+    #[test]
+    fn the_redis_of_an_init_error_is_named_without_its_password() {
+        let c = Config::from_toml("[redis]\nurl = \"rediss://app:pw-1@cache.example:6379/0\"\n")
+            .unwrap();
+        let named = redis_endpoint(&c.redis);
+        assert!(named.starts_with("redis.url rediss://"), "{named}");
+        assert!(
+            named.contains("cache.example:6379/0") && !named.contains("pw-1"),
+            "{named}"
+        );
+        let c = Config::from_toml(
+            "[redis]\nsentinels = [\"redis://:pw-2@s1:26379\"]\nsentinel_master = \"m\"\n",
+        )
+        .unwrap();
+        let named = redis_endpoint(&c.redis);
+        assert!(
+            named.contains("s1:26379") && named.contains("master m"),
+            "{named}"
+        );
+        assert!(!named.contains("pw-2"), "{named}");
     }
 
     #[test]

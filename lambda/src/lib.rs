@@ -3,7 +3,8 @@
 //! The AWS Lambda adapter of invalidator: a thin layer over the shared engine.
 //!
 //! ```text
-//! main            init once per sandbox: config (env), rules, Redis/CDN/SQS clients, logs, metrics
+//! main            init once per sandbox: config (env), rules, Redis/CDN/SQS clients, logs, metrics;
+//!                 an init failure goes to the runtime API's /runtime/init/error (init_error)
 //!   → app         one invocation: parse the SNS or SQS event, run the batch, log, flush EMF metrics
 //!   → message     the SNS or SQS event document → messages; a message as a record
 //!   → batch       generic: messages → Processor → verdicts → dead letters → Lambda's answer
@@ -24,6 +25,7 @@
 pub mod app;
 pub mod batch;
 pub mod dlq;
+pub mod init_error;
 pub mod invalidate;
 pub mod message;
 pub mod telemetry;

@@ -213,6 +213,28 @@ fn sqs_trigger_reports_batch_item_failures_and_redrives_to_the_dlq() {
     assert_eq!(resource(&t, "TopicSubscription")["Condition"], "UseSns");
 }
 
+#[test]
+fn every_queue_outlives_the_stack() {
+    // cfn-lint I3011: without both policies, deleting (or replacing) the stack deletes the queue
+    // and every poison message or pending event in it.
+    let t = template();
+    let queues: Vec<(&String, &Value)> = t["Resources"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r["Type"] == "AWS::SQS::Queue")
+        .collect();
+    let names: Vec<&str> = queues.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains(&"DeadLetterQueue"), "{names:?}");
+    for (name, r) in queues {
+        assert_eq!(r["DeletionPolicy"], "Retain", "{name}: DeletionPolicy");
+        assert_eq!(
+            r["UpdateReplacePolicy"], "Retain",
+            "{name}: UpdateReplacePolicy"
+        );
+    }
+}
+
 /// A sample value for an environment variable set from a template reference.
 fn sample(value: &Value) -> String {
     match value {

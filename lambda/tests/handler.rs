@@ -175,6 +175,11 @@ impl OwnRedis {
             .local_addr()
             .unwrap()
             .port();
+        OwnRedis::start_on(port)
+    }
+
+    /// On `port` (again, after [`OwnRedis::stop`]).
+    fn start_on(port: u16) -> OwnRedis {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
@@ -250,6 +255,56 @@ async fn an_outage_fails_the_whole_batch_and_dead_letters_nothing() {
         response,
         Err(HandlerError::NotDone { failed: 1, .. })
     ));
+}
+
+#[tokio::test]
+async fn invocations_retry_redis_for_retry_for_not_for_the_init_wait() {
+    // Init waits for Redis at most 5 s (Lambda gives init 10 s); the commands of an invocation
+    // retry within `[redis] retry_for` (30 s here), bounded by the invocation's deadline.
+    let w = World::new();
+    let mut redis = OwnRedis::start();
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let text = w
+        .config_text(&url, None, "")
+        .replace("retry_for = \"2s\"", "retry_for = \"30s\"");
+    let config = invalidator::config::Config::from_toml(&text).expect("config");
+    assert_eq!(config.redis.retry_for, Duration::from_secs(30));
+    let app = invalidator_lambda::app::App::new(config, None)
+        .await
+        .expect("init");
+    redis.stop();
+
+    // The deadline still bounds the retries.
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let (report, _) = app
+        .run(fixture_json("sns-price.json"), Some(deadline))
+        .await
+        .unwrap();
+    assert!(report.outage.is_some());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Redis back after 7 s, past the init wait: the invocation rides the outage out.
+    let port = redis.port;
+    let restart = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_secs(7));
+        OwnRedis::start_on(port)
+    });
+    let started = Instant::now();
+    let (report, response) = app.run(fixture_json("sns-price.json"), None).await.unwrap();
+    let _redis = restart.await.unwrap();
+    assert_eq!(report.outage, None, "after {:?}", started.elapsed());
+    assert_eq!(response.unwrap(), Value::Null);
+    assert_eq!(report.summary.applied, 1);
+    assert!(
+        started.elapsed() >= Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

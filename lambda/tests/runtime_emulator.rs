@@ -242,3 +242,118 @@ async fn sns_and_sqs_events_through_the_runtime_api_emulator() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Invalidator.NotDone"), "{err}");
 }
+
+/// Invokes `event` while `start` brings the function up, started again whenever it has exited
+/// (an init error reported before the invoke is pending answers nothing, so the first start may
+/// miss it). The invoke's output, or `None` if it did not come back within 30 s.
+fn invoke_starting(port: u16, event: &Path, start: impl Fn() -> Proc) -> Option<Output> {
+    let mut invoke = cargo_lambda()
+        .args(["invoke", "-A", "127.0.0.1", "-P", &port.to_string()])
+        .arg("-F")
+        .arg(event)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cargo lambda invoke");
+    let began = Instant::now();
+    let mut function: Option<(Proc, Instant)> = None;
+    while began.elapsed() < Duration::from_secs(30) {
+        if invoke.try_wait().unwrap().is_some() {
+            return Some(invoke.wait_with_output().unwrap());
+        }
+        let stopped = match &mut function {
+            None => true,
+            Some((f, at)) => {
+                f.0.try_wait().unwrap().is_some() && at.elapsed() > Duration::from_secs(1)
+            }
+        };
+        if stopped {
+            function = Some((start(), Instant::now()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = invoke.kill();
+    let _ = invoke.wait();
+    None
+}
+
+/// What `cargo lambda invoke` printed, both streams.
+fn printed(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_init_error_answers_the_pending_invoke_with_its_cause() {
+    let w = World::new();
+    let port = free_port();
+    let _emulator = emulator(port);
+    let log = w.dir.path().join("function.log");
+    let env = |rules: &Path, redis: &str| {
+        vec![
+            ("INVALIDATOR_RULES__DIR", rules.display().to_string()),
+            ("INVALIDATOR_REDIS__URL", redis.to_string()),
+            ("INVALIDATOR_REDIS__RETRY_FOR", "1s".to_string()),
+            ("INVALIDATOR_TAGS__PREFIX", format!("{}tag:", w.p)),
+            ("INVALIDATOR_DEDUPE__PREFIX", format!("{}seen:", w.p)),
+            ("INVALIDATOR_CDN__LOGCDN__KIND", "log".to_string()),
+        ]
+    };
+    let sns = fixture_path("sns-price.json");
+    let run = |rules: &Path, redis: &str| {
+        let env = env(rules, redis);
+        let began = Instant::now();
+        let out = invoke_starting(port, &sns, || function(port, w.dir.path(), &env, &log));
+        (out, began.elapsed())
+    };
+
+    // Control: with a good configuration, the same invoke gets the handler's answer.
+    let (out, _) = run(&w.rules_dir(), &common::redis_url());
+    let out = out.expect("the function answers");
+    assert_eq!(response(&out), Value::Null, "{}", printed(&out));
+
+    // A rules directory that does not exist.
+    let missing = w.dir.path().join("no-such-rules");
+    let (out, took) = run(&missing, &common::redis_url());
+    let out = out.expect("an init error must answer the pending invoke, not leave it hanging");
+    let text = printed(&out);
+    assert!(text.contains("Invalidator.Rules"), "{text}");
+    assert!(
+        text.contains("no-such-rules"),
+        "the error names the directory: {text}"
+    );
+    assert!(took < Duration::from_secs(15), "{took:?}");
+
+    // A rule that does not compile: its file is named.
+    let bad = w.dir.path().join("bad-rules");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(
+        bad.join("broken.yaml"),
+        "rules:\n  - name: broken\n    on: price.updated\n    dleete: [\"x\"]\n",
+    )
+    .unwrap();
+    let (out, _) = run(&bad, &common::redis_url());
+    let text = printed(&out.expect("answered"));
+    assert!(text.contains("Invalidator.Rules"), "{text}");
+    assert!(text.contains("broken.yaml"), "{text}");
+
+    // Redis unreachable (init waits retry_for, 1 s here): the error names Redis, not its password.
+    let (out, _) = run(&w.rules_dir(), "redis://:s3cret-pw@127.0.0.1:1/0");
+    let text = printed(&out.expect("answered"));
+    assert!(text.contains("Invalidator.Redis"), "{text}");
+    assert!(text.contains("redis.url redis://"), "the key: {text}");
+    assert!(text.contains("127.0.0.1:1/0"), "the endpoint: {text}");
+    assert!(
+        !text.contains("s3cret-pw"),
+        "no password in the error: {text}"
+    );
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logs.contains("init failed") && !logs.contains("s3cret-pw"),
+        "{logs}"
+    );
+}

@@ -127,6 +127,16 @@ impl Redis {
         settings: &RedisConfig,
         retry_for: Option<Duration>,
     ) -> Result<Redis, RedisError> {
+        Self::connect_waiting(settings, retry_for, retry_for).await
+    }
+
+    /// Connects, retrying while Redis is unreachable within `wait` (`None`: forever); operations
+    /// afterwards retry within `retry_for` (the Lambda's init waits less than its commands retry).
+    pub async fn connect_waiting(
+        settings: &RedisConfig,
+        retry_for: Option<Duration>,
+        wait: Option<Duration>,
+    ) -> Result<Redis, RedisError> {
         let topology = Topology::new(settings)?;
         let description = match &topology {
             Topology::Single(s) => s.describe().to_owned(),
@@ -146,12 +156,7 @@ impl Redis {
             }),
         };
         let r = &redis;
-        retrying(
-            retry_for,
-            "connect",
-            || async move { r.lease().await.map(drop) },
-        )
-        .await?;
+        retrying(wait, "connect", || async move { r.lease().await.map(drop) }).await?;
         Ok(redis)
     }
 
