@@ -91,9 +91,11 @@ impl Engine {
         Ok(())
     }
 
-    /// Marks events whose id was seen within the window, or earlier in this unit, as duplicates.
-    /// An id held by a unit in flight is waited for (a dry run, which has nothing to wait for,
-    /// takes it for a duplicate): the copy is a duplicate only if that unit remembered it.
+    /// Marks as duplicates the events whose id was applied within the window, by an earlier copy in
+    /// this unit, or by a unit in flight: an id held by a unit in flight is waited for (a dry run,
+    /// which has nothing to wait for, takes it for a duplicate), and the copy is a duplicate only if
+    /// that unit remembered it. A copy after one that is not applied (dead-lettered, skipped) is
+    /// planned on its own, as it would be in a unit of its own.
     async fn dedupe(
         &self,
         unit: &mut [Prepared],
@@ -103,37 +105,37 @@ impl Engine {
             return Ok(None);
         }
         let mut ids: Vec<String> = Vec::new();
-        let mut candidates: Vec<usize> = Vec::new();
-        let mut in_unit = HashSet::new();
+        // Every copy not yet a duplicate, with the place of its id in `ids`.
+        let mut copies: Vec<(usize, usize)> = Vec::new();
+        let mut places = HashMap::new();
+        let mut applied = HashSet::new();
         for (i, p) in unit.iter_mut().enumerate() {
             let Some(e) = p.event.as_ref().filter(|e| e.id_given) else {
                 continue;
             };
-            if in_unit.insert(e.id.as_str()) {
-                ids.push(e.id.clone());
-                candidates.push(i);
-            } else {
+            if applied.contains(e.id.as_str()) {
                 p.outcome = Outcome::Duplicate;
+                continue;
+            }
+            let place = *places.entry(e.id.as_str()).or_insert_with(|| {
+                ids.push(e.id.clone());
+                ids.len() - 1
+            });
+            copies.push((i, place));
+            if p.outcome == Outcome::Applied {
+                applied.insert(e.id.as_str());
             }
         }
         let held = if dry_run {
             let (held, busy) = self.in_flight_ids.take_free(ids.clone());
-            for (&i, busy) in candidates.iter().zip(busy) {
-                if busy {
-                    unit[i].outcome = Outcome::Duplicate;
-                }
-            }
+            mark_duplicates(unit, &copies, &busy);
             held
         } else {
             self.in_flight_ids.take(ids.clone()).await
         };
         let ask: Vec<&str> = ids.iter().map(String::as_str).collect();
         let seen = self.redis.seen(&self.config.dedupe.prefix, &ask).await?;
-        for (&i, seen) in candidates.iter().zip(seen) {
-            if seen {
-                unit[i].outcome = Outcome::Duplicate;
-            }
-        }
+        mark_duplicates(unit, &copies, &seen);
         Ok(Some(held))
     }
 
@@ -270,4 +272,13 @@ fn coalesce(unit: &[Prepared]) -> Plan {
         }
     }
     plan
+}
+
+/// Marks the copies (unit index, place of the id) whose id is flagged as duplicates.
+fn mark_duplicates(unit: &mut [Prepared], copies: &[(usize, usize)], flagged: &[bool]) {
+    for &(i, place) in copies {
+        if flagged[place] {
+            unit[i].outcome = Outcome::Duplicate;
+        }
+    }
 }

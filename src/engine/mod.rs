@@ -47,7 +47,7 @@ pub enum Outcome {
     Applied,
     /// No rule matched, or every matching rule's condition was false.
     Skipped,
-    /// Its id was seen within the dedupe window (or earlier in the same unit).
+    /// Its id was applied within the dedupe window (or by an earlier copy in the same unit).
     Duplicate,
     DeadLettered {
         reason: &'static str,

@@ -149,12 +149,15 @@ fn too_large(bytes: Vec<u8>, position: Position, limit: usize) -> Expanded {
     }
 }
 
-/// The records of a Lambda SNS or SQS event document.
+/// The records of a Lambda SNS or SQS event document. `Records` that is not a list is a broken
+/// envelope, not an empty one: the document is dead-lettered, not dropped unseen.
 fn expand_lambda(value: Value, position: &Position) -> Result<Vec<Record>, DecodeError> {
-    let first = value
-        .get("Records")
-        .and_then(Value::as_array)
-        .and_then(|r| r.first());
+    let Some(records) = value.get("Records").and_then(Value::as_array) else {
+        return Err(DecodeError::InvalidEnvelope(
+            "`Records` must be a list of Lambda SNS or SQS records".into(),
+        ));
+    };
+    let first = records.first();
     let source = first.and_then(|r| {
         r.get("eventSource")
             .or_else(|| r.get("EventSource"))
@@ -259,6 +262,29 @@ mod tests {
                 ..
             }]
         ));
+    }
+
+    /// Regression (found by tests/hostile_replay.rs): a document whose `Records` was not a list
+    /// gave no record at all, so replay neither counted nor dead-lettered it.
+    #[test]
+    fn records_that_are_not_a_list_are_a_broken_envelope_not_nothing() {
+        for doc in [
+            r#"{"Records":null}"#,
+            r#"{"Records":5}"#,
+            r#"{"Records":{"type":"a"}}"#,
+        ] {
+            let out = expand_document(doc.as_bytes().to_vec(), pos(), MAX);
+            assert!(
+                matches!(
+                    &out[..],
+                    [Expanded::Failed { error: DecodeError::InvalidEnvelope(_), record }]
+                        if record.payload == doc.as_bytes()
+                ),
+                "{doc}: {out:?}"
+            );
+        }
+        // An empty list is an empty batch.
+        assert!(expand_document(br#"{"Records":[]}"#.to_vec(), pos(), MAX).is_empty());
     }
 
     #[test]
