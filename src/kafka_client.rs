@@ -21,8 +21,12 @@ pub(crate) fn consumer_defaults(config: &KafkaConfig) -> Vec<(&'static str, Stri
         ("auto.commit.interval.ms", "1000".into()),
         // A new group starts from the oldest event: an invalidation missed is a stale cache.
         ("auto.offset.reset", "earliest".into()),
-        // Bounded prefetch (librdkafka's default is 64 MiB per consumer).
-        ("queued.max.messages.kbytes", "16384".into()),
+        // Bounded prefetch, from `max_in_flight_bytes` (librdkafka's default is 64 MiB per
+        // consumer). librdkafka derives `fetch.max.bytes` from it unless that is set.
+        (
+            "queued.max.messages.kbytes",
+            config.prefetch_kbytes().to_string(),
+        ),
         ("statistics.interval.ms", "5000".into()),
         ("client.id", "invalidator".into()),
     ]
@@ -106,5 +110,27 @@ mod tests {
         assert!(consumer_only("group.instance.id"));
         assert!(!consumer_only("security.protocol"));
         assert!(!consumer_only("sasl.password"));
+    }
+
+    #[test]
+    fn the_prefetch_follows_the_budget_unless_the_user_sets_it() {
+        let queued = |toml: &str| {
+            let config = crate::config::Config::from_toml(toml).unwrap().kafka;
+            let c = client_config(consumer_defaults(&config), &config.properties, |_| true);
+            c.get("queued.max.messages.kbytes").map(str::to_owned)
+        };
+        assert_eq!(queued("").as_deref(), Some("16384"));
+        assert_eq!(
+            queued("[kafka]\nmax_in_flight_bytes = \"8MiB\"").as_deref(),
+            Some("2048")
+        );
+        assert_eq!(
+            queued(
+                "[kafka]\nmax_in_flight_bytes = \"8MiB\"\n[kafka.properties]\n\
+                 \"queued.max.messages.kbytes\" = 100\n"
+            )
+            .as_deref(),
+            Some("100")
+        );
     }
 }

@@ -36,6 +36,9 @@ pub const DLQ_WRITE_FAILURES_TOTAL: &str = "invalidator_dlq_write_failures_total
 /// Dead letters the DLQ topic refused whole for their size, written cut with the hash of the whole.
 pub const DLQ_TRUNCATED_TOTAL: &str = "invalidator_dlq_truncated_total";
 pub const UNIT_SECONDS: &str = "invalidator_unit_seconds";
+/// Payload bytes held by the worker's units in flight and the batch being filled
+/// (`[kafka] max_in_flight_bytes` bounds it).
+pub const IN_FLIGHT_BYTES: &str = "invalidator_in_flight_bytes";
 /// Changes of the Redis primary (Cluster: of the owner of some slots) seen on (re)connect.
 pub const REDIS_FAILOVERS_TOTAL: &str = "invalidator_redis_failovers_total";
 /// Keys, expires and tags of the rewind window applied again on a new primary.
@@ -173,6 +176,10 @@ pub fn dlq_truncated() {
 /// Time from taking a unit in to having it done (applied and dead letters written).
 pub fn unit_done(elapsed: Duration) {
     metrics::histogram!(UNIT_SECONDS).record(elapsed.as_secs_f64());
+}
+
+pub fn in_flight_bytes(bytes: usize) {
+    metrics::gauge!(IN_FLIGHT_BYTES).set(bytes as f64);
 }
 
 pub fn cascade_ended() {

@@ -8,7 +8,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
 use super::ConfigError;
-use super::read::{at_least_one, duration, non_blank};
+use super::read::{at_least_one, byte_size, duration, non_blank};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -42,6 +42,11 @@ pub struct KafkaConfig {
     /// `max_in_flight × batch_size` events per window.
     #[serde(deserialize_with = "at_least_one")]
     pub max_in_flight: NonZeroUsize,
+    /// Most payload bytes (payload, key and headers) held by the units in flight and the batch
+    /// being filled, at least `[limits] max_event_bytes` (`67108864` or `64MiB`). Also sizes
+    /// librdkafka's prefetch queue ([`KafkaConfig::prefetch_kbytes`]).
+    #[serde(deserialize_with = "byte_size")]
+    pub max_in_flight_bytes: usize,
     /// On SIGTERM/SIGINT: how long in-flight units, pending redeletes and the final commit may take.
     #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
@@ -60,6 +65,7 @@ impl Default for KafkaConfig {
             batch_size: NonZeroUsize::new(500).unwrap(),
             batch_wait: Duration::ZERO,
             max_in_flight: NonZeroUsize::new(32).unwrap(),
+            max_in_flight_bytes: 64 << 20,
             shutdown_timeout: Duration::from_secs(30),
             max_pending_redeletes: 100_000,
         }
@@ -80,7 +86,30 @@ impl KafkaConfig {
         self.topics.iter().any(|t| t == topic)
     }
 
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+    /// The bytes at which a unit is closed before `batch_size`: an even share of
+    /// `max_in_flight_bytes` among the units in flight and the batch being filled, so that a
+    /// backlog of large events still spreads over `max_in_flight` units.
+    pub fn unit_bytes(&self) -> usize {
+        (self.max_in_flight_bytes / (self.max_in_flight.get() + 1)).max(1)
+    }
+
+    /// `queued.max.messages.kbytes` unless `[kafka.properties]` sets it: a quarter of
+    /// `max_in_flight_bytes` (16 MiB by default), within librdkafka's range. librdkafka sizes
+    /// `fetch.max.bytes` from it (unless set), so a fetch does not bring much more.
+    pub fn prefetch_kbytes(&self) -> usize {
+        (self.max_in_flight_bytes / 4 / 1024).clamp(1, 2_097_151)
+    }
+
+    pub(super) fn validate(&self, max_event_bytes: usize) -> Result<(), ConfigError> {
+        if self.max_in_flight_bytes < max_event_bytes {
+            return Err(ConfigError::key(
+                "kafka.max_in_flight_bytes",
+                format_args!(
+                    "must be at least `limits.max_event_bytes` ({max_event_bytes}): one event \
+                     must fit"
+                ),
+            ));
+        }
         if self.dlq_topic.as_ref().is_some_and(|t| self.is_source(t)) {
             return Err(ConfigError::key(
                 "kafka.dlq_topic",
@@ -198,6 +227,26 @@ mod tests {
     }
 
     #[test]
+    fn the_byte_budget_takes_sizes_and_sizes_the_units_and_the_prefetch() {
+        let d = Config::from_toml("").unwrap().kafka;
+        assert_eq!(d.max_in_flight_bytes, 64 << 20);
+        // The default prefetch stays what it was before the budget: 16 MiB.
+        assert_eq!(d.prefetch_kbytes(), 16384);
+        assert_eq!(d.unit_bytes(), (64 << 20) / 33);
+        let c = Config::from_toml(
+            "[limits]\nmax_event_bytes = \"1KiB\"\n[kafka]\nmax_in_flight_bytes = \"2KiB\"\n\
+             max_in_flight = 1\n",
+        )
+        .unwrap()
+        .kafka;
+        assert_eq!(c.max_in_flight_bytes, 2048);
+        assert_eq!(c.unit_bytes(), 1024);
+        assert_eq!(c.prefetch_kbytes(), 1);
+        let big = Config::from_toml("[kafka]\nmax_in_flight_bytes = \"64GiB\"\n").unwrap();
+        assert_eq!(big.kafka.prefetch_kbytes(), 2_097_151);
+    }
+
+    #[test]
     fn kafka_errors_name_the_key() {
         for (toml, msg) in [
             (
@@ -223,6 +272,14 @@ mod tests {
             (
                 "max_in_flight = 0",
                 "config key `kafka.max_in_flight`: must be at least 1",
+            ),
+            (
+                "max_in_flight_bytes = \"512KiB\"",
+                "config key `kafka.max_in_flight_bytes`: must be at least `limits.max_event_bytes` (1048576)",
+            ),
+            (
+                "max_in_flight_bytes = \"a lot\"",
+                "config key `kafka.max_in_flight_bytes`: `a lot` is not a size",
             ),
             (
                 "dlq_topic = \"catalog-events\"",

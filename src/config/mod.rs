@@ -119,7 +119,7 @@ impl Config {
     /// The checks across keys (each key's own are made by its type as it is read).
     fn validate(&self) -> Result<(), ConfigError> {
         self.redis.validate()?;
-        self.kafka.validate()?;
+        self.kafka.validate(self.limits.max_event_bytes)?;
         self.dedupe.validate()?;
         self.notify.validate(&self.kafka)
     }

@@ -4,7 +4,9 @@
 //!
 //! Invariants:
 //! - at most `max_in_flight` units run at once; no unit is taken while more than
-//!   `max_pending_redeletes` keys and tags wait for their `redelete_after`;
+//!   `max_pending_redeletes` keys and tags wait for their `redelete_after`; the payload bytes the
+//!   units in flight hold ([`Records::bytes`]) are counted in the [`Room`], for a source that
+//!   bounds them (the worker's `max_in_flight_bytes`);
 //! - a unit is handed back (acknowledged) only after it was applied and its dead letters were
 //!   written; an outage is never a dead letter: per [`Outages`], the unit is retried with backoff
 //!   until it goes through (the worker) or handed back as not applied (replay);
@@ -70,6 +72,12 @@ pub trait Records: Send + 'static {
     /// for each retry; a source whose driver never retries ([`Outages::GiveUp`]) may hand its
     /// records over once.
     fn records(&mut self, attempts: u32) -> Vec<Expanded>;
+
+    /// The payload bytes the unit holds while it is in flight, for [`Room::in_flight_bytes`]. A
+    /// source that bounds no bytes may leave it at 0.
+    fn bytes(&self) -> usize {
+        0
+    }
 }
 
 /// Whether the driver can take a unit now.
@@ -79,6 +87,9 @@ pub struct Room {
     pub units: bool,
     /// At most `max_pending_redeletes` keys and tags wait for their time.
     pub redeletes: bool,
+    /// The payload bytes held by the units in flight ([`Records::bytes`]). It does not change
+    /// while [`Adapter::next`] runs: a unit that finishes ends that call first.
+    pub in_flight_bytes: usize,
 }
 
 impl Room {
@@ -160,7 +171,10 @@ pub struct Driver<S> {
 /// The driver's moving parts during a run.
 struct Run<S, T> {
     unit: Arc<UnitRunner<S>>,
-    in_flight: InFlight<T>,
+    /// Each unit's token and the bytes it holds.
+    in_flight: InFlight<(T, usize)>,
+    /// The sum of the bytes the units in flight hold.
+    in_flight_bytes: usize,
     redeletes: Redeletes,
     redeleting: Option<JoinHandle<(Redelete, Result<ApplyReport, EngineError>)>>,
     redeletes_stopped: bool,
@@ -185,6 +199,7 @@ where {
                 dry_run: s.dry_run,
             }),
             in_flight: InFlight::new(s.order),
+            in_flight_bytes: 0,
             redeletes: Redeletes::default(),
             redeleting: None,
             redeletes_stopped: s.dry_run,
@@ -198,6 +213,7 @@ where {
             let room = Room {
                 units: run.in_flight.len() < s.max_in_flight,
                 redeletes: run.redeletes.pending <= s.max_pending_redeletes,
+                in_flight_bytes: run.in_flight_bytes,
             };
             let next_redelete = run
                 .redeletes
@@ -234,18 +250,21 @@ impl<S: DeadLetterSink + 'static, T: Send + 'static> Run<S, T> {
             _mine: mine,
         };
         let runner = self.unit.clone();
+        let bytes = unit.bytes();
+        self.in_flight_bytes += bytes;
         self.in_flight.push(tokio::spawn(async move {
             let done = runner.run(unit, turn).await;
-            (token, done)
+            ((token, bytes), done)
         }));
     }
 
     fn finish<A: Adapter<Token = T>>(
         &mut self,
         adapter: &mut A,
-        token: T,
+        (token, bytes): (T, usize),
         done: Done,
     ) -> Result<(), A::Error> {
+        self.in_flight_bytes -= bytes;
         if let Ok(unit) = &done.result
             && !self.redeletes_stopped
         {

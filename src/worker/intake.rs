@@ -3,6 +3,11 @@
 //!
 //! - Messages fill a batch of `batch_size`; a backlog fills whole units, a trickle goes out once
 //!   `batch_wait` (default 0) passed since the first message of the batch.
+//! - Bytes: the payload bytes of the units in flight and of the batch stay within
+//!   `max_in_flight_bytes`. A message is taken in only while an event of `max_event_bytes` would
+//!   still fit (so one always does when nothing is held: nothing stalls), and a unit is closed
+//!   at [`KafkaConfig::unit_bytes`]. At the budget, nothing is taken in until a unit finishes;
+//!   librdkafka's queue fills to `queued.max.messages.kbytes` and fetching stops there.
 //! - While Redis, a CDN or the DLQ topic is out, or too many redeletes wait, the assigned partitions
 //!   are paused; the consumer keeps polling (to stay in the group and see rebalances), and what
 //!   librdkafka had already fetched is kept in the batch.
@@ -26,14 +31,36 @@ use crate::engine::EngineError;
 use crate::event::Expanded;
 use crate::health::Health;
 use crate::source::kafka::{Input, KafkaConsumer, Shared, Watermarks};
+use crate::telemetry;
 
-/// A unit of the worker: its messages, kept whole so that a retry decodes them again.
-pub(super) struct Messages(pub Vec<Input>);
+/// A unit of the worker: its messages, kept whole so that a retry decodes them again, and their
+/// bytes ([`held`]).
+pub(super) struct Messages {
+    inputs: Vec<Input>,
+    bytes: usize,
+}
 
 impl Records for Messages {
     fn records(&mut self, attempts: u32) -> Vec<Expanded> {
-        self.0.iter().map(|i| i.expanded(attempts)).collect()
+        self.inputs.iter().map(|i| i.expanded(attempts)).collect()
     }
+
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// The bytes a message holds: its payload, key and headers.
+fn held(input: &Input) -> usize {
+    let carried = input.record.carried.as_deref().map_or(0, |c| {
+        let headers: usize = c
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        c.key.as_ref().map_or(0, Vec::len) + headers
+    });
+    input.record.payload.len() + carried
 }
 
 /// The offsets of a unit's messages.
@@ -46,6 +73,8 @@ pub(super) struct Intake {
     pub config: KafkaConfig,
     pub max_event_bytes: usize,
     pub batch: Vec<Input>,
+    /// The bytes the batch holds ([`held`]).
+    pub batch_bytes: usize,
     pub batch_started: Option<Instant>,
     pub paused: bool,
     pub units: u64,
@@ -53,18 +82,34 @@ pub(super) struct Intake {
 }
 
 impl Intake {
-    /// Takes the batch (at most `batch_size` of it) as a unit.
+    /// Takes the batch as a unit: at most `batch_size` messages, closed once it holds
+    /// `unit_bytes`.
     fn unit(&mut self) -> (Messages, Offsets) {
-        let n = self.batch.len().min(self.config.batch_size.get());
-        let unit: Vec<Input> = self.batch.drain(..n).collect();
+        let (mut n, mut bytes) = (0, 0);
+        let (most, close_at) = (self.config.batch_size.get(), self.config.unit_bytes());
+        while n < self.batch.len() && n < most && bytes < close_at {
+            bytes += held(&self.batch[n]);
+            n += 1;
+        }
+        let inputs: Vec<Input> = self.batch.drain(..n).collect();
+        self.batch_bytes -= bytes;
         self.batch_started = (!self.batch.is_empty()).then(Instant::now);
         self.units += 1;
-        self.events += unit.len() as u64;
-        let offsets = unit
+        self.events += inputs.len() as u64;
+        let offsets = inputs
             .iter()
             .map(|i| (i.topic().to_owned(), i.partition(), i.offset()))
             .collect();
-        (Messages(unit), offsets)
+        (Messages { inputs, bytes }, offsets)
+    }
+
+    /// Whether another message may be taken in: the batch is not a whole unit yet, and an event
+    /// of `max_event_bytes` still fits in the budget beside what the units in flight hold.
+    fn wants_more(&self, room: Room) -> bool {
+        let holding = room.in_flight_bytes + self.batch_bytes;
+        self.batch.len() < self.config.batch_size.get()
+            && self.batch_bytes < self.config.unit_bytes()
+            && holding + self.max_event_bytes <= self.config.max_in_flight_bytes
     }
 
     /// Pauses or resumes fetching, following the outage state and the redeletes waiting.
@@ -80,8 +125,9 @@ impl Intake {
         }
     }
 
-    /// Takes in the message, then what librdkafka already holds, without waiting.
-    fn take_in(&mut self, first: KafkaResult<Input>) {
+    /// Takes in the message, then what librdkafka already holds, without waiting, while
+    /// [`Intake::wants_more`].
+    fn take_in(&mut self, first: KafkaResult<Input>, room: Room) {
         let mut next = Some(first);
         while let Some(m) = next {
             match m {
@@ -92,11 +138,12 @@ impl Intake {
                     if self.batch.is_empty() {
                         self.batch_started = Some(Instant::now());
                     }
+                    self.batch_bytes += held(&input);
                     self.batch.push(input);
                 }
                 Err(e) => tracing::warn!(error = %e, "Kafka consumer error"),
             }
-            next = if self.batch.len() < self.config.batch_size.get() {
+            next = if self.wants_more(room) {
                 let max = self.max_event_bytes;
                 let ready = self.consumer.recv().now_or_never();
                 ready.map(|m| m.map(|m| Input::from_message(&m, max)))
@@ -117,7 +164,8 @@ impl Adapter for Intake {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.follow_pressure(room);
-            let full = self.batch.len() >= self.config.batch_size.get();
+            telemetry::in_flight_bytes(room.in_flight_bytes + self.batch_bytes);
+            let full = !self.wants_more(room);
             let due_at = self.batch_started.map(|t| t + self.config.batch_wait);
             let due = due_at.is_some_and(|t| t <= Instant::now());
             if room.units && !self.batch.is_empty() && (full || due) {
@@ -128,7 +176,7 @@ impl Adapter for Intake {
             tokio::select! {
                 m = self.consumer.recv(), if recv_allowed => {
                     let first = m.map(|m| Input::from_message(&m, self.max_event_bytes));
-                    self.take_in(first);
+                    self.take_in(first, room);
                 }
                 () = sleep_until(due_at), if room.units && due_at.is_some() => {}
                 _ = tick.tick() => {}

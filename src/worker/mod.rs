@@ -9,8 +9,10 @@
 //!   anything: the unit is retried with exponential backoff and jitter, the assigned partitions are
 //!   paused (the consumer keeps polling so it stays in the group), `/readyz` says why, and work
 //!   resumes where it stopped;
-//! - bounded memory: at most `max_in_flight` units of `batch_size` events, one filling batch,
-//!   librdkafka's bounded prefetch, and at most `max_pending_redeletes` waiting redeletes;
+//! - bounded memory: the units in flight and the filling batch hold at most `max_in_flight_bytes`
+//!   of payload (and at most `max_in_flight` units of `batch_size` events); librdkafka's prefetch
+//!   is bounded by a quarter of that (`queued.max.messages.kbytes`); at most
+//!   `max_pending_redeletes` redeletes wait;
 //! - shutdown (SIGTERM, SIGINT) stops fetching, finishes the in-flight units (CloudFront batches
 //!   are sent at once, without waiting for their window), runs the pending redeletes and commits,
 //!   within `shutdown_timeout`; what is still unapplied then is logged and not committed.
@@ -79,6 +81,7 @@ pub async fn run(
         health: health.clone(),
         max_event_bytes: engine.config.limits.max_event_bytes,
         batch: Vec::with_capacity(k.batch_size.get()),
+        batch_bytes: 0,
         config: k,
         batch_started: None,
         paused: false,
