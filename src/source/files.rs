@@ -5,7 +5,8 @@
 //! document spread over several lines (a Lambda `SnsEvent`/`SqsEvent` file, an array of events, a
 //! single pretty-printed event). A line longer than the event size limit is never held whole in
 //! memory: it is skipped to its end and dead-lettered as `too_large` with its first bytes. Empty lines
-//! are not events. Line numbers are 1-based and count every line.
+//! are not events; a UTF-8 byte order mark at the start of an input is skipped. Line numbers are
+//! 1-based and count every line.
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, Cursor, Read};
@@ -13,6 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::event::{DecodeError, Expanded, Position, Record, expand_document};
+
+/// The UTF-8 byte order mark, skipped at the start of an input.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// The largest multi-line JSON document read whole (Lambda event files are far smaller).
 const MAX_DOCUMENT_BYTES: usize = 64 << 20;
@@ -149,6 +153,10 @@ impl InputReader {
         self.line += 1;
         if buf.last() == Some(&b'\r') && !too_long {
             buf.pop();
+        }
+        // A byte order mark (files saved by some Windows tools) marks the encoding, not the event.
+        if self.line == 1 && buf.starts_with(BOM) {
+            buf.drain(..BOM.len());
         }
         Ok(Some((buf, too_long)))
     }
@@ -292,6 +300,14 @@ mod tests {
             positions(&out),
             [(1, "parsed"), (3, "invalid_json"), (4, "parsed")]
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_at_the_start_is_skipped_and_only_there() {
+        let out = read("\u{feff}{\"type\":\"a\"}\n\u{feff}{\"type\":\"b\"}\n", 1024);
+        assert_eq!(positions(&out), [(1, "parsed"), (2, "invalid_json")]);
+        let doc = read("\u{feff}[\n{\"type\":\"a\"},\n{\"type\":\"b\"}\n]\n", 1024);
+        assert_eq!(positions(&doc), [(1, "parsed"), (1, "parsed")]);
     }
 
     #[test]
