@@ -34,7 +34,6 @@ cases! {
     false_condition_is_skipped_and_touches_nothing,
     cascade_for_each_member_of_a_real_set,
     cascade_cycle_ends_and_the_event_is_applied,
-    purge_to_a_log_target_is_counted_as_logged,
     fanout_over_the_limit_is_dead_lettered_and_removes_nothing,
     a_tag_index_of_the_wrong_type_dead_letters_only_its_events,
     a_cascade_set_of_the_wrong_type_dead_letters_the_event,
@@ -76,6 +75,36 @@ fn expire_jitter_stays_within_bounds() {
         .collect();
     let distinct: HashSet<i64> = ttls.iter().map(|t| t / 1000).collect();
     assert!(distinct.len() > 3, "jitter spreads TTLs: {ttls:?}");
+}
+
+/// A `log` target sends nothing: each path is counted and logged at INFO (the default level), so
+/// a dry run of a CDN configuration shows what would be purged.
+#[test]
+fn purge_to_a_log_target_is_counted_as_logged() {
+    let spec = Spec::load("actions", "purge_to_a_log_target_is_counted_as_logged");
+    let mut c = conn();
+    spec.given(&mut c);
+    let input = spec
+        .w
+        .input_fixture("actions/purge_to_a_log_target_is_counted_as_logged/events.jsonl");
+    let dlq = spec.w.dlq_path();
+    let args = [
+        "replay",
+        "--dlq",
+        dlq.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ];
+    let run = spec.w.bin_env(&args, &[("RUST_LOG", "info")]);
+    spec.then(&mut c, &run);
+    for path in ["/api/products/1", "/api/products/3", "/products/2/*"] {
+        assert!(
+            run.stderr
+                .lines()
+                .any(|l| l.contains("purge planned (log target") && l.contains(path)),
+            "{path} logged at INFO:\n{}",
+            run.stderr
+        );
+    }
 }
 
 #[test]
