@@ -4,7 +4,8 @@
 # broker on 127.0.0.1:19092 (tansu.sh; skipped when KAFKA_BROKERS names another) and the AWS emulator
 # moto_server on 127.0.0.1:5055 (moto.sh); cargo-lambda (its Lambda runtime API emulator runs the
 # Lambda tests) is installed from PyPI when missing, and redis-sentinel (the failover tests start
-# their own Sentinels) from Debian's packages.
+# their own Sentinels) and promtool (tests/prometheus_rules.rs checks deploy/prometheus/ with it)
+# from Debian's packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,9 +41,18 @@ ensure_cargo_lambda() {
   cargo lambda --version
 }
 
+# tests/prometheus_rules.rs runs `promtool check rules` and `promtool test rules` on
+# deploy/prometheus/; Debian ships promtool in the `prometheus` package.
+ensure_promtool() {
+  if command -v promtool >/dev/null 2>&1; then return; fi
+  echo "promtool not found: installing it from Debian's packages"
+  apt-get update -qq && apt-get install -y -qq prometheus >/dev/null
+}
+
 ensure_redis
 ensure_sentinel
 ensure_cargo_lambda
+ensure_promtool
 bash scripts/redis-cluster.sh start
 if [ -z "${KAFKA_BROKERS:-}" ]; then bash scripts/tansu.sh; fi
 bash scripts/moto.sh
