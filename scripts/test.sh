@@ -4,7 +4,7 @@
 # broker on 127.0.0.1:19092 (tansu.sh; skipped when KAFKA_BROKERS names another) and the AWS emulator
 # moto_server on 127.0.0.1:5055 (moto.sh); cargo-lambda (its Lambda runtime API emulator runs the
 # Lambda tests) is installed from PyPI when missing, and redis-sentinel (the failover tests start
-# their own Sentinels) from Debian's packages.
+# their own Sentinels) from Debian's packages; kubernetes-validate (tests/deploy_kubernetes.rs) from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,9 +40,19 @@ ensure_cargo_lambda() {
   cargo lambda --version
 }
 
+# tests/deploy_kubernetes.rs validates deploy/kubernetes/ against the Kubernetes schemas.
+ensure_kubernetes_validate() {
+  if command -v kubernetes-validate >/dev/null 2>&1; then return; fi
+  echo "kubernetes-validate not found: installing it from PyPI"
+  python3 -m pip install -q 'kubernetes-validate==1.37.0'
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+  kubernetes-validate --version
+}
+
 ensure_redis
 ensure_sentinel
 ensure_cargo_lambda
+ensure_kubernetes_validate
 bash scripts/redis-cluster.sh start
 if [ -z "${KAFKA_BROKERS:-}" ]; then bash scripts/tansu.sh; fi
 bash scripts/moto.sh
