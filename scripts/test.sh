@@ -5,7 +5,7 @@
 # moto_server on 127.0.0.1:5055 (moto.sh); cargo-lambda (its Lambda runtime API emulator runs the
 # Lambda tests) is installed from PyPI when missing, and redis-sentinel (the failover tests start
 # their own Sentinels) and promtool (tests/prometheus_rules.rs checks deploy/prometheus/ with it)
-# from Debian's packages.
+# from Debian's packages; kubernetes-validate (tests/deploy_kubernetes.rs) from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,10 +49,20 @@ ensure_promtool() {
   apt-get update -qq && apt-get install -y -qq prometheus >/dev/null
 }
 
+# tests/deploy_kubernetes.rs validates deploy/kubernetes/ against the Kubernetes schemas.
+ensure_kubernetes_validate() {
+  if command -v kubernetes-validate >/dev/null 2>&1; then return; fi
+  echo "kubernetes-validate not found: installing it from PyPI"
+  python3 -m pip install -q 'kubernetes-validate==1.37.0'
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+  kubernetes-validate --version
+}
+
 ensure_redis
 ensure_sentinel
 ensure_cargo_lambda
 ensure_promtool
+ensure_kubernetes_validate
 bash scripts/redis-cluster.sh start
 if [ -z "${KAFKA_BROKERS:-}" ]; then bash scripts/tansu.sh; fi
 bash scripts/moto.sh

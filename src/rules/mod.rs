@@ -324,6 +324,11 @@ fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
             std::fs::read_dir(&d).map_err(|e| format!("cannot read rules directory: {e}"))?;
         for entry in entries {
             let entry = entry.map_err(|e| e.to_string())?;
+            // Hidden entries are not rules: a Kubernetes ConfigMap mounted as the directory keeps
+            // a second copy of every file under `..data`, editors leave `.x.yaml.swp`, and so on.
+            if entry.file_name().as_encoded_bytes().starts_with(b".") {
+                continue;
+            }
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
@@ -345,6 +350,26 @@ fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hidden_files_and_directories_are_not_rule_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        for d in ["..data", "sub", ".git"] {
+            std::fs::create_dir(p.join(d)).unwrap();
+        }
+        for f in [
+            "a.yaml",
+            "..data/a.yaml",
+            "sub/b.yml",
+            ".git/c.yaml",
+            ".a.yaml.swp.yaml",
+        ] {
+            std::fs::write(p.join(f), "rules: []\n").unwrap();
+        }
+        let found: Vec<PathBuf> = rule_files(p).unwrap();
+        assert_eq!(found, [p.join("a.yaml"), p.join("sub/b.yml")]);
+    }
 
     #[test]
     fn metric_labels_come_from_the_rule_files_only() {

@@ -140,7 +140,7 @@ pub enum Elem {
 pub struct Case {
     /// Each piece, and whether its lines end in CR LF.
     pub pieces: Vec<(Piece, bool)>,
-    /// A UTF-8 BOM before the first line.
+    /// A UTF-8 BOM before the first line (skipped by replay).
     pub bom: bool,
     /// A line end after the last line.
     pub final_newline: bool,
