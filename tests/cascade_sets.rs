@@ -64,15 +64,6 @@ async fn a_set_over_the_fanout_limit_is_read_no_further_than_the_limit() {
         .unwrap();
 }
 
-/// `cmdstat_scan` calls of the server behind `c`.
-fn scan_calls(c: &mut redis::Connection) -> u64 {
-    let info: String = redis::cmd("INFO").arg("commandstats").query(c).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_scan:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
 /// A cascade that fans out to many pattern deletes (one per category page prefix, say) costs one
 /// walk of the keyspace for the whole unit, not one per pattern, and removes exactly what each
 /// pattern matches.
@@ -105,7 +96,7 @@ async fn the_pattern_deletes_of_a_unit_share_one_scan_pass() {
     let mut patterns: Vec<String> = (0..50).map(|i| format!("cat:c{i}:page:*")).collect();
     patterns.push(r"cat:c\[x\]:page:*".into());
     let redis = layer::single(server.url()).await;
-    let before = scan_calls(&mut c);
+    let before = server.calls("scan");
     let report = redis
         .apply(
             &layer::delete_matching(&patterns),
@@ -114,7 +105,7 @@ async fn the_pattern_deletes_of_a_unit_share_one_scan_pass() {
         )
         .await
         .unwrap();
-    let scans = scan_calls(&mut c) - before;
+    let scans = server.calls("scan") - before;
     assert_eq!(report.keys_removed, 50 * 200 + 1);
     let left: Vec<String> = redis::cmd("KEYS").arg("cat:*").query(&mut c).unwrap();
     assert_eq!(

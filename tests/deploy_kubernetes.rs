@@ -253,6 +253,17 @@ fn rules_check(config: &Path, rules: &Path) -> std::process::Output {
     cmd.output().unwrap()
 }
 
+/// `rules check` succeeded and said so.
+fn assert_rules_ok(out: &std::process::Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("ok: "), "{stdout}");
+}
+
 #[test]
 fn the_mounted_config_and_rules_pass_the_real_binary() {
     let d = deployment();
@@ -262,14 +273,7 @@ fn the_mounted_config_and_rules_pass_the_real_binary() {
     let rules = root
         .path()
         .join(config.rules.dir.to_str().unwrap().trim_start_matches('/'));
-    let out = rules_check(&file, &rules);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.starts_with("ok: "), "{stdout}");
+    assert_rules_ok(&rules_check(&file, &rules));
 
     // Every rule file of the ConfigMap is mounted, and they are the shipped rules.
     let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules");
@@ -322,14 +326,7 @@ fn a_rules_config_map_in_the_kubelets_layout_loads_each_rule_once() {
         std::os::unix::fs::symlink(format!("..data/{k}"), rules.join(k)).unwrap();
     }
     let file = materialize(&deployment(), root.path());
-    let out = rules_check(&file, &rules);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.starts_with("ok: "), "{stdout}");
+    assert_rules_ok(&rules_check(&file, &rules));
 }
 
 fn port_of(c: &Value, port: &Value) -> u64 {

@@ -13,31 +13,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::topology::{Server, count_existing, parse_info, set_all};
+use common::topology::{Server, count_existing, set_all};
 use common::{World, layer};
-
-/// `cmdstat_{cmd}` calls, and `errorstat_{code}` counts, of `server`.
-fn calls(server: &Server, cmd: &str) -> u64 {
-    stat(server, "commandstats", &format!("cmdstat_{cmd}"), "calls")
-}
-
-fn errors(server: &Server, code: &str) -> u64 {
-    stat(server, "errorstats", &format!("errorstat_{code}"), "count")
-}
-
-fn stat(server: &Server, section: &str, name: &str, field: &str) -> u64 {
-    let info = parse_info(
-        &server
-            .query::<String>(redis::cmd("INFO").arg(section))
-            .unwrap(),
-    );
-    info.get(name)
-        .and_then(|v| {
-            v.split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{field}=")))
-        })
-        .map_or(0, |n| n.parse().unwrap())
-}
 
 fn acl(server: &Server, rule: &str) {
     let () = server
@@ -66,18 +43,18 @@ async fn an_aborted_tag_transaction_does_not_turn_transactions_off_for_good() {
         .await;
     assert!(refused.is_err(), "{refused:?}");
     assert!(
-        errors(&server, "EXECABORT") >= 1,
+        server.errors("EXECABORT") >= 1,
         "the transaction was aborted"
     );
 
     // The refusal gone, the next invalidation runs in a transaction again.
     acl(&server, "+unlink");
-    let multi_before = calls(&server, "multi");
+    let multi_before = server.calls("multi");
     tag_member(&server, "b", "page:b");
     let report = layer::apply(&redis, &layer::tags(["b"]), layer::TagMode::Set, "tag:").await;
     assert_eq!(report.keys_removed, 1);
     assert!(
-        calls(&server, "multi") > multi_before,
+        server.calls("multi") > multi_before,
         "tag sets are invalidated inside MULTI/EXEC again"
     );
 
@@ -87,10 +64,10 @@ async fn an_aborted_tag_transaction_does_not_turn_transactions_off_for_good() {
     let report = layer::apply(&redis, &layer::tags(["c"]), layer::TagMode::Set, "tag:").await;
     assert_eq!(report.keys_removed, 1, "done without a transaction");
     acl(&server, "+multi");
-    let multi_before = calls(&server, "multi");
+    let multi_before = server.calls("multi");
     tag_member(&server, "d", "page:d");
     layer::apply(&redis, &layer::tags(["d"]), layer::TagMode::Set, "tag:").await;
-    assert_eq!(calls(&server, "multi"), multi_before);
+    assert_eq!(server.calls("multi"), multi_before);
 }
 
 /// Replay of 40 events at 20 a second against `server`, which a second into the run becomes a

@@ -330,6 +330,25 @@ impl Server {
         parse_info(&text)
     }
 
+    /// How many times `cmd` ran (`cmdstat_{cmd}` calls of `INFO commandstats`; 0 if never).
+    pub fn calls(&self, cmd: &str) -> u64 {
+        self.stat("commandstats", &format!("cmdstat_{cmd}"), "calls")
+    }
+
+    /// How many `code` error replies were given (`errorstat_{code}` of `INFO errorstats`).
+    pub fn errors(&self, code: &str) -> u64 {
+        self.stat("errorstats", &format!("errorstat_{code}"), "count")
+    }
+
+    /// `field` of the `name:field=n,...` line of `INFO section`; 0 when the line is absent.
+    fn stat(&self, section: &str, name: &str, field: &str) -> u64 {
+        let prefix = format!("{field}=");
+        self.info(section)
+            .get(name)
+            .and_then(|v| v.split(',').find_map(|kv| kv.strip_prefix(&prefix)))
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
     /// `role:` of `INFO replication` (`master` or `slave`).
     pub fn role(&self) -> String {
         self.info("replication").remove("role").unwrap_or_default()
