@@ -62,14 +62,38 @@ pub struct Expire {
     pub jitter: f64,
 }
 
-/// Keys and tags to delete once more after a delay (`redelete_after`).
+/// Keys and tags to delete once more after a delay (`redelete_after`), each with the rule that
+/// asked for it first (what the redelete finds is counted under that rule).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Redelete {
-    pub keys: IndexSet<String>,
-    pub tags: IndexSet<String>,
+    #[serde(serialize_with = "names_only")]
+    pub keys: IndexMap<String, Arc<str>>,
+    #[serde(serialize_with = "names_only")]
+    pub tags: IndexMap<String, Arc<str>>,
+}
+
+/// `explain` shows the keys and tags of a redelete as a list; the rule is the hit's own.
+fn names_only<S: serde::Serializer>(
+    m: &IndexMap<String, Arc<str>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(m.keys())
 }
 
 impl Redelete {
+    /// Adds what `other` holds that this does not (a key keeps its first rule); how many keys
+    /// and tags were added.
+    pub fn absorb(&mut self, other: Redelete) -> usize {
+        let before = self.len();
+        for (k, rule) in other.keys {
+            self.keys.entry(k).or_insert(rule);
+        }
+        for (t, rule) in other.tags {
+            self.tags.entry(t).or_insert(rule);
+        }
+        self.len() - before
+    }
+
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty() && self.tags.is_empty()
     }
@@ -160,16 +184,16 @@ impl Plan {
         }
     }
 
-    /// Schedules the deletes and tags of `actions` again after `after`.
-    pub fn add_redelete(&mut self, after: Duration, actions: &[Action]) {
+    /// Schedules the deletes and tags of `actions`, asked for by `rule`, again after `after`.
+    pub fn add_redelete(&mut self, after: Duration, rule: &Arc<str>, actions: &[Action]) {
         let r = self.redeletes.entry(DurationKey(after)).or_default();
         for a in actions {
             match a {
-                Action::Delete { key } => {
-                    r.keys.insert(key.clone());
+                Action::Delete { key } if !r.keys.contains_key(key) => {
+                    r.keys.insert(key.clone(), rule.clone());
                 }
-                Action::Tag { tag } => {
-                    r.tags.insert(tag.clone());
+                Action::Tag { tag } if !r.tags.contains_key(tag) => {
+                    r.tags.insert(tag.clone(), rule.clone());
                 }
                 _ => {}
             }
@@ -256,7 +280,7 @@ impl EventPlan {
                 plan.add(origin, action);
             }
             if let Some(after) = hit.redelete_after {
-                plan.add_redelete(after, &hit.actions);
+                plan.add_redelete(after, &hit.rule, &hit.actions);
             }
         }
     }
@@ -274,9 +298,7 @@ impl Redeletes {
     pub fn schedule(&mut self, now: Instant, plan: &Plan) {
         for (after, r) in &plan.redeletes {
             let slot = self.due.entry(now + after.0).or_default();
-            slot.keys.extend(r.keys.iter().cloned());
-            slot.tags.extend(r.tags.iter().cloned());
-            self.pending += r.len();
+            self.pending += slot.absorb(r.clone());
         }
     }
 
@@ -290,18 +312,14 @@ impl Redeletes {
         let mut merged = Redelete::default();
         for r in due.into_values() {
             self.pending -= r.len();
-            merged.keys.extend(r.keys);
-            merged.tags.extend(r.tags);
+            merged.absorb(r);
         }
         Some(merged)
     }
 
     /// Puts back a redelete that failed, to try again at `at`.
     pub fn retry_at(&mut self, at: Instant, r: Redelete) {
-        self.pending += r.len();
-        let slot = self.due.entry(at).or_default();
-        slot.keys.extend(r.keys);
-        slot.tags.extend(r.tags);
+        self.pending += self.due.entry(at).or_default().absorb(r);
     }
 
     pub fn next_due(&self) -> Option<Instant> {
@@ -377,8 +395,10 @@ mod tests {
     #[test]
     fn redelete_keeps_only_keys_and_tags() {
         let mut plan = Plan::default();
+        let rule: Arc<str> = "r".into();
         plan.add_redelete(
             Duration::from_millis(500),
+            &rule,
             &[
                 Action::Delete { key: "k".into() },
                 Action::DeletePattern {
@@ -389,6 +409,7 @@ mod tests {
         );
         plan.add_redelete(
             Duration::from_secs(1),
+            &rule,
             &[Action::Purge {
                 target: "c".into(),
                 path: "/".into(),
@@ -397,5 +418,30 @@ mod tests {
         assert_eq!(plan.redeletes.len(), 1);
         let r = &plan.redeletes[&DurationKey(Duration::from_millis(500))];
         assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn redeletes_keep_the_first_rule_and_count_what_waits() {
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let key = |k: &str| Action::Delete { key: k.into() };
+        let mut plan = Plan::default();
+        let after = Duration::from_millis(100);
+        plan.add_redelete(after, &a, &[key("k1"), key("k2")]);
+        plan.add_redelete(after, &b, &[key("k2"), key("k3")]);
+        let r = &plan.redeletes[&DurationKey(after)];
+        let rules: Vec<(&str, &str)> = r.keys.iter().map(|(k, v)| (k.as_str(), &**v)).collect();
+        assert_eq!(rules, [("k1", "a"), ("k2", "a"), ("k3", "b")]);
+
+        let mut waiting = Redeletes::default();
+        let now = Instant::now();
+        waiting.schedule(now, &plan);
+        // The same keys again at the same time wait once.
+        waiting.schedule(now, &plan);
+        assert_eq!(waiting.pending, 3);
+        let due = waiting.take_due(now + after).unwrap();
+        assert_eq!(waiting.pending, 0);
+        waiting.retry_at(now, due.clone());
+        waiting.retry_at(now, due);
+        assert_eq!(waiting.pending, 3);
     }
 }

@@ -47,6 +47,12 @@ pub const REDIS_REWIND_ACTIONS_TOTAL: &str = "invalidator_redis_rewind_actions_t
 pub const REDIS_REWIND_DROPPED_TOTAL: &str = "invalidator_redis_rewind_dropped_total";
 /// Bytes held by the rewind window.
 pub const REDIS_REWIND_BYTES: &str = "invalidator_redis_rewind_bytes";
+/// Keys and tags deleted once more by `redelete_after`, per rule.
+pub const REDELETES_TOTAL: &str = "invalidator_redeletes_total";
+/// Keys those redeletes found present and removed: a reader refilled the cache between the write
+/// and the first delete (with the old value, or the new one: Redis cannot tell), per rule. The
+/// consistency metric: without the redelete, these entries could have been stale until their TTL.
+pub const REDELETE_HITS_TOTAL: &str = "invalidator_redelete_hits_total";
 /// `WAIT`s that got fewer replicas than `wait_replicas` (each an outage: the unit is applied again).
 pub const REDIS_WAIT_SHORTFALL_TOTAL: &str = "invalidator_redis_wait_shortfall_total";
 
@@ -204,4 +210,17 @@ pub fn redis_rewind_bytes(bytes: usize) {
 
 pub fn redis_wait_shortfall() {
     metrics::counter!(REDIS_WAIT_SHORTFALL_TOTAL).increment(1);
+}
+
+/// A redelete of `rule` deleted `asked` keys and tags once more and found `hits` keys present.
+pub fn redeleted(rule: &str, asked: u64, hits: u64) {
+    metrics::counter!(REDELETES_TOTAL, "rule" => rule.to_owned()).increment(asked);
+    metrics::counter!(REDELETE_HITS_TOTAL, "rule" => rule.to_owned()).increment(hits);
+}
+
+/// The rules with `redelete_after`, shown at 0 from the start (the rule files bound the label).
+pub fn redelete_rules<'a>(rules: impl IntoIterator<Item = &'a str>) {
+    for rule in rules {
+        redeleted(rule, 0, 0);
+    }
 }

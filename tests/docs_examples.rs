@@ -186,8 +186,8 @@ fn plan_lines(rules: &RuleSet, event_json: &str) -> Vec<String> {
     }
     for (after, r) in &plan.redeletes {
         let after = humantime::format_duration(after.0);
-        out.extend(r.keys.iter().map(|k| format!("after {after} delete {k}")));
-        out.extend(r.tags.iter().map(|t| format!("after {after} tag {t}")));
+        out.extend(r.keys.keys().map(|k| format!("after {after} delete {k}")));
+        out.extend(r.tags.keys().map(|t| format!("after {after} tag {t}")));
     }
     out.extend(event_plan.needs.iter().map(|s| format!("read set {s}")));
     out.extend(event_plan.notes.iter().map(|n| format!("note {n}")));

@@ -400,10 +400,10 @@ fn price_event_deletes_tags_purges_redeletes_and_cascades() {
     );
     let redelete = &p.redeletes[&DurationKey(Duration::from_millis(500))];
     assert_eq!(
-        redelete.keys.iter().collect::<Vec<_>>(),
+        redelete.keys.keys().collect::<Vec<_>>(),
         ["price:1001", "product:1001"]
     );
-    assert_eq!(redelete.tags.iter().collect::<Vec<_>>(), ["product:1001"]);
+    assert_eq!(redelete.tags.keys().collect::<Vec<_>>(), ["product:1001"]);
     assert!(
         p.patterns.is_empty(),
         "the shipped rules use tags, not SCAN"

@@ -30,6 +30,7 @@ pub use prepare::{Prepared, prepare};
 
 use in_flight::InFlightIds;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::apply::cdn::{CdnError, CdnTargets, PurgeReport};
@@ -194,20 +195,48 @@ impl Engine {
             .expect("the slots are never closed")
     }
 
-    /// Deletes the keys and tags of a due `redelete_after` once more.
+    /// Deletes the keys and tags of a due `redelete_after` once more, one plan per rule, so that
+    /// what each rule's redeletes find (stale refills caught) is counted under it.
     pub async fn redelete(&self, r: &Redelete) -> Result<ApplyReport, EngineError> {
-        let mut plan = Plan::default();
-        for k in &r.keys {
+        let mut plans: BTreeMap<&Arc<str>, Plan> = BTreeMap::new();
+        for (k, rule) in &r.keys {
+            let plan = plans.entry(rule).or_default();
             plan.deletes.insert(k.clone().into_bytes());
         }
-        for t in &r.tags {
-            plan.tags.insert(t.clone(), Vec::new());
+        for (t, rule) in &r.tags {
+            plans
+                .entry(rule)
+                .or_default()
+                .tags
+                .insert(t.clone(), Vec::new());
         }
-        let report = self
-            .redis
-            .apply(&plan, self.config.tags.mode, &self.config.tags.prefix)
-            .await?;
-        telemetry::keys_removed(report.keys_removed);
-        Ok(report)
+        let (mode, prefix) = (self.config.tags.mode, &self.config.tags.prefix);
+        let results = futures::future::join_all(
+            plans
+                .values()
+                .map(|plan| self.redis.apply(plan, mode, prefix)),
+        )
+        .await;
+        let mut total = ApplyReport::default();
+        let mut failed = None;
+        for ((rule, plan), result) in plans.iter().zip(results) {
+            match result {
+                Ok(report) => {
+                    let asked = (plan.deletes.len() + plan.tags.len()) as u64;
+                    telemetry::redeleted(rule, asked, report.keys_removed);
+                    telemetry::keys_removed(report.keys_removed);
+                    total.keys_removed += report.keys_removed;
+                    total.expires_set += report.expires_set;
+                    total.tags_invalidated += report.tags_invalidated;
+                    total.tag_failures.extend(report.tag_failures);
+                }
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        match failed {
+            // The whole redelete is tried again; what went already finds nothing then.
+            Some(e) => Err(e.into()),
+            None => Ok(total),
+        }
     }
 }

@@ -21,6 +21,13 @@ const WORKER_REDIS_RETRY: Duration = Duration::from_secs(2);
 /// Runs the worker until SIGTERM or SIGINT. An error is a configuration error that names its key.
 pub async fn serve(config: Config, rules: RuleSet) -> Result<RunReport, String> {
     let metrics = telemetry::install_prometheus()?;
+    telemetry::redelete_rules(
+        rules
+            .rules
+            .iter()
+            .filter(|r| r.redelete_after.is_some())
+            .map(|r| &*r.name),
+    );
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .map_err(|e| {
