@@ -77,6 +77,21 @@ pub fn producer(
         .map_err(|e| ClientError(e.to_string()))
 }
 
+/// librdkafka's log lines as tracing events, at the matching level.
+pub(crate) fn log_to_tracing(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error
+        | RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "librdkafka: {message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(facility = fac, "librdkafka: {message}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(facility = fac, "librdkafka: {message}"),
+    }
+}
+
 /// Failures to build the Kafka clients (bad properties): a configuration error.
 #[derive(Debug, thiserror::Error)]
 #[error("config key `kafka.properties`: {0}")]

@@ -14,7 +14,7 @@ use invalidator::apply::redis::Redis;
 use invalidator::config::Config;
 use invalidator::engine::Engine;
 use invalidator::explain;
-use invalidator::replay::{self, ReplayOptions};
+use invalidator::replay::{self, ReplayOptions, Source};
 use invalidator::rules::{CompileOptions, RuleSet};
 use invalidator::worker;
 
@@ -50,7 +50,8 @@ enum Command {
     /// The Kafka worker: consume the configured topics in a consumer group until SIGTERM/SIGINT,
     /// serving /metrics, /healthz and /readyz on [http] listen.
     Run,
-    /// Replay events from files (JSON Lines, Lambda SNS/SQS event files, DLQ files) or stdin (-).
+    /// Replay events from files (JSON Lines, Lambda SNS/SQS event files, DLQ files) or stdin (-),
+    /// or a time window of a Kafka topic (--from-kafka).
     Replay {
         /// Plan and show; write nothing (Redis is only read for dedupe and cascade sets).
         #[arg(long)]
@@ -61,8 +62,27 @@ enum Command {
         /// At most N events per second.
         #[arg(long, value_name = "N")]
         rate: Option<f64>,
+        /// Apply events whose ids [dedupe] remembers as applied (to re-invalidate after a Redis
+        /// restore or a lost write).
+        #[arg(long)]
+        no_dedupe: bool,
+        /// Read a time window of this Kafka topic (a source topic, or its DLQ topic to redrive)
+        /// with [kafka] brokers and properties, instead of files. Joins no group, commits nothing.
+        #[arg(long, value_name = "TOPIC", conflicts_with = "inputs")]
+        from_kafka: Option<String>,
+        /// With --from-kafka: records timestamped at or after TIME, an RFC 3339 time
+        /// (2026-11-30T08:00:00Z) or a duration before now (15m, 2h).
+        #[arg(long, value_name = "TIME", requires = "from_kafka")]
+        since: Option<String>,
+        /// With --from-kafka: records timestamped before TIME (as --since); the topic's end when
+        /// the replay starts is the end anyway.
+        #[arg(long, value_name = "TIME", requires = "from_kafka")]
+        until: Option<String>,
+        /// With --from-kafka: only this partition (repeat for several; default all).
+        #[arg(long = "partition", value_name = "N", requires = "from_kafka")]
+        partitions: Vec<i32>,
         /// Input files; `-` reads stdin.
-        #[arg(required = true, value_name = "FILE")]
+        #[arg(required_unless_present = "from_kafka", value_name = "FILE")]
         inputs: Vec<String>,
     },
     /// Show what one event would invalidate; touches nothing.
@@ -153,16 +173,25 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
             dry_run,
             dlq,
             rate,
+            no_dedupe,
+            from_kafka,
+            since,
+            until,
+            partitions,
             inputs,
         } => {
+            let source = match from_kafka {
+                Some(topic) => Source::Kafka(window(topic, since, until, partitions)?),
+                None => Source::Files(inputs.clone()),
+            };
             let options = ReplayOptions {
-                inputs: inputs.clone(),
+                source,
                 dry_run: *dry_run,
                 dlq: dlq.clone(),
                 rate: *rate,
                 progress: true,
             };
-            cmd_replay(&cli, options).await
+            cmd_replay(&cli, options, *no_dedupe).await
         }
         Command::Explain { json, event } => cmd_explain(&cli, event, *json),
         Command::Rules {
@@ -211,8 +240,7 @@ impl Exit {
     }
 }
 
-async fn build_engine(cli: &Cli) -> Result<Engine, Exit> {
-    let config = load_config(cli)?;
+async fn build_engine(cli: &Cli, config: Config) -> Result<Engine, Exit> {
     let rules = load_rules(cli, &config, None, true)?;
     let redis = Redis::connect(&config.redis, Some(config.redis.retry_for))
         .await
@@ -258,10 +286,45 @@ fn same_file(a: &Path, b: &Path) -> bool {
 const MIN_RATE: f64 = 0.001;
 const MAX_RATE: f64 = 1e9;
 
-async fn cmd_replay(cli: &Cli, options: ReplayOptions) -> Result<u8, Exit> {
-    let engine = build_engine(cli).await?;
-    if let Some(dlq) = &options.dlq
-        && options.inputs.iter().any(|i| same_file(Path::new(i), dlq))
+/// The `--from-kafka` window, its times read against the clock of the moment.
+fn window(
+    topic: &str,
+    since: &Option<String>,
+    until: &Option<String>,
+    partitions: &[i32],
+) -> Result<replay::kafka::Window, Exit> {
+    let now = time::OffsetDateTime::now_utc();
+    let time = |flag: &str, t: &Option<String>| {
+        t.as_deref()
+            .map(|t| replay::kafka::parse_time(t, now))
+            .transpose()
+            .map_err(|e| usage(anyhow::anyhow!("{flag}: {e}")))
+    };
+    let (since, until) = (time("--since", since)?, time("--until", until)?);
+    if let (Some(s), Some(u)) = (since, until)
+        && s >= u
+    {
+        return Err(usage(anyhow::anyhow!("--since must be before --until")));
+    }
+    let mut partitions = partitions.to_vec();
+    partitions.sort_unstable();
+    partitions.dedup();
+    Ok(replay::kafka::Window {
+        topic: topic.to_owned(),
+        partitions,
+        since,
+        until,
+    })
+}
+
+async fn cmd_replay(cli: &Cli, options: ReplayOptions, no_dedupe: bool) -> Result<u8, Exit> {
+    let mut config = load_config(cli)?;
+    if no_dedupe {
+        config.dedupe.window = None;
+    }
+    let engine = build_engine(cli, config).await?;
+    if let (Some(dlq), Source::Files(inputs)) = (&options.dlq, &options.source)
+        && inputs.iter().any(|i| same_file(Path::new(i), dlq))
     {
         return Err(usage(anyhow::anyhow!(
             "--dlq {} is also an input: write dead letters to another file",
@@ -279,7 +342,9 @@ async fn cmd_replay(cli: &Cli, options: ReplayOptions) -> Result<u8, Exit> {
     let summary = replay::replay(Arc::new(engine), &options)
         .await
         .map_err(|e| match e {
-            replay::ReplayError::Dlq(..) => Exit(3, e.into()),
+            replay::ReplayError::Dlq(..) | replay::ReplayError::Unavailable(..) => {
+                Exit(3, e.into())
+            }
             _ => usage(e),
         })?;
     let _ = summary.print(&mut io::stdout().lock(), options.dry_run);

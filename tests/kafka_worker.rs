@@ -40,6 +40,7 @@ fn end_to_end_applies_commits_and_exports_metrics() {
                 ("ce_id".into(), format!("ce-{i}")),
                 ("ce_source".into(), "pricing".into()),
             ],
+            ..Msg::default()
         });
     }
     s.produce(270..300, &binary);
@@ -91,6 +92,7 @@ fn poison_messages_go_to_the_dlq_topic_with_headers_and_the_partition_keeps_flow
         key: Some(b"k-bad".to_vec()),
         payload: b"{\"type\": \"price.updated\", oops".to_vec(),
         headers: vec![("traceparent".into(), "00-abc-01".into())],
+        ..Msg::default()
     };
     let no_type = Msg::json(0, r#"{"id":"nt","data":{"sku":"9"}}"#.into());
     let unsafe_value = Msg::json(
@@ -202,6 +204,7 @@ fn a_dead_letter_too_large_for_the_dlq_topic_goes_cut_and_the_partition_moves_on
         key: Some(b"k-big".to_vec()),
         payload: big.clone().into_bytes(),
         headers: vec![("traceparent".into(), "00-abc-01".into())],
+        ..Msg::default()
     };
     s.produce(
         0..3,
@@ -499,6 +502,11 @@ fn redelete_after_deletes_a_copy_written_again_after_the_invalidation() {
     s.w.rules_fixture("price.yaml", "kafka/price_redelete_after_1s.yaml");
     let mut worker = s.start("w", "");
     let mut c = conn();
+    let hits = r#"invalidator_redelete_hits_total{rule="price"}"#;
+    let redeletes = r#"invalidator_redeletes_total{rule="price"}"#;
+    worker.expect_within(secs(20), "the rule's redelete counters shown at 0", || {
+        worker.metrics().contains(hits) && worker.metrics().contains(redeletes)
+    });
     s.seed_and_produce(&mut c, 0..1);
     worker.expect_within(secs(20), "the key deleted", || {
         !s.w.exists(&mut c, "P:price:0")
@@ -518,6 +526,11 @@ fn redelete_after_deletes_a_copy_written_again_after_the_invalidation() {
     worker.expect_within(secs(5), "3 keys removed in /metrics", || {
         worker.metric("invalidator_redis_keys_removed_total") >= 3.0
     });
+    // Both keys deleted again; only the refilled one was found: the stale refill caught.
+    worker.expect_within(secs(5), "the redeletes counted under the rule", || {
+        worker.metric(redeletes) == 2.0
+    });
+    assert_eq!(worker.metric(hits), 1.0, "{}", worker.metrics());
 
     worker.terminate(secs(15), "exit 0 on SIGTERM");
 }

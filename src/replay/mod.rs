@@ -1,5 +1,6 @@
-//! `invalidator replay`: files (or stdin) → units of work → Redis and CDNs, with a DLQ file. An
-//! [`Adapter`] of the [`Driver`]: the source is the reader thread, the acknowledgement the summary.
+//! `invalidator replay`: files (or stdin), or a time window of a Kafka topic ([`kafka`]) → units of
+//! work → Redis and CDNs, with a DLQ file. An [`Adapter`] of the [`Driver`]: the source is the
+//! reader thread, the acknowledgement the summary.
 //!
 //! Reading and JSON parsing run on their own thread and hand over bounded batches (at most two
 //! waiting), so memory stays constant whatever the input size. Each batch is one unit of work; up to
@@ -10,6 +11,8 @@
 //! nothing is dead-lettered for an outage. A unit is counted only once its CDN paths were accepted
 //! (CloudFront: its batch window sent and accepted), so nothing is pending at exit.
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 mod read;
 mod summary;
 
@@ -32,11 +35,20 @@ use crate::engine::{Engine, EngineError};
 use crate::source::files::{Input, expand_all};
 use read::{Batch, Lines, read_inputs};
 
+/// Where the events come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Files; `-` is stdin.
+    Files(Vec<String>),
+    /// A time window of a topic, read with `[kafka] brokers` and `[kafka.properties]`.
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::Window),
+}
+
 /// What to replay and how.
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {
-    /// Files; `-` is stdin.
-    pub inputs: Vec<String>,
+    pub source: Source,
     pub dry_run: bool,
     /// DLQ file; default `dlq-<time>.jsonl`, created only if something is dead-lettered.
     pub dlq: Option<PathBuf>,
@@ -55,6 +67,9 @@ pub enum ReplayError {
     Dlq(String),
     #[error("{0}")]
     Usage(String),
+    /// The event source (the Kafka brokers) cannot be read.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Replays `options.inputs` through `engine`.
@@ -68,10 +83,38 @@ pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summ
     };
     let max_bytes = config.limits.max_event_bytes;
     let consumed = Arc::new(AtomicU64::new(0));
+    let outside = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::channel::<Batch>(2);
-    let reader = {
-        let (inputs, consumed) = (options.inputs.clone(), consumed.clone());
-        std::thread::spawn(move || read_inputs(inputs, max_bytes, batch_size, consumed, tx))
+    let (reader, bar) = match &options.source {
+        Source::Files(inputs) => {
+            let (inputs, consumed) = (inputs.clone(), consumed.clone());
+            let bar = file_progress(options, inputs.clone());
+            let reader = std::thread::spawn(move || {
+                read_inputs(inputs, max_bytes, batch_size, consumed, tx)
+            });
+            (reader, bar)
+        }
+        #[cfg(feature = "kafka")]
+        Source::Kafka(window) => {
+            let (kafka, window) = (config.kafka.clone(), window.clone());
+            let resolved = tokio::task::spawn_blocking(move || kafka::resolve(&kafka, window))
+                .await
+                .map_err(|e| ReplayError::Usage(format!("cannot resolve the window: {e}")))??;
+            for s in &resolved.spans {
+                tracing::info!(
+                    partition = s.partition,
+                    start = s.start,
+                    end = s.end,
+                    "window"
+                );
+            }
+            let bar = bar(options.progress, resolved.records(), "records");
+            let (consumed, outside) = (consumed.clone(), outside.clone());
+            let reader = std::thread::spawn(move || {
+                kafka::read_window(resolved, max_bytes, batch_size, consumed, outside, tx)
+            });
+            (reader, bar)
+        }
     };
     let dlq = Arc::new(DlqFile::new(
         options.dlq.clone().unwrap_or_else(default_dlq_path),
@@ -95,7 +138,7 @@ pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summ
         read_error: None,
         summary: Summary::default(),
         outage: None,
-        bar: progress_bar(options),
+        bar,
         consumed,
         max_bytes,
         rate: options.rate,
@@ -122,6 +165,7 @@ pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summ
     summary.redis = engine.redis.stats().since(&redis_before);
     summary.seconds = started.elapsed().as_secs_f64();
     summary.unavailable = intake.outage;
+    summary.outside_window = outside.load(Ordering::Relaxed);
     if dlq.written() > 0 {
         summary.dlq = Some(dlq.path().to_path_buf());
     }
@@ -255,23 +299,34 @@ fn default_dlq_path() -> PathBuf {
     ))
 }
 
-/// A progress bar over the bytes of the input files (only on a terminal, never for stdin).
-fn progress_bar(options: &ReplayOptions) -> ProgressBar {
-    let files = !options.inputs.iter().any(|p| p == "-");
-    if !options.progress || !files || !io::stderr().is_terminal() {
+/// A progress bar over the bytes of the input files (never for stdin).
+fn file_progress(options: &ReplayOptions, inputs: Vec<String>) -> ProgressBar {
+    if inputs.iter().any(|p| p == "-") {
         return ProgressBar::hidden();
     }
-    let total: u64 = options
-        .inputs
+    let total: u64 = inputs
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum();
+    bar(options.progress, total, "bytes")
+}
+
+/// A progress bar to `total` (only on a terminal), counting `bytes` or another unit.
+fn bar(show: bool, total: u64, unit: &str) -> ProgressBar {
+    if !show || !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let counts = if unit == "bytes" {
+        "{bytes}/{total_bytes}".to_owned()
+    } else {
+        format!("{{pos}}/{{len}} {unit}")
+    };
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {bytes}/{total_bytes} {msg} [{elapsed_precise}, eta {eta}]",
-        )
+        ProgressStyle::with_template(&format!(
+            "{{bar:30}} {counts} {{msg}} [{{elapsed_precise}}, eta {{eta}}]"
+        ))
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar

@@ -34,8 +34,54 @@ impl Records for Lines {
 /// batches of a few lines, not of a thousand.
 pub(super) const MAX_BATCH_BYTES: usize = 4 << 20;
 
-/// The reader thread: every input in order, in batches of at most `batch_size` items and
-/// [`MAX_BATCH_BYTES`] (a single larger item goes alone).
+/// Fills batches of at most `batch_size` items and [`MAX_BATCH_BYTES`] (a single larger item goes
+/// alone) and hands them over; shared by the file and the Kafka readers.
+pub(super) struct Batcher {
+    batch: Vec<Input>,
+    bytes: usize,
+    batch_size: usize,
+    tx: mpsc::Sender<Batch>,
+}
+
+impl Batcher {
+    pub fn new(batch_size: usize, tx: mpsc::Sender<Batch>) -> Self {
+        Batcher {
+            batch: Vec::with_capacity(batch_size),
+            bytes: 0,
+            batch_size,
+            tx,
+        }
+    }
+
+    /// Adds `item`, handing over what is full. False when the replay stopped taking batches.
+    pub fn push(&mut self, item: Input) -> bool {
+        if !self.batch.is_empty() && self.bytes + item.bytes() > MAX_BATCH_BYTES && !self.flush() {
+            return false;
+        }
+        self.bytes += item.bytes();
+        self.batch.push(item);
+        self.batch.len() < self.batch_size || self.flush()
+    }
+
+    /// Hands over the batch being filled, if any. False when the replay stopped taking batches.
+    pub fn flush(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        let full = std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_size));
+        self.bytes = 0;
+        self.tx.blocking_send(Ok(full)).is_ok()
+    }
+
+    /// Hands over what is left, then the failure that ends the reading.
+    pub fn fail(mut self, e: ReplayError) {
+        if self.flush() {
+            let _ = self.tx.blocking_send(Err(e));
+        }
+    }
+}
+
+/// The reader thread: every input in order, in batches ([`Batcher`]).
 pub(super) fn read_inputs(
     inputs: Vec<String>,
     max_bytes: usize,
@@ -43,8 +89,7 @@ pub(super) fn read_inputs(
     consumed: Arc<AtomicU64>,
     tx: mpsc::Sender<Batch>,
 ) {
-    let mut batch = Vec::with_capacity(batch_size);
-    let mut bytes = 0;
+    let mut batcher = Batcher::new(batch_size, tx);
     for input in inputs {
         let (reader, name): (Box<dyn io::BufRead + Send>, String) = if input == "-" {
             (
@@ -57,41 +102,21 @@ pub(super) fn read_inputs(
                     Box::new(BufReader::with_capacity(1 << 16, f)),
                     input.clone(),
                 ),
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(ReplayError::Input(input, e)));
-                    return;
-                }
+                Err(e) => return batcher.fail(ReplayError::Input(input, e)),
             }
         };
         for item in InputReader::new(reader, &name, max_bytes, consumed.clone()) {
-            let item = match item {
-                Ok(item) => item,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(ReplayError::Input(name, e)));
-                    return;
+            match item {
+                Ok(item) => {
+                    if !batcher.push(item) {
+                        return;
+                    }
                 }
-            };
-            if !batch.is_empty() && bytes + item.bytes() > MAX_BATCH_BYTES {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
-                if tx.blocking_send(Ok(full)).is_err() {
-                    return;
-                }
-                bytes = 0;
-            }
-            bytes += item.bytes();
-            batch.push(item);
-            if batch.len() >= batch_size {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
-                if tx.blocking_send(Ok(full)).is_err() {
-                    return;
-                }
-                bytes = 0;
+                Err(e) => return batcher.fail(ReplayError::Input(name, e)),
             }
         }
     }
-    if !batch.is_empty() {
-        let _ = tx.blocking_send(Ok(batch));
-    }
+    batcher.flush();
 }
 
 #[cfg(test)]

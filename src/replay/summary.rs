@@ -38,6 +38,8 @@ pub struct Summary {
     pub dlq: Option<PathBuf>,
     /// The outage that stopped the replay, if any.
     pub unavailable: Option<String>,
+    /// Records of a Kafka window's offsets whose timestamps fall outside it (not events).
+    pub outside_window: u64,
 }
 
 impl Summary {
@@ -77,6 +79,13 @@ impl Summary {
         writeln!(out, "  skipped:       {}", self.skipped)?;
         writeln!(out, "  duplicate:     {}", self.duplicate)?;
         writeln!(out, "  dead-lettered: {}", self.dead_lettered)?;
+        if self.outside_window > 0 {
+            writeln!(
+                out,
+                "outside window:  {} (records between the window's offsets, timestamped outside it; not events)",
+                self.outside_window
+            )?;
+        }
         if self.not_applied > 0 {
             writeln!(
                 out,

@@ -10,7 +10,7 @@ use invalidator::apply::redis::Redis;
 use invalidator::config::Config;
 pub use invalidator::engine::{Engine, EngineError, Outcome, UnitResult};
 use invalidator::event::{Expanded, Position, expand_document};
-use invalidator::replay::{self, ReplayOptions, Summary};
+use invalidator::replay::{self, ReplayOptions, Source, Summary};
 use invalidator::rules::{CompileOptions, RuleSet};
 
 use super::World;
@@ -42,7 +42,7 @@ impl World {
     pub async fn replay_files(&self, inputs: &[PathBuf], dry_run: bool) -> Summary {
         let engine = self.engine().await;
         let options = ReplayOptions {
-            inputs: inputs.iter().map(|p| p.display().to_string()).collect(),
+            source: Source::Files(inputs.iter().map(|p| p.display().to_string()).collect()),
             dry_run,
             dlq: Some(self.path("dlq.jsonl")),
             rate: None,

@@ -51,6 +51,8 @@ pub struct Msg {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: Vec<(String, String)>,
+    /// The record's timestamp (CreateTime, ms since the epoch); default the producer's clock.
+    pub timestamp: Option<i64>,
 }
 
 impl Msg {
@@ -75,7 +77,21 @@ pub fn producer() -> FutureProducer {
 /// message's (partition, offset), from the delivery reports: brokers need not number offsets
 /// contiguously, so tests never compute them.
 pub fn produce(topic: &str, msgs: &[Msg]) -> Vec<(i32, i64)> {
-    let p = producer();
+    produce_with(&producer(), topic, msgs)
+}
+
+/// [`produce`] with one record per batch: the Tansu broker reports a partition's end as the first
+/// offset of its last batch + 1, which is the true end only so.
+pub fn produce_one_per_batch(topic: &str, msgs: &[Msg]) -> Vec<(i32, i64)> {
+    let p = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("batch.num.messages", "1")
+        .create()
+        .expect("producer");
+    produce_with(&p, topic, msgs)
+}
+
+fn produce_with(p: &FutureProducer, topic: &str, msgs: &[Msg]) -> Vec<(i32, i64)> {
     let mut pending = Vec::with_capacity(msgs.len());
     for m in msgs {
         let mut headers = OwnedHeaders::new();
@@ -93,6 +109,9 @@ pub fn produce(topic: &str, msgs: &[Msg]) -> Vec<(i32, i64)> {
         }
         if let Some(part) = m.partition {
             r = r.partition(part);
+        }
+        if let Some(t) = m.timestamp {
+            r = r.timestamp(t);
         }
         loop {
             match p.send_result(r) {

@@ -30,7 +30,7 @@ use serde_json::{Map, Value};
 
 use crate::config::KafkaConfig;
 use crate::event::{Carried, DecodeError, Expanded, Position, Record};
-use crate::kafka_client::{ClientError, client_config, consumer_defaults};
+use crate::kafka_client::{ClientError, client_config, consumer_defaults, log_to_tracing};
 use crate::telemetry;
 
 /// State shared between the consumer's callbacks (rebalances, statistics) and the worker.
@@ -60,17 +60,7 @@ impl ClientContext for WorkerContext {
     }
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error
-            | RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "librdkafka: {message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(facility = fac, "librdkafka: {message}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(facility = fac, "librdkafka: {message}"),
-        }
+        log_to_tracing(level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -189,18 +179,18 @@ impl Input {
 
     /// The record for the engine; `attempts` earlier tries of this unit failed for an outage.
     pub fn expanded(&self, attempts: u32) -> Expanded {
-        let mut record = self.record.clone();
-        record.attempts = attempts;
-        match &self.binary {
+        let mut input = self.clone();
+        input.record.attempts = attempts;
+        input.into_expanded()
+    }
+
+    /// The record for the engine, as it is.
+    pub fn into_expanded(self) -> Expanded {
+        let record = self.record;
+        match self.binary {
             None => Expanded::Raw(record),
-            Some(Ok(value)) => Expanded::Parsed {
-                value: value.clone(),
-                record,
-            },
-            Some(Err(error)) => Expanded::Failed {
-                record,
-                error: error.clone(),
-            },
+            Some(Ok(value)) => Expanded::Parsed { value, record },
+            Some(Err(error)) => Expanded::Failed { record, error },
         }
     }
 
