@@ -52,8 +52,8 @@ impl ClientContext for WorkerContext {
     fn stats(&self, statistics: Statistics) {
         for (name, topic) in &statistics.topics {
             for (&partition, p) in &topic.partitions {
-                if partition >= 0 && p.consumer_lag >= 0 {
-                    telemetry::consumer_lag(name, partition, p.consumer_lag);
+                if let Some(lag) = lag_of(partition, p) {
+                    telemetry::consumer_lag(name, partition, lag);
                 }
             }
         }
@@ -81,6 +81,9 @@ impl ConsumerContext for WorkerContext {
             let mut w = self.shared.watermarks.lock().expect("watermarks lock");
             for e in tpl.elements() {
                 w.forget(e.topic(), e.partition());
+                // Its lag is the new owner's now: a last value left here would count twice in
+                // a topic's sum (and the statistics no longer report it).
+                telemetry::consumer_lag(e.topic(), e.partition(), 0);
             }
             tracing::info!(partitions = %describe(tpl), "partitions revoked");
         }
@@ -118,6 +121,21 @@ impl ConsumerContext for WorkerContext {
             tracing::warn!(error = %e, "offset commit failed (retried at the next commit)");
         }
     }
+}
+
+/// A partition's lag: from the group's committed offset to its end. Before the group's first
+/// commit on an assigned partition (librdkafka says -1), the whole partition: the worker starts
+/// from its oldest record, and a group whose first units are stuck is behind by all of it, not
+/// by nothing. None for a partition that is not ours.
+fn lag_of(partition: i32, p: &rdkafka::statistics::Partition) -> Option<i64> {
+    if partition < 0 {
+        return None;
+    }
+    if p.consumer_lag >= 0 {
+        return Some(p.consumer_lag);
+    }
+    (p.desired && p.committed_offset < 0 && p.lo_offset >= 0 && p.hi_offset >= p.lo_offset)
+        .then(|| p.hi_offset - p.lo_offset)
 }
 
 fn describe(tpl: &TopicPartitionList) -> String {
@@ -312,6 +330,27 @@ mod tests {
         assert_eq!(e.kind, "price.updated");
         assert_eq!(e.id, "e-1");
         assert_eq!(e.data["sku"], "A1");
+    }
+
+    #[test]
+    fn lag_counts_from_the_commit_or_the_whole_partition_before_one() {
+        use rdkafka::statistics::Partition;
+        let p = |desired, committed, lag| Partition {
+            desired,
+            committed_offset: committed,
+            consumer_lag: lag,
+            lo_offset: 10,
+            hi_offset: 50,
+            ..Partition::default()
+        };
+        assert_eq!(lag_of(0, &p(true, 45, 5)), Some(5));
+        assert_eq!(
+            lag_of(0, &p(true, -1001, -1)),
+            Some(40),
+            "nothing committed yet"
+        );
+        assert_eq!(lag_of(0, &p(false, -1001, -1)), None, "not ours");
+        assert_eq!(lag_of(-1, &p(true, 45, 5)), None, "the internal partition");
     }
 
     #[test]
