@@ -241,6 +241,18 @@ fn the_dlq_topic_is_redriven_after_a_rule_fix() {
             ..Msg::default()
         });
     }
+    // In binary mode too, one whose `sku` no key may hold: it stays dead after the fix.
+    msgs.push(Msg {
+        partition: Some(1),
+        key: Some(b"sku-star".to_vec()),
+        payload: br#"{"sku":"*"}"#.to_vec(),
+        headers: vec![
+            ("ce_specversion".into(), "1.0".into()),
+            ("ce_type".into(), "stock.updated".into()),
+            ("ce_id".into(), "ce-star".into()),
+        ],
+        ..Msg::default()
+    });
     msgs.push(Msg::json(1, price_event(0)));
     msgs.push(Msg::json(0, price_event(1)));
     let broken = br#"{"type":"stock.updated", oops"#.to_vec();
@@ -252,13 +264,13 @@ fn the_dlq_topic_is_redriven_after_a_rule_fix() {
     let landed = kafka::produce_one_per_batch(&s.topic, &msgs);
     s.produced(0..msgs.len(), &landed);
 
-    // The worker dead-letters 13 of them to the DLQ topic, one record per batch (see the top).
+    // The worker dead-letters 14 of them to the DLQ topic, one record per batch (see the top).
     let port = free_port();
     let extra = "[kafka.properties]\n\"batch.num.messages\" = \"1\"\n";
     let config = s.config(port, "").replace("[kafka.properties]\n", extra);
     let mut worker = Worker::start(&s.w, "worker", &config, port);
-    let dead = read(&dlq_topic, 1, 13, Duration::from_secs(60));
-    assert_eq!(dead.len(), 13, "{}", worker.logs());
+    let dead = read(&dlq_topic, 1, 14, Duration::from_secs(60));
+    assert_eq!(dead.len(), 14, "{}", worker.logs());
     worker.kill();
     assert_eq!(
         s.w.keys(&mut c, "P:stock:*").len(),
@@ -269,20 +281,48 @@ fn the_dlq_topic_is_redriven_after_a_rule_fix() {
     // The fix: the rule exists. One command redrives the topic.
     s.w.rules("stock.yaml", STOCK_RULE);
     let run = replay(&s, &dlq_topic, &[]);
-    assert_eq!(run.code, 1, "one stays dead: {run:?}");
-    assert_eq!(run.count("events"), 13, "{run:?}");
+    assert_eq!(run.code, 1, "two stay dead: {run:?}");
+    assert_eq!(run.count("events"), 14, "{run:?}");
     assert_eq!(run.count("applied"), 12, "{run:?}");
-    assert_eq!(run.count("dead-lettered"), 1, "{run:?}");
+    assert_eq!(run.count("dead-lettered"), 2, "{run:?}");
     assert!(s.w.keys(&mut c, "P:stock:*").is_empty(), "{run:?}");
-    // The one that stays dead is its original, byte for byte, with its first position and a
-    // second attempt.
+    // What stays dead is its original, byte for byte, with its first position, a second attempt,
+    // and the Kafka key and headers it came with.
     let letters = s.w.dlq();
-    assert_eq!(letters.len(), 1, "{letters:?}");
-    let l = &letters[0];
-    assert_eq!(l["reason"], "invalid_json");
-    assert_eq!(l["payload"].as_str().unwrap().as_bytes(), &broken[..]);
-    assert_eq!(l["attempts"], 2);
-    assert_eq!(l["origin"]["topic"], s.topic.as_str());
-    assert_eq!(l["origin"]["partition"], 1);
-    assert_eq!(l["source"]["topic"], dlq_topic.as_str());
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let broken_letter = letters
+        .iter()
+        .find(|l| l["reason"] == "invalid_json")
+        .unwrap();
+    assert_eq!(
+        broken_letter["payload"].as_str().unwrap().as_bytes(),
+        &broken[..]
+    );
+    assert_eq!(broken_letter["attempts"], 2);
+    assert_eq!(broken_letter["origin"]["topic"], s.topic.as_str());
+    assert_eq!(broken_letter["origin"]["partition"], 1);
+    assert_eq!(broken_letter["source"]["topic"], dlq_topic.as_str());
+    let star = letters
+        .iter()
+        .find(|l| l["reason"] == "unsafe_value")
+        .unwrap();
+    assert_eq!(star["payload"], r#"{"sku":"*"}"#);
+    assert_eq!(star["kafka"]["key"]["value"], "sku-star");
+    let names: Vec<&str> = star["kafka"]["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ce_specversion", "ce_type", "ce_id"], "{star}");
+    // The DLQ file replays it as the binary-mode event it was (without its headers, the payload
+    // alone has no type: `missing_type`).
+    let again = s.w.replay_with(&[], "dlq2.jsonl", &[&s.w.dlq_path()], &[]);
+    assert_eq!(again.code, 1, "{again:?}");
+    let mut reasons: Vec<String> = common::read_jsonl(&s.w.path("dlq2.jsonl"))
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap().to_owned())
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["invalid_json", "unsafe_value"], "{again:?}");
 }

@@ -10,7 +10,8 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::DecodeError;
-use super::record::{DLQ_MARKER, DlqRecord, Position, Record};
+use super::binary::binary_envelope;
+use super::record::{DLQ_MARKER, DlqKafka, DlqRecord, Position, Record};
 
 /// What one input line or document turned into.
 #[derive(Debug)]
@@ -52,7 +53,7 @@ fn expand_value(
             expand_records(value, bytes, position)
         }
         Value::Object(ref obj) if obj.contains_key(DLQ_MARKER) => {
-            expand_dlq(value, bytes, position)
+            expand_dlq(value, bytes, position, max_bytes)
         }
         Value::Array(items) => expand_array(items, &bytes, &position, max_bytes),
         // One event: the limit applies to it (envelopes above are checked per payload).
@@ -73,28 +74,38 @@ fn expand_records(value: Value, bytes: Vec<u8>, position: Position) -> Vec<Expan
     }
 }
 
-/// A dead-letter record: its original payload, with its attempts and first position.
-fn expand_dlq(value: Value, bytes: Vec<u8>, position: Position) -> Vec<Expanded> {
+/// A dead-letter record: its original payload, with its attempts, first position, and the Kafka
+/// key and headers it came with (a CloudEvents binary-mode event is rebuilt from them).
+fn expand_dlq(value: Value, bytes: Vec<u8>, position: Position, max_bytes: usize) -> Vec<Expanded> {
     let parsed: Result<DlqRecord, _> = serde_json::from_value(value);
     let result = parsed
         .map_err(|e| DecodeError::InvalidEnvelope(format!("DLQ record: {e}")))
         .and_then(|dlq| {
             let payload = dlq.payload_bytes()?;
+            let carried = dlq.kafka.as_ref().map(DlqKafka::carried).transpose()?;
             Ok(Record {
                 payload,
                 position: position.clone(),
                 attempts: dlq.attempts,
                 origin: Some(dlq.origin.unwrap_or(dlq.source)),
                 truncated: false,
-                carried: None,
+                carried: carried.map(Box::new),
             })
         });
-    match result {
-        Ok(record) => vec![Expanded::Raw(record)],
-        Err(error) => vec![Expanded::Failed {
-            record: Record::new(bytes, position),
-            error,
-        }],
+    let record = match result {
+        Ok(record) => record,
+        Err(error) => {
+            return vec![Expanded::Failed {
+                record: Record::new(bytes, position),
+                error,
+            }];
+        }
+    };
+    let headers = record.carried.as_deref().map(|c| &c.headers[..]);
+    match headers.and_then(|h| binary_envelope(h, &record.payload, max_bytes)) {
+        None => vec![Expanded::Raw(record)],
+        Some(Ok(value)) => vec![Expanded::Parsed { value, record }],
+        Some(Err(error)) => vec![Expanded::Failed { record, error }],
     }
 }
 
@@ -304,6 +315,44 @@ mod tests {
             assert_eq!(back.origin, Some(Position::file_line("x", 9)));
             assert_eq!(back.position, Position::file_line("dlq.jsonl", 1));
         }
+    }
+
+    #[test]
+    fn a_dlq_record_keeps_the_kafka_key_and_headers_and_rebuilds_a_binary_mode_event() {
+        let mut rec = Record::new(br#"{"sku":"A1"}"#.to_vec(), Position::default());
+        let headers: Vec<(String, Option<Vec<u8>>)> = vec![
+            ("ce_specversion".into(), Some(b"1.0".to_vec())),
+            ("ce_type".into(), Some(b"price.updated".to_vec())),
+            ("trace".into(), Some(vec![0xff, 0x00])),
+            ("empty".into(), None),
+        ];
+        rec.carried = Some(Box::new(crate::event::Carried {
+            key: Some(b"sku-A1".to_vec()),
+            headers: headers.clone(),
+            ..Default::default()
+        }));
+        let dlq = DlqRecord::new(&rec, "no_rule", "none", "2026-11-30T00:00:00Z".into());
+        let line = serde_json::to_vec(&dlq).unwrap();
+        let text = String::from_utf8(line.clone()).unwrap();
+        assert!(
+            text.contains(r#"{"name":"ce_type","value":"price.updated"}"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"{"name":"trace","value_base64":"/wA="}"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"{"name":"empty"}"#), "{text}");
+        let out = expand_document(line, Position::file_line("dlq.jsonl", 1), MAX);
+        let [Expanded::Parsed { value, record }] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(value["type"], "price.updated");
+        assert_eq!(value["data"]["sku"], "A1");
+        let carried = record.carried.as_deref().unwrap();
+        assert_eq!(carried.key.as_deref(), Some(&b"sku-A1"[..]));
+        assert_eq!(carried.headers, headers);
+        assert_eq!(record.payload, br#"{"sku":"A1"}"#);
     }
 
     #[test]

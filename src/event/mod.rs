@@ -8,12 +8,15 @@
 //!
 //! - `decode`: one payload → one [`Event`] ([`decode_event`], [`decode_value`]);
 //! - `expand`: one input unit (a line, a document) → the payloads it holds ([`expand_document`]);
-//! - `record`: [`Record`], [`Position`], [`Carried`], and the dead-letter format [`DlqRecord`].
+//! - `record`: [`Record`], [`Position`], [`Carried`], and the dead-letter format [`DlqRecord`];
+//! - `binary`: a CloudEvents binary-mode event from Kafka headers ([`binary_envelope`]).
 
+mod binary;
 pub(crate) mod decode;
 mod expand;
 mod record;
 
+pub use binary::binary_envelope;
 pub use decode::{DecodeError, decode_event, decode_value};
 pub use expand::{Expanded, expand_document};
 pub use record::{Carried, DlqRecord, Position, Record};

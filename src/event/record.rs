@@ -154,6 +154,91 @@ pub struct DlqRecord {
     /// The payload was cut at the size limit (only for `too_large`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// The Kafka key and headers the payload came with (a CloudEvents binary-mode event's
+    /// attributes are headers: without them the payload is only its `data`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<DlqKafka>,
+}
+
+/// The Kafka key and headers of a dead letter, byte-exact: UTF-8 as text, other bytes in base64.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DlqKafka {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<DlqBytes>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<DlqHeader>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DlqHeader {
+    pub name: String,
+    /// Absent for a header without a value.
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub value: Option<DlqBytes>,
+}
+
+/// Bytes as `value` (UTF-8) or `value_base64`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DlqBytes {
+    Value(String),
+    ValueBase64(String),
+}
+
+impl DlqBytes {
+    fn new(bytes: &[u8]) -> Self {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => DlqBytes::Value(s.to_owned()),
+            Err(_) => {
+                DlqBytes::ValueBase64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+        }
+    }
+
+    fn bytes(&self) -> Result<Vec<u8>, DecodeError> {
+        match self {
+            DlqBytes::Value(s) => Ok(s.as_bytes().to_vec()),
+            DlqBytes::ValueBase64(b) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|e| DecodeError::InvalidEnvelope(format!("DLQ kafka value_base64: {e}"))),
+        }
+    }
+}
+
+impl DlqKafka {
+    /// What `carried` holds of Kafka's, if anything.
+    fn of(carried: &Carried) -> Option<Self> {
+        if carried.key.is_none() && carried.headers.is_empty() {
+            return None;
+        }
+        Some(DlqKafka {
+            key: carried.key.as_deref().map(DlqBytes::new),
+            headers: carried
+                .headers
+                .iter()
+                .map(|(name, value)| DlqHeader {
+                    name: name.clone(),
+                    value: value.as_deref().map(DlqBytes::new),
+                })
+                .collect(),
+        })
+    }
+
+    /// Back to what the record carried.
+    pub fn carried(&self) -> Result<Carried, DecodeError> {
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for h in &self.headers {
+            headers.push((
+                h.name.clone(),
+                h.value.as_ref().map(DlqBytes::bytes).transpose()?,
+            ));
+        }
+        Ok(Carried {
+            key: self.key.as_ref().map(DlqBytes::bytes).transpose()?,
+            headers,
+            ..Carried::default()
+        })
+    }
 }
 
 impl DlqRecord {
@@ -179,6 +264,7 @@ impl DlqRecord {
             payload,
             payload_base64,
             truncated: record.truncated,
+            kafka: record.carried.as_deref().and_then(DlqKafka::of),
         }
     }
 
