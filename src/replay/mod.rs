@@ -82,40 +82,8 @@ pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summ
         None => config.replay.batch_size.get(),
     };
     let max_bytes = config.limits.max_event_bytes;
-    let consumed = Arc::new(AtomicU64::new(0));
-    let outside = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::channel::<Batch>(2);
-    let (reader, bar) = match &options.source {
-        Source::Files(inputs) => {
-            let (inputs, consumed) = (inputs.clone(), consumed.clone());
-            let bar = file_progress(options, inputs.clone());
-            let reader = std::thread::spawn(move || {
-                read_inputs(inputs, max_bytes, batch_size, consumed, tx)
-            });
-            (reader, bar)
-        }
-        #[cfg(feature = "kafka")]
-        Source::Kafka(window) => {
-            let (kafka, window) = (config.kafka.clone(), window.clone());
-            let resolved = tokio::task::spawn_blocking(move || kafka::resolve(&kafka, window))
-                .await
-                .map_err(|e| ReplayError::Usage(format!("cannot resolve the window: {e}")))??;
-            for s in &resolved.spans {
-                tracing::info!(
-                    partition = s.partition,
-                    start = s.start,
-                    end = s.end,
-                    "window"
-                );
-            }
-            let bar = bar(options.progress, resolved.records(), "records");
-            let (consumed, outside) = (consumed.clone(), outside.clone());
-            let reader = std::thread::spawn(move || {
-                kafka::read_window(resolved, max_bytes, batch_size, consumed, outside, tx)
-            });
-            (reader, bar)
-        }
-    };
+    let reader = start_reader(&engine, options, batch_size, tx).await?;
     let dlq = Arc::new(DlqFile::new(
         options.dlq.clone().unwrap_or_else(default_dlq_path),
     ));
@@ -138,8 +106,8 @@ pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summ
         read_error: None,
         summary: Summary::default(),
         outage: None,
-        bar,
-        consumed,
+        bar: reader.bar,
+        consumed: reader.consumed,
         max_bytes,
         rate: options.rate,
         started,
@@ -148,7 +116,7 @@ pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summ
     let ran = driver.run(&mut intake, std::future::pending()).await;
     // The reader ends when the channel closes; its I/O errors came through the channel.
     drop(intake.rx);
-    let _ = reader.join();
+    let _ = reader.thread.join();
     ran?;
     if let Some(e) = intake.read_error {
         return Err(e);
@@ -165,11 +133,69 @@ pub async fn replay(engine: Arc<Engine>, options: &ReplayOptions) -> Result<Summ
     summary.redis = engine.redis.stats().since(&redis_before);
     summary.seconds = started.elapsed().as_secs_f64();
     summary.unavailable = intake.outage;
-    summary.outside_window = outside.load(Ordering::Relaxed);
+    summary.outside_window = reader.outside.load(Ordering::Relaxed);
     if dlq.written() > 0 {
         summary.dlq = Some(dlq.path().to_path_buf());
     }
     Ok(summary)
+}
+
+/// The reader thread and what it tells while it reads.
+struct Reader {
+    thread: std::thread::JoinHandle<()>,
+    bar: ProgressBar,
+    /// Bytes (files) or records (Kafka) read so far, for the progress bar.
+    consumed: Arc<AtomicU64>,
+    /// Records of a Kafka window's offsets timestamped outside it.
+    outside: Arc<AtomicU64>,
+}
+
+/// Starts reading `options.source` in batches into `tx`; a Kafka window is resolved first.
+async fn start_reader(
+    engine: &Engine,
+    options: &ReplayOptions,
+    batch_size: usize,
+    tx: mpsc::Sender<Batch>,
+) -> Result<Reader, ReplayError> {
+    let max_bytes = engine.config.limits.max_event_bytes;
+    let (consumed, outside) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (thread, bar) = match &options.source {
+        Source::Files(inputs) => {
+            let (inputs, consumed) = (inputs.clone(), consumed.clone());
+            let bar = file_progress(options, inputs.clone());
+            let thread = std::thread::spawn(move || {
+                read_inputs(inputs, max_bytes, batch_size, consumed, tx)
+            });
+            (thread, bar)
+        }
+        #[cfg(feature = "kafka")]
+        Source::Kafka(window) => {
+            let (kafka, window) = (engine.config.kafka.clone(), window.clone());
+            let resolved = tokio::task::spawn_blocking(move || kafka::resolve(&kafka, window))
+                .await
+                .map_err(|e| ReplayError::Usage(format!("cannot resolve the window: {e}")))??;
+            for s in &resolved.spans {
+                tracing::info!(
+                    partition = s.partition,
+                    start = s.start,
+                    end = s.end,
+                    "window"
+                );
+            }
+            let bar = bar(options.progress, resolved.records(), "records");
+            let (consumed, outside) = (consumed.clone(), outside.clone());
+            let thread = std::thread::spawn(move || {
+                kafka::read_window(resolved, max_bytes, batch_size, consumed, outside, tx)
+            });
+            (thread, bar)
+        }
+    };
+    Ok(Reader {
+        thread,
+        bar,
+        consumed,
+        outside,
+    })
 }
 
 /// The reader thread as a source, the summary as the acknowledgement.
