@@ -72,18 +72,30 @@ pub fn install_prometheus() -> Result<metrics_exporter_prometheus::PrometheusHan
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| e.to_string())
-        .inspect(|_| {
-            // Shown from the start, so that alerts on them see a 0 rather than nothing.
-            for name in [
-                REDIS_FAILOVERS_TOTAL,
-                REDIS_REWIND_ACTIONS_TOTAL,
-                REDIS_REWIND_DROPPED_TOTAL,
-                REDIS_WAIT_SHORTFALL_TOTAL,
-                DLQ_TRUNCATED_TOTAL,
-            ] {
-                metrics::counter!(name).absolute(0);
-            }
-        })
+        .inspect(|_| register_at_zero())
+}
+
+/// The causes of [`unit_retry`]: a fixed set, so their series can be shown before the first retry.
+pub const UNIT_RETRY_CAUSES: &[&str] = &["redis", "cdn"];
+
+/// Shows the counters of rare events at 0 from the start: a series that appears only at its first
+/// increment has no earlier sample, so `rate()` and `increase()` miss that increment and alerts and
+/// dashboards see nothing rather than a 0. Only label-less counters and labels from a fixed set:
+/// labels that come from events or the config appear when used.
+fn register_at_zero() {
+    for name in [
+        REDIS_FAILOVERS_TOTAL,
+        REDIS_REWIND_ACTIONS_TOTAL,
+        REDIS_REWIND_DROPPED_TOTAL,
+        REDIS_WAIT_SHORTFALL_TOTAL,
+        DLQ_TRUNCATED_TOTAL,
+        DLQ_WRITE_FAILURES_TOTAL,
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for &cause in UNIT_RETRY_CAUSES {
+        metrics::counter!(UNIT_RETRIES_TOTAL, "cause" => cause).absolute(0);
+    }
 }
 
 /// One event reached an outcome. `kind` is the event type when a rule knows it, `other` otherwise
@@ -159,7 +171,8 @@ pub fn ready(ready: bool) {
     metrics::gauge!(READY).set(if ready { 1.0 } else { 0.0 });
 }
 
-/// A unit of work failed for an outage and will be tried again.
+/// A unit of work failed for an outage and will be tried again; `cause` is one of
+/// [`UNIT_RETRY_CAUSES`].
 pub fn unit_retry(cause: &'static str) {
     metrics::counter!(UNIT_RETRIES_TOTAL, "cause" => cause).increment(1);
 }
