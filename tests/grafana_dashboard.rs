@@ -23,8 +23,8 @@ use serde_json::Value;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-/// What Grafana puts for `$__rate_interval` with a 1 s scrape interval on a short time range is
-/// seconds; a minute keeps at least two samples in every window once the test has run a minute.
+/// `$__rate_interval`: Grafana puts max(4 × the scrape interval, the step + the scrape interval)
+/// there, a minute with the default 15 s scrape interval; here a minute holds many 1 s samples.
 const RATE_INTERVAL: &str = "1m";
 /// The Prometheus job, which the dashboard's `job` variable lists.
 const JOB: &str = "invalidator";
