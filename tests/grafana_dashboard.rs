@@ -282,6 +282,12 @@ fn every_panel_query_and_recording_rule_returns_data_from_a_real_prometheus() {
     let port = free_port();
     let worker = Worker::start_env(&s.w, "w", &s.config(port, ""), port, CHILD_ENV);
     let _producer = Producer::start(s.topic.clone(), s.partitions, 50);
+    // Bound before Prometheus picks a free port of its own, which could otherwise be this one.
+    worker.expect_within(
+        Duration::from_secs(30),
+        "the worker serves /metrics",
+        || worker.get("/metrics").is_some(),
+    );
     let rules = rule_files(&root().join("deploy/prometheus"));
     let prometheus = Prometheus::start(JOB, &[port], &rules);
 
