@@ -4,8 +4,9 @@
 # broker on 127.0.0.1:19092 (tansu.sh; skipped when KAFKA_BROKERS names another) and the AWS emulator
 # moto_server on 127.0.0.1:5055 (moto.sh); cargo-lambda (its Lambda runtime API emulator runs the
 # Lambda tests) is installed from PyPI when missing, and redis-sentinel (the failover tests start
-# their own Sentinels) and promtool (tests/prometheus_rules.rs checks deploy/prometheus/ with it)
-# from Debian's packages; kubernetes-validate (tests/deploy_kubernetes.rs) from PyPI.
+# their own Sentinels) and prometheus with promtool (tests/prometheus_rules.rs checks
+# deploy/prometheus/ with promtool, tests/grafana_dashboard.rs queries a Prometheus server) from
+# Debian's packages; kubernetes-validate (tests/deploy_kubernetes.rs) from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,10 +43,11 @@ ensure_cargo_lambda() {
 }
 
 # tests/prometheus_rules.rs runs `promtool check rules` and `promtool test rules` on
-# deploy/prometheus/; Debian ships promtool in the `prometheus` package.
+# deploy/prometheus/, and tests/grafana_dashboard.rs starts a Prometheus server that scrapes a
+# worker; Debian ships both binaries in the `prometheus` package.
 ensure_promtool() {
-  if command -v promtool >/dev/null 2>&1; then return; fi
-  echo "promtool not found: installing it from Debian's packages"
+  if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then return; fi
+  echo "promtool or prometheus not found: installing them from Debian's packages"
   apt-get update -qq && apt-get install -y -qq prometheus >/dev/null
 }
 

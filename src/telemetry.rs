@@ -78,18 +78,46 @@ pub fn install_prometheus() -> Result<metrics_exporter_prometheus::PrometheusHan
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| e.to_string())
-        .inspect(|_| {
-            // Shown from the start, so that alerts on them see a 0 rather than nothing.
-            for name in [
-                REDIS_FAILOVERS_TOTAL,
-                REDIS_REWIND_ACTIONS_TOTAL,
-                REDIS_REWIND_DROPPED_TOTAL,
-                REDIS_WAIT_SHORTFALL_TOTAL,
-                DLQ_TRUNCATED_TOTAL,
-            ] {
-                metrics::counter!(name).absolute(0);
-            }
-        })
+        .inspect(|_| register_at_zero())
+}
+
+/// Why a unit of work was tried again ([`unit_retry`]): a fixed set, so that its series can be
+/// shown before the first retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryCause {
+    Redis,
+    Cdn,
+}
+
+impl RetryCause {
+    pub const ALL: [RetryCause; 2] = [RetryCause::Redis, RetryCause::Cdn];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RetryCause::Redis => "redis",
+            RetryCause::Cdn => "cdn",
+        }
+    }
+}
+
+/// Shows the counters of rare events at 0 from the start: a series that appears only at its first
+/// increment has no earlier sample, so `rate()` and `increase()` miss that increment and alerts and
+/// dashboards see nothing rather than a 0. Only label-less counters and labels from a fixed set:
+/// labels that come from events or the config appear when used.
+fn register_at_zero() {
+    for name in [
+        REDIS_FAILOVERS_TOTAL,
+        REDIS_REWIND_ACTIONS_TOTAL,
+        REDIS_REWIND_DROPPED_TOTAL,
+        REDIS_WAIT_SHORTFALL_TOTAL,
+        DLQ_TRUNCATED_TOTAL,
+        DLQ_WRITE_FAILURES_TOTAL,
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for cause in RetryCause::ALL {
+        metrics::counter!(UNIT_RETRIES_TOTAL, "cause" => cause.label()).absolute(0);
+    }
 }
 
 /// One event reached an outcome. `kind` is the event type when a rule knows it, `other` otherwise
@@ -166,8 +194,8 @@ pub fn ready(ready: bool) {
 }
 
 /// A unit of work failed for an outage and will be tried again.
-pub fn unit_retry(cause: &'static str) {
-    metrics::counter!(UNIT_RETRIES_TOTAL, "cause" => cause).increment(1);
+pub fn unit_retry(cause: RetryCause) {
+    metrics::counter!(UNIT_RETRIES_TOTAL, "cause" => cause.label()).increment(1);
 }
 
 /// A dead letter could not be written (data at risk until a retry succeeds).

@@ -4,6 +4,8 @@
 //! (a renamed metric breaks this test), and every histogram bucket they select is one the real
 //! exporter renders.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,6 +13,8 @@ use std::time::Duration;
 
 use regex::Regex;
 use serde_json::Value;
+
+use common::prometheus::metric_names;
 
 /// Series Prometheus itself makes, not the service.
 const PROMETHEUS_SERIES: &[&str] = &["up"];
@@ -130,34 +134,6 @@ fn every_alert_has_a_firing_and_a_silent_unit_test() {
             assert!(rule["annotations"][key].is_string(), "{name}: no {key}");
         }
     }
-}
-
-/// The metric names a PromQL expression reads: identifiers outside quotes, label matchers and
-/// `by (...)` lists that are not functions, keywords or durations.
-fn metric_names(expr: &str) -> BTreeSet<String> {
-    let strings = Regex::new(r#""(?:[^"\\]|\\.)*""#).unwrap();
-    let matchers = Regex::new(r"\{[^}]*\}").unwrap();
-    let groupings = Regex::new(r"\b(?:by|without|on|ignoring)\s*\([^)]*\)").unwrap();
-    let ident = Regex::new(r"[A-Za-z_:][A-Za-z0-9_:]*").unwrap();
-    let bare = strings.replace_all(expr, "\"\"");
-    let bare = matchers.replace_all(&bare, " ");
-    let bare = groupings.replace_all(&bare, " ");
-    let keywords = [
-        "and",
-        "or",
-        "unless",
-        "offset",
-        "bool",
-        "group_left",
-        "group_right",
-    ];
-    ident
-        .find_iter(&bare)
-        .filter(|m| !bare[m.end()..].trim_start().starts_with('('))
-        .filter(|m| !bare[..m.start()].ends_with(|c: char| c.is_ascii_digit()))
-        .map(|m| m.as_str().to_owned())
-        .filter(|w| !keywords.contains(&w.as_str()))
-        .collect()
 }
 
 #[test]

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use super::{Done, Failure, Outages, Records};
 use crate::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::engine::{Engine, EngineError, UnitResult};
-use crate::telemetry;
+use crate::telemetry::{self, RetryCause};
 
 /// Runs one unit: the engine (through outages, per [`Outages`]), then its dead letters.
 pub(super) struct UnitRunner<S> {
@@ -43,8 +43,8 @@ impl<S: DeadLetterSink> UnitRunner<S> {
                 Err(e) => {
                     attempts += 1;
                     telemetry::unit_retry(match e {
-                        EngineError::Redis(_) => "redis",
-                        EngineError::Cdn(_) => "cdn",
+                        EngineError::Redis(_) => RetryCause::Redis,
+                        EngineError::Cdn(_) => RetryCause::Cdn,
                     });
                     let Outages::Retry(health) = &self.outages else {
                         return Done {

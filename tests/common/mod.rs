@@ -9,7 +9,8 @@
 //! - `engine` and `layer`: the only places that call the library (its engine, its Redis layer);
 //! - `cluster`: the shared Redis Cluster on 7001-7003; `topology`: servers, Sentinels and
 //!   clusters a test starts for itself;
-//! - `kafka`: the broker, a test's stream and the worker as a child process; `aws`: moto_server.
+//! - `kafka`: the broker, a test's stream and the worker as a child process; `aws`: moto_server;
+//!   `prometheus`: a Prometheus server scraping workers, and the metric names of PromQL.
 
 #![allow(dead_code)]
 
@@ -19,6 +20,7 @@ pub mod engine;
 pub mod kafka;
 mod keyspace;
 pub mod layer;
+pub mod prometheus;
 pub mod spec;
 pub mod topology;
 
