@@ -897,3 +897,171 @@ fn dlq_attempts_at_u32_max() {
     let again = DlqRecord::new(back, "invalid_json", "e", "t".into());
     assert_eq!(again.attempts, u32::MAX);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The common-shape decode agrees with the general path
+// ---------------------------------------------------------------------------------------------
+
+/// What the general path makes of `bytes` (what `decode_event` did before its common-shape decode):
+/// the size limit, one JSON tree, then `decode_value`.
+fn general(bytes: &[u8], max: usize) -> Result<invalidator::event::Event, DecodeError> {
+    if bytes.len() > max {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit: max,
+        });
+    }
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+    decode_value(value, max, &fallback)
+}
+
+/// What `expand_document` then the unit made of one line before lines that can only be one event
+/// skipped the JSON tree: parse, then the size limit for a lone event, then `decode_value`.
+fn general_line(bytes: &[u8], max: usize) -> Vec<Result<invalidator::event::Event, DecodeError>> {
+    let value: Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => return vec![Err(DecodeError::InvalidJson(e.to_string()))],
+    };
+    match &value {
+        Value::Object(o) if !o.contains_key("Records") && !o.contains_key("invalidator_dlq") => {
+            if bytes.len() > max {
+                return vec![Err(DecodeError::TooLarge {
+                    size: bytes.len(),
+                    limit: max,
+                })];
+            }
+            vec![decode_value(value, max, &fallback)]
+        }
+        _ => Vec::new(), // a document or an array: not changed, not compared
+    }
+}
+
+/// What `expand_document` and the unit make of one line now.
+fn line(bytes: &[u8], max: usize) -> Vec<Result<invalidator::event::Event, DecodeError>> {
+    expand_document(bytes.to_vec(), Position::default(), max)
+        .into_iter()
+        .map(|item| match item {
+            Expanded::Parsed { value, .. } => decode_value(value, max, &fallback),
+            Expanded::Raw(record) => decode_event(&record.payload, max, &fallback),
+            Expanded::Failed { error, .. } => Err(error),
+        })
+        .collect()
+}
+
+fn agree(bytes: &[u8], max: usize) -> Result<(), TestCaseError> {
+    prop_assert_eq!(decode_event(bytes, max, &fallback), general(bytes, max));
+    let before = general_line(bytes, max);
+    if !before.is_empty() {
+        prop_assert_eq!(line(bytes, max), before);
+    }
+    Ok(())
+}
+
+/// A native event as text with its fields in a given order, some of them twice (under a name or
+/// an alias), the way no `Value` can write it.
+fn with_repeats() -> impl Strategy<Value = Vec<u8>> {
+    let field =
+        prop_oneof![
+            (
+                prop::sample::select(vec!["type", "event_type"]),
+                event_type()
+            )
+                .prop_map(|(k, v)| format!("{:?}:{}", k, json!(v))),
+            (prop::sample::select(vec!["id", "event_id"]), nasty_string())
+                .prop_map(|(k, v)| format!("{:?}:{}", k, json!(v))),
+            (
+                prop::sample::select(vec!["time", "occurred_at", "timestamp"]),
+                rfc3339()
+            )
+                .prop_map(|(k, v)| format!("{:?}:{}", k, json!(v))),
+            nasty_string().prop_map(|v| format!("\"source\":{}", json!(v))),
+            arb_json().prop_map(|v| format!("\"data\":{v}")),
+            Just("\"id\":null".to_owned()),
+            // Control characters that JSON lets through unescaped (DEL, C1), in each checked field.
+            prop::sample::select(vec!["type", "id", "source"])
+                .prop_flat_map(|k| prop::sample::select(vec!["\u{7f}", "\u{85}", "\u{9f}"])
+                    .prop_map(move |c| format!("{k:?}:\"a{c}b\""))),
+            Just("\"id\":7".to_owned()),
+            Just("\"typ\\u0065\":\"a\"".to_owned()),
+            Just("\"extra\":1".to_owned()),
+        ];
+    prop::collection::vec(field, 0..8).prop_map(|f| format!("{{{}}}", f.join(",")).into_bytes())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn the_common_shape_decodes_as_the_general_path_on_generated_events(ev in arb_event()) {
+        agree(ev.native().to_string().as_bytes(), MAX)?;
+        agree(ev.cloudevent(false).to_string().as_bytes(), MAX)?;
+    }
+
+    #[test]
+    fn the_common_shape_decodes_as_the_general_path_on_envelope_like_json(
+        v in envelopeish(),
+        max in prop_oneof![3 => Just(MAX), 1 => 0usize..200],
+    ) {
+        agree(&serde_json::to_vec(&v).unwrap(), max)?;
+    }
+
+    #[test]
+    fn the_common_shape_decodes_as_the_general_path_with_repeated_fields(
+        bytes in with_repeats(),
+        max in prop_oneof![3 => Just(MAX), 1 => 0usize..200],
+    ) {
+        agree(&bytes, max)?;
+    }
+
+    #[test]
+    fn the_common_shape_decodes_as_the_general_path_on_mutated_events(
+        ev in arb_event(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+    ) {
+        let mut bytes = ev.native().to_string().into_bytes();
+        for (i, b) in flips {
+            let i = i.index(bytes.len());
+            bytes[i] = b;
+        }
+        agree(&bytes, MAX)?;
+    }
+}
+
+/// Every check of the general path, one case each, where JSON lets the value through unescaped:
+/// the common-shape decode must refuse what the general path refuses (and leave it the reason).
+#[test]
+fn the_common_shape_keeps_every_check_of_the_general_path() {
+    let long = |n: usize| "x".repeat(n);
+    let cases = [
+        ("type", "a\u{7f}b".to_owned()),
+        ("type", "a\u{85}b".to_owned()),
+        ("type", String::new()),
+        ("type", long(257)),
+        ("event_type", "a\u{9f}".to_owned()),
+        ("id", "a\u{7f}b".to_owned()),
+        ("id", String::new()),
+        ("id", long(513)),
+        ("event_id", "\u{85}".to_owned()),
+        ("source", long(1025)),
+        ("time", "not a time".to_owned()),
+        ("timestamp", "2026-11-30T08:00:00+01:00".to_owned()),
+    ];
+    for (field, value) in cases {
+        let mut fields = vec![
+            ("type", "price.updated".to_owned()),
+            ("id", "e-1".to_owned()),
+            ("source", "pricing".to_owned()),
+        ];
+        let base = field.trim_start_matches("event_");
+        fields.retain(|(k, _)| *k != base);
+        fields.push((field, value));
+        let text: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| format!("{k:?}:{}", json!(v)))
+            .collect();
+        let bytes = format!("{{{},\"data\":{{\"sku\":\"1\"}}}}", text.join(","));
+        let got = decode_event(bytes.as_bytes(), MAX, &fallback);
+        assert_eq!(got, general(bytes.as_bytes(), MAX), "{bytes}");
+    }
+}

@@ -29,6 +29,10 @@ pub enum Expanded {
 /// a Lambda `SnsEvent`/`SqsEvent` gives one per record, a DLQ record gives its original payload, a
 /// JSON array gives its elements, anything else is one event.
 pub fn expand_document(bytes: Vec<u8>, position: Position, max_bytes: usize) -> Vec<Expanded> {
+    if one_event(&bytes, max_bytes) {
+        // Decoded from its bytes by the unit ([`super::decode_event`]), without a JSON tree here.
+        return vec![Expanded::Raw(Record::new(bytes, position))];
+    }
     let value: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(e) => {
@@ -40,6 +44,27 @@ pub fn expand_document(bytes: Vec<u8>, position: Position, max_bytes: usize) -> 
     };
     expand_value(value, bytes, position, max_bytes)
 }
+
+/// True when `bytes` can only be one event (or not JSON at all), which [`super::decode_event`]
+/// decodes with the same result as this module would: an object within the size limit, without
+/// the key of a Lambda document (`Records`) or of a dead-letter record. Those keys would appear
+/// literally: with no `\u` escape anywhere, a key cannot spell them otherwise. Anything else goes
+/// the general way.
+fn one_event(bytes: &[u8], max_bytes: usize) -> bool {
+    use memchr::memmem::find;
+    let starts_object = bytes
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'{');
+    starts_object
+        && bytes.len() <= max_bytes
+        && find(bytes, b"\\u").is_none()
+        && find(bytes, b"\"Records\"").is_none()
+        && find(bytes, DLQ_KEY).is_none()
+}
+
+/// The key of a dead-letter record, quoted.
+const DLQ_KEY: &[u8] = b"\"invalidator_dlq\"";
 
 /// `value`, parsed from `bytes`, by its shape.
 fn expand_value(
@@ -226,10 +251,14 @@ mod tests {
 
     #[test]
     fn plain_event_is_parsed_once() {
+        // One event: left to the unit's decode, which reads it once.
         let out = expand_document(br#"{"type":"a"}"#.to_vec(), pos(), MAX);
         assert!(
-            matches!(&out[..], [Expanded::Parsed { record, .. }] if record.payload == br#"{"type":"a"}"#)
+            matches!(&out[..], [Expanded::Raw(record)] if record.payload == br#"{"type":"a"}"#)
         );
+        // One event that the general way parses: not parsed again.
+        let out = expand_document(br#"{"type":"a","note":"\u00e9"}"#.to_vec(), pos(), MAX);
+        assert!(matches!(&out[..], [Expanded::Parsed { .. }]), "{out:?}");
     }
 
     #[test]
@@ -353,6 +382,28 @@ mod tests {
         assert_eq!(carried.key.as_deref(), Some(&b"sku-A1"[..]));
         assert_eq!(carried.headers, headers);
         assert_eq!(record.payload, br#"{"sku":"A1"}"#);
+    }
+
+    #[test]
+    fn the_dlq_key_is_the_marker_quoted() {
+        assert_eq!(DLQ_KEY, format!("\"{DLQ_MARKER}\"").as_bytes());
+    }
+
+    #[test]
+    fn a_line_that_can_only_be_one_event_skips_the_tree() {
+        let one = |s: &str| {
+            matches!(
+                &expand_document(s.into(), pos(), MAX)[..],
+                [Expanded::Raw(_)]
+            )
+        };
+        assert!(
+            !one(r#" {"type":"a","data":{"Records":1}}"#),
+            "the key spelled out anywhere: the general way"
+        );
+        assert!(one(r#"{"type":"a","data":{}}"#));
+        assert!(!one(r#"{"Rec\u006frds":[]}"#), "an escape: the general way");
+        assert!(!one(r#"[{"type":"a"}]"#));
     }
 
     #[test]

@@ -280,12 +280,30 @@ mod tests {
         expand_all(r.map(Result::unwrap).collect(), max)
     }
 
+    /// Each item's line and what it came to once decoded: `event`, or the reason it failed.
     fn positions(items: &[Expanded]) -> Vec<(u64, &'static str)> {
+        let outcome = |r: Result<crate::event::Event, DecodeError>| {
+            r.map_or_else(|e| e.reason(), |_| "event")
+        };
         items
             .iter()
             .map(|e| match e {
-                Expanded::Parsed { record, .. } => (record.position.line.unwrap(), "parsed"),
-                Expanded::Raw(record) => (record.position.line.unwrap(), "raw"),
+                Expanded::Parsed { record, value } => (
+                    record.position.line.unwrap(),
+                    outcome(crate::event::decode_value(
+                        value.clone(),
+                        1 << 20,
+                        &String::new,
+                    )),
+                ),
+                Expanded::Raw(record) => (
+                    record.position.line.unwrap(),
+                    outcome(crate::event::decode_event(
+                        &record.payload,
+                        1 << 20,
+                        &String::new,
+                    )),
+                ),
                 Expanded::Failed { record, error } => {
                     (record.position.line.unwrap(), error.reason())
                 }
@@ -298,22 +316,22 @@ mod tests {
         let out = read("{\"type\":\"a\"}\n\n{broken\n{\"type\":\"b\"}\r\n", 1024);
         assert_eq!(
             positions(&out),
-            [(1, "parsed"), (3, "invalid_json"), (4, "parsed")]
+            [(1, "event"), (3, "invalid_json"), (4, "event")]
         );
     }
 
     #[test]
     fn a_byte_order_mark_at_the_start_is_skipped_and_only_there() {
         let out = read("\u{feff}{\"type\":\"a\"}\n\u{feff}{\"type\":\"b\"}\n", 1024);
-        assert_eq!(positions(&out), [(1, "parsed"), (2, "invalid_json")]);
+        assert_eq!(positions(&out), [(1, "event"), (2, "invalid_json")]);
         let doc = read("\u{feff}[\n{\"type\":\"a\"},\n{\"type\":\"b\"}\n]\n", 1024);
-        assert_eq!(positions(&doc), [(1, "parsed"), (1, "parsed")]);
+        assert_eq!(positions(&doc), [(1, "event"), (1, "event")]);
     }
 
     #[test]
     fn broken_first_line_is_not_a_document() {
         let out = read("{\"type\":\n{\"type\":\"b\"}\n", 1024);
-        assert_eq!(positions(&out), [(1, "invalid_json"), (2, "parsed")]);
+        assert_eq!(positions(&out), [(1, "invalid_json"), (2, "event")]);
     }
 
     #[test]
@@ -328,7 +346,7 @@ mod tests {
     fn long_line_is_cut_and_dead_lettered_and_the_next_line_survives() {
         let long = format!("{{\"type\":\"{}\"}}", "x".repeat(10_000));
         let out = read(&format!("{long}\n{{\"type\":\"b\"}}\n"), 100);
-        assert_eq!(positions(&out), [(1, "too_large"), (2, "parsed")]);
+        assert_eq!(positions(&out), [(1, "too_large"), (2, "event")]);
         let Expanded::Failed { record, .. } = &out[0] else {
             panic!()
         };
@@ -340,7 +358,7 @@ mod tests {
         assert!(!record.truncated);
         let huge = format!("{{\"type\":\"{}\"}}", "x".repeat(200_000));
         let out = read(&format!("{huge}\n{{\"type\":\"b\"}}\n"), 100);
-        assert_eq!(positions(&out), [(1, "too_large"), (2, "parsed")]);
+        assert_eq!(positions(&out), [(1, "too_large"), (2, "event")]);
         let Expanded::Failed { record, .. } = &out[0] else {
             panic!()
         };
@@ -350,6 +368,6 @@ mod tests {
 
     #[test]
     fn last_line_without_newline() {
-        assert_eq!(positions(&read("{\"type\":\"a\"}", 1024)), [(1, "parsed")]);
+        assert_eq!(positions(&read("{\"type\":\"a\"}", 1024)), [(1, "event")]);
     }
 }
