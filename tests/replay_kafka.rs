@@ -24,21 +24,24 @@ fn now_ms() -> i64 {
 /// `replay --from-kafka {topic} {flags}` with the stream's config (its `[kafka] group`
 /// included, which the replay must leave alone).
 fn replay(s: &Stream, topic: &str, flags: &[&str]) -> Run {
-    std::fs::write(s.w.path("invalidator.toml"), s.config(free_port(), "")).unwrap();
+    replay_with(s, &s.config(free_port(), ""), topic, flags)
+}
+
+/// [`replay`] with `config` for the config text.
+fn replay_with(s: &Stream, config: &str, topic: &str, flags: &[&str]) -> Run {
+    let path = s.w.path("invalidator.toml");
+    std::fs::write(&path, config).unwrap();
     let dlq = s.w.dlq_path();
     let mut args = vec![
-        "replay",
-        "--from-kafka",
-        topic,
-        "--dlq",
-        dlq.to_str().unwrap(),
+        "-c".to_owned(),
+        path.display().to_string(),
+        "--rules".to_owned(),
+        s.w.rules_dir().display().to_string(),
     ];
-    args.extend(flags);
-    let config = s.w.path("invalidator.toml");
-    let mut full = vec!["-c".to_owned(), config.display().to_string()];
-    full.extend(["--rules".to_owned(), s.w.rules_dir().display().to_string()]);
-    full.extend(args.iter().map(|a| a.to_string()));
-    common::run_bin(s.w.dir.path(), &full, &[])
+    args.extend(["replay", "--from-kafka", topic, "--dlq"].map(str::to_owned));
+    args.push(dlq.display().to_string());
+    args.extend(flags.iter().map(|f| f.to_string()));
+    common::run_bin(s.w.dir.path(), &args, &[])
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -183,22 +186,7 @@ fn unreachable_brokers_are_an_outage() {
     let s = Stream::prices(1);
     let dead = format!("127.0.0.1:{}", free_port());
     let text = s.config(free_port(), "").replace(&kafka::brokers(), &dead);
-    std::fs::write(s.w.path("dead.toml"), text).unwrap();
-    let config = s.w.path("dead.toml").display().to_string();
-    let rules = s.w.rules_dir().display().to_string();
-    let args: Vec<String> = [
-        "-c",
-        &config,
-        "--rules",
-        &rules,
-        "replay",
-        "--from-kafka",
-        "t",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    let run = common::run_bin(s.w.dir.path(), &args, &[]);
+    let run = replay_with(&s, &text, "t", &[]);
     assert_eq!(run.code, 3, "{run:?}");
     assert!(run.stderr.contains("Kafka (metadata)"), "{}", run.stderr);
 }

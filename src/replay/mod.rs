@@ -182,7 +182,7 @@ async fn start_reader(
                     "window"
                 );
             }
-            let bar = bar(options.progress, resolved.records(), "records");
+            let bar = bar(options.progress, resolved.records(), "{pos}/{len} records");
             let (consumed, outside) = (consumed.clone(), outside.clone());
             let thread = std::thread::spawn(move || {
                 kafka::read_window(resolved, max_bytes, batch_size, consumed, outside, tx)
@@ -335,19 +335,15 @@ fn file_progress(options: &ReplayOptions, inputs: Vec<String>) -> ProgressBar {
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum();
-    bar(options.progress, total, "bytes")
+    bar(options.progress, total, "{bytes}/{total_bytes}")
 }
 
-/// A progress bar to `total` (only on a terminal), counting `bytes` or another unit.
-fn bar(show: bool, total: u64, unit: &str) -> ProgressBar {
+/// A progress bar to `total` (only on a terminal); `counts` is indicatif's template of the
+/// position and total (`{bytes}/{total_bytes}`, `{pos}/{len} records`).
+fn bar(show: bool, total: u64, counts: &str) -> ProgressBar {
     if !show || !io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let counts = if unit == "bytes" {
-        "{bytes}/{total_bytes}".to_owned()
-    } else {
-        format!("{{pos}}/{{len}} {unit}")
-    };
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template(&format!(
