@@ -5,10 +5,10 @@ use std::io::{self, Write};
 
 use serde_json::json;
 
-use crate::config::{Config, TagMode};
+use crate::config::{Config, NEXTJS_IMPLICIT, TagLayout};
 use crate::engine::{Outcome, Prepared, prepare};
 use crate::event::{Position, expand_document};
-use crate::plan::Action;
+use crate::plan::{Action, key_text};
 use crate::rules::RuleSet;
 
 /// Explains every event of `text` (one event, a JSON array, a Lambda event document or a DLQ
@@ -136,18 +136,16 @@ pub fn write_human(p: &Prepared, out: &mut dyn Write, config: &Config) -> io::Re
 
 /// One action in words, with the Redis commands it becomes.
 fn describe(a: &Action, config: &Config) -> String {
-    let prefix = &config.tags.prefix;
     match a {
-        Action::Delete { key } => format!("delete   {key}"),
-        Action::DeletePattern { pattern } => {
-            format!("pattern  {pattern}   (SCAN MATCH on every primary, then UNLINK)")
-        }
-        Action::Tag { tag } => match config.tags.mode {
-            TagMode::Set => {
-                format!("tag      {tag}   (SSCAN {prefix}{tag} → UNLINK members → SREM them)")
-            }
-            TagMode::Version => format!("tag      {tag}   (INCR {prefix}{tag})"),
-        },
+        Action::Delete { key } => format!("delete   {}", key_text(key.as_bytes())),
+        Action::DeletePattern { pattern } => format!(
+            "pattern  {}   (SCAN MATCH on every primary, then UNLINK)",
+            key_text(pattern.as_bytes())
+        ),
+        Action::Tag { tag } => format!(
+            "tag      {tag}   ({})",
+            tag_commands(tag, config.tags.layout())
+        ),
         Action::Expire { key, ttl, jitter } => {
             let j = if *jitter > 0.0 {
                 format!(", jitter {:.0}%", jitter * 100.0)
@@ -155,11 +153,55 @@ fn describe(a: &Action, config: &Config) -> String {
                 String::new()
             };
             format!(
-                "expire   {key}   (TTL at most {}{j}, never lengthened)",
+                "expire   {}   (TTL at most {}{j}, never lengthened)",
+                key_text(key.as_bytes()),
                 humantime::format_duration(*ttl)
             )
         }
         Action::Purge { target, path } => format!("purge    {target} {path}"),
+    }
+}
+
+/// The Redis commands that invalidate `tag` in `layout`, with the framework's keys as they are
+/// (bytes that are not printable as `\xNN`).
+fn tag_commands(tag: &str, layout: &TagLayout) -> String {
+    let key = |k: &str| key_text(k.as_bytes()).into_owned();
+    match layout {
+        TagLayout::Sets { member_prefix, .. } if member_prefix.is_empty() => {
+            format!(
+                "SSCAN {} → UNLINK members → SREM them",
+                key(&layout.key_of(tag))
+            )
+        }
+        TagLayout::Sets { member_prefix, .. } => format!(
+            "SSCAN {} → UNLINK {}{{member}} of each member → SREM them",
+            key(&layout.key_of(tag)),
+            key(member_prefix)
+        ),
+        TagLayout::Versions { .. } => format!("INCR {}", key(&layout.key_of(tag))),
+        TagLayout::VersionKeys { .. } => format!(
+            "UNLINK {}: the tag's version; entries saved with the old one miss",
+            key(&layout.key_of(tag))
+        ),
+        TagLayout::NextJs(n) => {
+            let mark = if tag.starts_with(NEXTJS_IMPLICIT) {
+                format!(
+                    "HSET {} {} {{now in ms}}; ",
+                    key(&n.revalidated_tags),
+                    key(tag)
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                "{mark}HSCAN {} for entries tagged `{}` → UNLINK {}{{entry}} → HDEL them from {} and {}",
+                key(&n.shared_tags),
+                key(tag),
+                key(&n.key_prefix),
+                key(&n.shared_tags),
+                key(&n.shared_tags_ttl)
+            )
+        }
     }
 }
 
@@ -184,4 +226,60 @@ pub fn warnings(rules: &RuleSet) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag_line(tags: &str, tag: &str) -> String {
+        let config = Config::from_toml(&format!("[tags]\n{tags}")).unwrap();
+        let action = Action::Tag { tag: tag.into() };
+        describe(&action, &config)
+    }
+
+    /// The lines the framework pages (docs/framework-*.md) show.
+    #[test]
+    fn a_tag_names_the_keys_of_its_layout() {
+        let cases = [
+            (
+                "",
+                "product:1",
+                "tag      product:1   (SSCAN tag:product:1 → UNLINK members → SREM them)",
+            ),
+            (
+                "layout = \"version\"",
+                "product:1",
+                "tag      product:1   (INCR tag:product:1)",
+            ),
+            (
+                "layout = \"symfony\"\nnamespace = \"shop\"",
+                "category-7",
+                "tag      category-7   (SSCAN shop:\\x00tags\\x00category-7 → UNLINK members → SREM them)",
+            ),
+            (
+                "layout = \"symfony\"\nnamespace = \"shop\"\nclient_prefix = \"app1:\"",
+                "category-7",
+                "tag      category-7   (SSCAN app1:shop:\\x00tags\\x00category-7 → UNLINK app1:{member} of each member → SREM them)",
+            ),
+            (
+                "layout = \"symfony-versions\"\nnamespace = \"shop-tags\"",
+                "category-7",
+                "tag      category-7   (UNLINK shop-tags:category-7\\x00tags\\x00: the tag's version; entries saved with the old one miss)",
+            ),
+            (
+                "layout = \"nextjs\"\nnamespace = \"shop:\"",
+                "category-7",
+                "tag      category-7   (HSCAN shop:__sharedTags__ for entries tagged `category-7` → UNLINK shop:{entry} → HDEL them from shop:__sharedTags__ and shop:__sharedTagsTtl__)",
+            ),
+            (
+                "layout = \"nextjs\"",
+                "_N_T_/products/42",
+                "tag      _N_T_/products/42   (HSET __revalidated_tags__ _N_T_/products/42 {now in ms}; HSCAN __sharedTags__ for entries tagged `_N_T_/products/42` → UNLINK {entry} → HDEL them from __sharedTags__ and __sharedTagsTtl__)",
+            ),
+        ];
+        for (tags, tag, line) in cases {
+            assert_eq!(tag_line(tags, tag), line, "{tags}");
+        }
+    }
 }

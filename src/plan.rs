@@ -121,14 +121,27 @@ pub struct Plan {
     pub redeletes: BTreeMap<DurationKey, Redelete>,
 }
 
-/// A key as text for logs, DLQ records and `explain`: UTF-8 as it is, any other byte as `\xNN`.
+/// A key as text for logs, DLQ records and `explain`: printable UTF-8 as it is, any other byte
+/// (a control character such as the NUL in Symfony's tag keys, or a byte that is not UTF-8) as
+/// `\xNN`.
 pub fn key_text(key: &[u8]) -> std::borrow::Cow<'_, str> {
-    if let Ok(s) = std::str::from_utf8(key) {
+    let plain = |c: char| !c.is_control();
+    if let Ok(s) = std::str::from_utf8(key)
+        && s.chars().all(plain)
+    {
         return s.into();
     }
     let mut out = String::with_capacity(key.len() + 8);
     for chunk in key.utf8_chunks() {
-        out.push_str(chunk.valid());
+        for c in chunk.valid().chars() {
+            if plain(c) {
+                out.push(c);
+            } else {
+                for b in c.encode_utf8(&mut [0; 4]).bytes() {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+            }
+        }
         for b in chunk.invalid() {
             out.push_str(&format!("\\x{b:02x}"));
         }
@@ -330,6 +343,15 @@ impl Redeletes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_text_escapes_what_is_not_printable() {
+        assert_eq!(key_text(b"price:1"), "price:1");
+        assert_eq!(key_text("prix:é".as_bytes()), "prix:é");
+        assert_eq!(key_text(b"shop:\0tags\0x"), "shop:\\x00tags\\x00x");
+        assert_eq!(key_text(b"a\xffb\n\x7f"), "a\\xffb\\x0a\\x7f");
+        assert_eq!(key_text("\u{85}".as_bytes()), "\\xc2\\x85");
+    }
 
     #[test]
     fn coalesces_identical_actions_and_keeps_shortest_ttl() {

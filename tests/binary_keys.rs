@@ -59,8 +59,7 @@ async fn binary_tag_members_and_pattern_matches_are_removed_on_a_single_redis() 
     let report = layer::apply(
         &redis,
         &layer::tags(["sku-1"]),
-        layer::TagMode::Set,
-        &format!("{p}tag:"),
+        &layer::TagLayout::set(&format!("{p}tag:")),
     )
     .await;
     assert_eq!(report.keys_removed, members.len() as u64);
@@ -75,13 +74,13 @@ async fn binary_tag_members_and_pattern_matches_are_removed_on_a_single_redis() 
     // matched here): binary keys match either way.
     let one = layer::delete_matching([format!("{p}list:\u{0}*")]);
     assert_eq!(
-        layer::apply(&redis, &one, layer::TagMode::Set, "")
+        layer::apply(&redis, &one, &layer::TagLayout::set(""))
             .await
             .keys_removed,
         1
     );
     let two = layer::delete_matching([format!("{p}list:*"), format!("{p}grid:caf*")]);
-    let report = layer::apply(&redis, &two, layer::TagMode::Set, "").await;
+    let report = layer::apply(&redis, &two, &layer::TagLayout::set("")).await;
     assert_eq!(
         report.keys_removed,
         3 + 1,
@@ -116,11 +115,11 @@ async fn binary_tag_members_and_pattern_matches_are_removed_on_the_cluster() {
 
     let tag_prefix = format!("{p}tag:");
     let report = w
-        .apply(&layer::tags(["sku-1"]), layer::TagMode::Set, &tag_prefix)
+        .apply(&layer::tags(["sku-1"]), &layer::TagLayout::set(&tag_prefix))
         .await;
     assert_eq!(report.keys_removed, members.len() as u64);
     let patterns = layer::delete_matching([format!("{p}list:*"), format!("{p}nothing:*")]);
-    let report = w.apply(&patterns, layer::TagMode::Set, "").await;
+    let report = w.apply(&patterns, &layer::TagLayout::set("")).await;
     assert_eq!(report.keys_removed, matched.len() as u64);
     for k in members.iter().chain(&matched) {
         let left: bool = w.cc.exists(k).unwrap();

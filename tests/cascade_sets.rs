@@ -100,8 +100,7 @@ async fn the_pattern_deletes_of_a_unit_share_one_scan_pass() {
     let report = redis
         .apply(
             &layer::delete_matching(&patterns),
-            layer::TagMode::Set,
-            "tag:",
+            &layer::TagLayout::set("tag:"),
         )
         .await
         .unwrap();

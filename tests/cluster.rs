@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{ClusterWorld, cluster_conn};
-use common::layer::{self, TagMode, slot};
+use common::layer::{self, TagLayout, slot};
 use redis::Commands;
 
 // ---------------------------------------------------------------------------------------------
@@ -101,7 +101,7 @@ async fn deletes_2000_keys_over_all_slots() {
     c.set(std::slice::from_ref(&survivor));
 
     let plan = layer::delete(ks.iter().chain([&format!("{p}absent")]));
-    let report = c.apply(&plan, TagMode::Set, "tag:").await;
+    let report = c.apply(&plan, &TagLayout::set("tag:")).await;
     assert_eq!(report.keys_removed, 2000, "{report:?}");
     assert!(report.tag_failures.is_empty(), "{report:?}");
     assert_eq!(
@@ -112,13 +112,13 @@ async fn deletes_2000_keys_over_all_slots() {
     );
 
     let plan = layer::delete(&tagged);
-    let report = c.apply(&plan, TagMode::Set, "tag:").await;
+    let report = c.apply(&plan, &TagLayout::set("tag:")).await;
     assert_eq!(report.keys_removed, 600, "{report:?}");
     assert_eq!(c.count(&format!("{p}{{p1}}*")), 0);
     assert!(c.exists(&survivor));
 
     // Applying the same plan again is harmless.
-    let report = c.apply(&plan, TagMode::Set, "tag:").await;
+    let report = c.apply(&plan, &TagLayout::set("tag:")).await;
     assert_eq!(report.keys_removed, 0);
 }
 
@@ -140,14 +140,14 @@ async fn pattern_delete_scans_every_primary() {
     c.assert_on_every_primary(&format!("{p}keep:*"));
 
     let plan = layer::delete_matching([&pattern]);
-    let removed = c.apply(&plan, TagMode::Set, "tag:").await;
+    let removed = c.apply(&plan, &TagLayout::set("tag:")).await;
     assert_eq!(removed.keys_removed, 350);
     assert_eq!(c.count(&pattern), 0, "{:?}", c.per_node(&pattern));
     assert_eq!(c.count(&format!("{p}keep:*")), 300);
 
     // Through a plan.
     c.set(&matching);
-    let report = c.apply(&plan, TagMode::Set, "tag:").await;
+    let report = c.apply(&plan, &TagLayout::set("tag:")).await;
     assert_eq!(report.keys_removed, 300, "{report:?}");
     assert_eq!(c.count(&pattern), 0);
     assert_eq!(c.count(&format!("{p}keep:*")), 300);
@@ -176,7 +176,7 @@ async fn tag_set_mode_members_on_other_slots() {
     assert!(members.iter().any(|m| slot(m.as_bytes()) != set_slot));
 
     let report = c
-        .apply(&layer::tags(["product:1"]), TagMode::Set, &tag_prefix)
+        .apply(&layer::tags(["product:1"]), &TagLayout::set(&tag_prefix))
         .await;
     assert_eq!(report.keys_removed, 350, "{report:?}");
     assert_eq!(report.tags_invalidated, 1, "{report:?}");
@@ -194,8 +194,7 @@ async fn tag_set_mode_members_on_other_slots() {
     let report = c
         .apply(
             &layer::tags(["bad", "product:2"]),
-            TagMode::Set,
-            &tag_prefix,
+            &TagLayout::set(&tag_prefix),
         )
         .await;
     assert_eq!(report.tag_failures.len(), 1, "{report:?}");
@@ -266,7 +265,7 @@ async fn tag_version_mode_incr() {
     let wrong = format!("{tag_prefix}wrong");
     c.sadd(&wrong, &["x".to_owned()]);
     let plan = layer::tags(tags.iter().map(String::as_str).chain(["wrong"]));
-    let report = c.apply(&plan, TagMode::Version, &tag_prefix).await;
+    let report = c.apply(&plan, &TagLayout::version(&tag_prefix)).await;
     assert_eq!(report.tags_invalidated, 30, "{report:?}");
     assert_eq!(report.tag_failures.len(), 1, "{report:?}");
     assert_eq!(report.tag_failures[0].0, "wrong");
@@ -277,7 +276,7 @@ async fn tag_version_mode_incr() {
         let v: i64 = c.cc.get(format!("{tag_prefix}{t}")).unwrap();
         assert_eq!(v, 1, "{t}");
     }
-    c.apply(&plan, TagMode::Version, &tag_prefix).await;
+    c.apply(&plan, &TagLayout::version(&tag_prefix)).await;
     let v: i64 = c.cc.get(format!("{tag_prefix}product:0")).unwrap();
     assert_eq!(v, 7);
 }
@@ -298,7 +297,7 @@ async fn expire_lt_shortens_only() {
     let absent = format!("{p}absent");
     let all = no_ttl.iter().chain(&long).chain(&short).chain([&absent]);
     let plan = layer::expire(all, Duration::from_secs(60));
-    let report = c.apply(&plan, TagMode::Set, "tag:").await;
+    let report = c.apply(&plan, &TagLayout::set("tag:")).await;
     assert_eq!(report.expires_set, 60, "{report:?}");
     for k in no_ttl.iter().chain(&long) {
         let t = c.pttl(k);
@@ -455,7 +454,7 @@ async fn rules_to_cluster_end_to_end() {
     c.sadd(&format!("{tag_prefix}product:7"), &tagged);
     c.assert_on_every_primary(&format!("{p}category:shoes:*"));
 
-    let report = c.apply(&plan, TagMode::Set, &tag_prefix).await;
+    let report = c.apply(&plan, &TagLayout::set(&tag_prefix)).await;
     assert_eq!(report.keys_removed, 2 + 200 + 40, "{report:?}");
     assert_eq!(report.tags_invalidated, 1, "{report:?}");
     assert_eq!(c.count(&format!("{p}category:hats:*")), 100);
@@ -488,7 +487,7 @@ async fn two_keys_in_two_slots() {
     c.set(&[a.clone(), b.clone()]);
     let report = c
         .redis
-        .apply(&layer::delete([&a, &b]), TagMode::Set, "tag:")
+        .apply(&layer::delete([&a, &b]), &TagLayout::set("tag:"))
         .await;
     match report {
         Ok(r) => assert_eq!(r.keys_removed, 2, "{r:?}"),
@@ -516,7 +515,7 @@ async fn one_slot_through_hash_tag() {
     c.set(std::slice::from_ref(&survivor));
     let absent = format!("{p}{{p1}}:absent");
     let plan = layer::delete(tagged.iter().chain([&absent]));
-    let report = c.apply(&plan, TagMode::Set, "tag:").await;
+    let report = c.apply(&plan, &TagLayout::set("tag:")).await;
     assert_eq!(report.keys_removed, 600, "{report:?}");
     assert_eq!(c.count(&format!("{p}{{p1}}:a*")), 0);
     assert!(c.exists(&survivor));
@@ -528,7 +527,7 @@ async fn one_slot_through_hash_tag() {
     let set = format!("{tag_prefix}product:1");
     c.sadd(&set, &members);
     let report = c
-        .apply(&layer::tags(["product:1"]), TagMode::Set, &tag_prefix)
+        .apply(&layer::tags(["product:1"]), &TagLayout::set(&tag_prefix))
         .await;
     assert_eq!(report.keys_removed, 250, "{report:?}");
     assert_eq!(report.tags_invalidated, 1, "{report:?}");
@@ -537,8 +536,8 @@ async fn one_slot_through_hash_tag() {
 
     // Version mode.
     let plan = layer::tags(["product:2"]);
-    c.apply(&plan, TagMode::Version, &tag_prefix).await;
-    c.apply(&plan, TagMode::Version, &tag_prefix).await;
+    c.apply(&plan, &TagLayout::version(&tag_prefix)).await;
+    c.apply(&plan, &TagLayout::version(&tag_prefix)).await;
     let v: i64 = c.cc.get(format!("{tag_prefix}product:2")).unwrap();
     assert_eq!(v, 2);
 
@@ -547,7 +546,7 @@ async fn one_slot_through_hash_tag() {
     c.set(std::slice::from_ref(&k1));
     c.set_px(std::slice::from_ref(&k2), 5_000);
     let plan = layer::expire([&k1, &k2], Duration::from_secs(60));
-    let report = c.apply(&plan, TagMode::Set, "tag:").await;
+    let report = c.apply(&plan, &TagLayout::set("tag:")).await;
     assert_eq!(report.expires_set, 1, "{report:?}");
     assert!((50_000..=60_000).contains(&c.pttl(&k1)));
     assert!(c.pttl(&k2) <= 5_000);

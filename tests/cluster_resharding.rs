@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::layer::{self, RedisConfig, TagMode};
+use common::layer::{self, RedisConfig, TagLayout};
 use common::topology::{Cluster, Server};
 
 /// The cluster node id of `s`.
@@ -130,7 +130,7 @@ async fn moved_and_ask_redirects_are_followed() {
     assert_eq!(exists(to, &moved), 50, "the keys moved to the new owner");
 
     let plan = layer::delete(moved.iter().chain(&other));
-    let r = layer::apply(&redis, &plan, TagMode::Set, "tag:").await;
+    let r = layer::apply(&redis, &plan, &TagLayout::set("tag:")).await;
     assert_eq!(r.keys_removed, 250, "{r:?}");
     assert_eq!(exists(to, &moved), 0);
     assert_eq!(c.count_existing(&other), 0);
@@ -140,7 +140,7 @@ async fn moved_and_ask_redirects_are_followed() {
     c.set_all(&asking);
     let (slot, from, to) = start_moving(&c, &asking, 20);
     assert_eq!((exists(from, &asking), exists(to, &asking)), (20, 20));
-    let r = layer::apply(&redis, &layer::delete(&asking), TagMode::Set, "tag:").await;
+    let r = layer::apply(&redis, &layer::delete(&asking), &TagLayout::set("tag:")).await;
     assert_eq!(r.keys_removed, 40, "{r:?}");
     assert_eq!((exists(from, &asking), exists(to, &asking)), (0, 0));
     finish(&c, slot, to);

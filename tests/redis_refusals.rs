@@ -39,7 +39,7 @@ async fn an_aborted_tag_transaction_does_not_turn_transactions_off_for_good() {
     // after it fails too: the unit is not applied).
     acl(&server, "-unlink");
     let refused = redis
-        .apply(&layer::tags(["a"]), layer::TagMode::Set, "tag:")
+        .apply(&layer::tags(["a"]), &layer::TagLayout::set("tag:"))
         .await;
     assert!(refused.is_err(), "{refused:?}");
     assert!(
@@ -51,7 +51,7 @@ async fn an_aborted_tag_transaction_does_not_turn_transactions_off_for_good() {
     acl(&server, "+unlink");
     let multi_before = server.calls("multi");
     tag_member(&server, "b", "page:b");
-    let report = layer::apply(&redis, &layer::tags(["b"]), layer::TagMode::Set, "tag:").await;
+    let report = layer::apply(&redis, &layer::tags(["b"]), &layer::TagLayout::set("tag:")).await;
     assert_eq!(report.keys_removed, 1);
     assert!(
         server.calls("multi") > multi_before,
@@ -61,12 +61,12 @@ async fn an_aborted_tag_transaction_does_not_turn_transactions_off_for_good() {
     // A refused MULTI (a proxy without transactions) still turns them off, for good.
     acl(&server, "-multi");
     tag_member(&server, "c", "page:c");
-    let report = layer::apply(&redis, &layer::tags(["c"]), layer::TagMode::Set, "tag:").await;
+    let report = layer::apply(&redis, &layer::tags(["c"]), &layer::TagLayout::set("tag:")).await;
     assert_eq!(report.keys_removed, 1, "done without a transaction");
     acl(&server, "+multi");
     let multi_before = server.calls("multi");
     tag_member(&server, "d", "page:d");
-    layer::apply(&redis, &layer::tags(["d"]), layer::TagMode::Set, "tag:").await;
+    layer::apply(&redis, &layer::tags(["d"]), &layer::TagLayout::set("tag:")).await;
     assert_eq!(server.calls("multi"), multi_before);
 }
 

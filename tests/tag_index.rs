@@ -11,7 +11,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use common::layer::{self, TagMode};
+use common::layer::{self, TagLayout};
 use common::{World, conn};
 
 /// Cache writers fill hot keys on a miss (with the shipped `scripts/tag-set.lua`) while their tags
@@ -110,7 +110,7 @@ async fn tag_sets_without_transactions(refused: &[&str]) {
     register(&mut c, "P:tag:b", &["P:b:1"]);
 
     let plan = layer::tags(["a", "b"]);
-    let report = layer::apply(&redis, &plan, TagMode::Set, &tag_prefix).await;
+    let report = layer::apply(&redis, &plan, &TagLayout::set(&tag_prefix)).await;
     assert_eq!(report.keys_removed, 3, "{refused:?}: {report:?}");
     assert_eq!(report.tags_invalidated, 2, "{refused:?}: {report:?}");
     assert!(report.tag_failures.is_empty(), "{refused:?}: {report:?}");
@@ -122,7 +122,7 @@ async fn tag_sets_without_transactions(refused: &[&str]) {
     // Again, now without trying MULTI first.
     w.set(&mut c, &["P:a:1"]);
     register(&mut c, "P:tag:a", &["P:a:1"]);
-    let report = layer::apply(&redis, &plan, TagMode::Set, &tag_prefix).await;
+    let report = layer::apply(&redis, &plan, &TagLayout::set(&tag_prefix)).await;
     assert_eq!(report.keys_removed, 1, "{refused:?}: {report:?}");
     assert!(!w.exists(&mut c, "P:a:1"), "{refused:?}");
     assert!(!w.exists(&mut c, "P:tag:a"), "{refused:?}");

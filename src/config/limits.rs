@@ -1,5 +1,4 @@
-//! `[limits]`, `[tags]` and `[dedupe]`: what planning allows, and how tags and event ids are kept
-//! in Redis.
+//! `[limits]` and `[dedupe]`: what planning allows, and how event ids are kept in Redis.
 
 use std::num::NonZeroUsize;
 use std::time::Duration;
@@ -8,7 +7,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
 use super::ConfigError;
-use super::read::{at_least_one, byte_size, non_empty, opt_duration, safe_values};
+use super::read::{at_least_one, byte_size, opt_duration, safe_values};
 use crate::rules::SafeValues;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -45,33 +44,6 @@ fn event_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
         return Err(D::Error::custom("must be at least 64"));
     }
     Ok(n)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum TagMode {
-    /// `SADD {prefix}{tag} {key}` by writers; invalidation `SSCAN`+`UNLINK`+`SREM`.
-    #[default]
-    Set,
-    /// `INCR {prefix}{tag}`; readers compare versions.
-    Version,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TagsConfig {
-    pub mode: TagMode,
-    #[serde(deserialize_with = "non_empty")]
-    pub prefix: String,
-}
-
-impl Default for TagsConfig {
-    fn default() -> Self {
-        TagsConfig {
-            mode: TagMode::Set,
-            prefix: "tag:".into(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -23,14 +23,16 @@ mod modes;
 mod notify;
 mod read;
 mod redis;
+mod tags;
 mod types;
 
 pub use self::cdn::CdnConfig;
 pub use self::kafka::KafkaConfig;
-pub use self::limits::{DedupeConfig, LimitsConfig, TagMode, TagsConfig};
+pub use self::limits::{DedupeConfig, LimitsConfig};
 pub use self::modes::{HttpConfig, LambdaConfig, ReplayConfig, SweeperConfig};
 pub use self::notify::NotifyConfig;
 pub use self::redis::{DEFAULT_REDIS_URL, Password, RedisConfig, Topology};
+pub use self::tags::{LayoutName, NEXTJS_IMPLICIT, NextJs, TagLayout, TagsConfig};
 pub use self::types::{DistributionId, HttpHeaders, HttpMethod, HttpUrl, SnsTopicArn, redact_url};
 
 /// The file read when `-c` is not given, if it exists.
@@ -108,10 +110,11 @@ impl Config {
     }
 
     fn extract(figment: Figment) -> Result<Config, ConfigError> {
-        let config: Config = figment.extract().map_err(|e| {
+        let mut config: Config = figment.extract().map_err(|e| {
             let all: Vec<String> = e.into_iter().map(|e| describe(&e)).collect();
             ConfigError(all.join("\n"))
         })?;
+        config.tags.resolve()?;
         config.validate()?;
         Ok(config)
     }
@@ -173,7 +176,7 @@ mod tests {
                 url: "redis://127.0.0.1:6379/0"
             }
         );
-        assert_eq!(c.tags.mode, TagMode::Set);
+        assert_eq!(c.tags.layout(), &TagLayout::set("tag:"));
         assert_eq!(c.limits.max_fanout.get(), 1000);
         assert!(c.dedupe.window.is_none());
         assert_eq!(c.http.listen, "127.0.0.1:9464");
@@ -222,7 +225,7 @@ listen = "127.0.0.1:9464"
         )
         .unwrap();
         assert_eq!(c.dedupe.window, Some(Duration::from_secs(600)));
-        assert_eq!(c.tags.mode, TagMode::Version);
+        assert_eq!(c.tags.layout(), &TagLayout::version("tag:"));
         assert!(matches!(&c.cdn["edge"], CdnConfig::Http { urls, .. } if urls.len() == 2));
         assert!(matches!(
             &c.cdn["catalog-cdn"],

@@ -70,15 +70,6 @@ pub(super) fn opt_non_blank<'de, D: Deserializer<'de>>(d: D) -> Result<Option<St
     non_blank(d).map(Some)
 }
 
-/// Text that is not empty (blanks allowed: prefixes).
-pub(super) fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    if s.is_empty() {
-        return Err(D::Error::custom("must not be empty"));
-    }
-    Ok(s)
-}
-
 /// A size in bytes: an integer (`1048576`) or a number with a unit (`512KiB`, `64MiB`, `1GB`;
 /// `KiB`/`MiB`/`GiB` are powers of 1024, `KB`/`MB`/`GB` of 1000).
 pub(super) fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {

@@ -55,11 +55,8 @@ impl Engine {
         result: &mut UnitResult,
         slot: tokio::sync::SemaphorePermit<'_>,
     ) -> Result<(), EngineError> {
-        let tags = &self.config.tags;
-        result.redis = self
-            .redis
-            .apply(&result.plan, tags.mode, &tags.prefix)
-            .await?;
+        let layout = self.config.tags.layout();
+        result.redis = self.redis.apply(&result.plan, layout).await?;
         for (tag, error) in &result.redis.tag_failures {
             for &o in &result.plan.tags[tag] {
                 unit[o as usize].outcome =

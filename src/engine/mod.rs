@@ -210,13 +210,10 @@ impl Engine {
                 .tags
                 .insert(t.clone(), Vec::new());
         }
-        let (mode, prefix) = (self.config.tags.mode, &self.config.tags.prefix);
-        let results = futures::future::join_all(
-            plans
-                .values()
-                .map(|plan| self.redis.apply(plan, mode, prefix)),
-        )
-        .await;
+        let layout = self.config.tags.layout();
+        let results =
+            futures::future::join_all(plans.values().map(|plan| self.redis.apply(plan, layout)))
+                .await;
         let mut total = ApplyReport::default();
         let mut failed = None;
         for ((rule, plan), result) in plans.iter().zip(results) {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use redis::Commands;
 
-use super::layer::{self, ApplyReport, Plan, Redis, RedisConfig, TagMode};
+use super::layer::{self, ApplyReport, Plan, Redis, RedisConfig, TagLayout};
 
 const DEFAULT_SEEDS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
 
@@ -41,7 +41,8 @@ pub fn cluster_conn() -> redis::cluster::ClusterConnection {
         .unwrap_or_else(|e| unreachable(format!("cluster connection: {e}")))
 }
 
-fn skip() -> bool {
+/// True (with a note) when `INVALIDATOR_SKIP_CLUSTER=1` skips the Cluster tests.
+pub fn skipped() -> bool {
     if std::env::var("INVALIDATOR_SKIP_CLUSTER").as_deref() == Ok("1") {
         eprintln!("note: INVALIDATOR_SKIP_CLUSTER=1, skipping this Redis Cluster test");
         return true;
@@ -89,7 +90,7 @@ impl ClusterWorld {
 
     /// [`ClusterWorld::start`] with the layer's settings taken from `base` (its seeds added).
     pub async fn start_with(base: RedisConfig) -> Option<ClusterWorld> {
-        if skip() {
+        if skipped() {
             return None;
         }
         let seeds = seeds();
@@ -158,9 +159,9 @@ impl ClusterWorld {
         (0..n).map(|i| format!("{}{stem}{i}", self.p)).collect()
     }
 
-    /// Applies `plan` through the library's layer, its tags under `tag_prefix` in `mode`.
-    pub async fn apply(&self, plan: &Plan, mode: TagMode, tag_prefix: &str) -> ApplyReport {
-        layer::apply(&self.redis, plan, mode, tag_prefix).await
+    /// Applies `plan` through the library's layer, its tags kept in `layout`.
+    pub async fn apply(&self, plan: &Plan, layout: &TagLayout) -> ApplyReport {
+        layer::apply(&self.redis, plan, layout).await
     }
 
     /// `SET k 1` for every key (through cluster routing).

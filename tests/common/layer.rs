@@ -10,7 +10,7 @@ use redis::ConnectionLike;
 
 #[allow(unused_imports)] // not every test binary uses every name
 pub use invalidator::apply::redis::{ApplyReport, Redis, slot};
-pub use invalidator::config::{RedisConfig, TagMode};
+pub use invalidator::config::{RedisConfig, TagLayout};
 use invalidator::plan::Expire;
 pub use invalidator::plan::Plan;
 
@@ -64,10 +64,10 @@ pub fn expire<K: ToString>(keys: impl IntoIterator<Item = K>, ttl: Duration) -> 
     plan
 }
 
-/// Applies `plan` with its tags under `tag_prefix` in `mode`; panics on an error of the unit.
-pub async fn apply(redis: &Redis, plan: &Plan, mode: TagMode, tag_prefix: &str) -> ApplyReport {
+/// Applies `plan` with its tags kept in `layout`; panics on an error of the unit.
+pub async fn apply(redis: &Redis, plan: &Plan, layout: &TagLayout) -> ApplyReport {
     redis
-        .apply(plan, mode, tag_prefix)
+        .apply(plan, layout)
         .await
         .unwrap_or_else(|e| panic!("apply {plan:?}: {e}"))
 }
@@ -83,7 +83,7 @@ pub async fn invalidate_over_and_over(
     let plan = self::tags(tags);
     let mut removed = 0;
     for _ in 0..rounds {
-        let report = apply(redis, &plan, TagMode::Set, tag_prefix).await;
+        let report = apply(redis, &plan, &TagLayout::set(tag_prefix)).await;
         assert!(report.tag_failures.is_empty(), "{report:?}");
         removed += report.keys_removed;
     }

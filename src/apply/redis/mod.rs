@@ -2,8 +2,9 @@
 //! or a Redis Cluster.
 //!
 //! Guarantees:
-//! - every write is idempotent or harmless when repeated (`UNLINK`, `SREM`, `PEXPIRE .. LT`, and
-//!   `INCR` of a tag version), so an operation is applied again, from its start, after any failure;
+//! - every write is idempotent or harmless when repeated (`UNLINK`, `SREM`, `HDEL`,
+//!   `PEXPIRE .. LT`, `INCR` of a tag version, `HSET` of a Next.js path's revalidation time), so
+//!   an operation is applied again, from its start, after any failure;
 //! - failures a retry can fix (a lost connection, a timeout, `LOADING`, `BUSY`, `READONLY`, `OOM`,
 //!   `MASTERDOWN`, `TRYAGAIN`, `CLUSTERDOWN`, a failover, a `WAIT` shortfall) are retried with
 //!   backoff until `retry_for` has passed since the first of them, attempts included
@@ -17,7 +18,8 @@
 //! - multi-key commands never cross a hash slot; on a Cluster each round of an operation is one
 //!   pipeline per primary, primaries in parallel ([`batch`]), and scans run on every primary;
 //! - tag sets `SREM` exactly the members they unlinked, so a key registered concurrently stays in
-//!   the index ([`tags`]).
+//!   the index ([`tags`]); the Next.js handler's tag map is read and cleaned the way its own
+//!   `revalidateTag` does ([`nextjs`]).
 //!
 //! It applies a [`Plan`] and sweeps by a [`TtlPolicy`]; it never sees events or rules, and decides
 //! nothing about what to invalidate.
@@ -25,6 +27,7 @@
 mod batch;
 mod glob;
 mod members;
+mod nextjs;
 mod reply;
 mod retry;
 mod rewind;
@@ -44,8 +47,8 @@ use retry::retrying;
 use rewind::{Applied, Rewind};
 use topology::{Failover, Lease, Topology};
 
-use crate::config::{RedisConfig, TagMode};
-use crate::plan::{Expire, Plan};
+use crate::config::{RedisConfig, TagLayout};
+use crate::plan::{self, Expire, Plan};
 use crate::rules::TtlPolicy;
 use crate::telemetry;
 
@@ -201,27 +204,18 @@ impl Redis {
 
     /// Applies `plan`: deletes, expires, tag invalidations, then pattern deletes; then `WAIT`
     /// (with `wait_replicas`), and remembers it for a failover rewind.
-    pub async fn apply(
-        &self,
-        plan: &Plan,
-        tag_mode: TagMode,
-        tag_prefix: &str,
-    ) -> Result<ApplyReport, RedisError> {
+    pub async fn apply(&self, plan: &Plan, layout: &TagLayout) -> Result<ApplyReport, RedisError> {
         let inner = &self.inner;
         let attempts = &AtomicU64::new(0);
         retrying(inner.retry_for, "apply", || async move {
             let again = attempts.fetch_add(1, Ordering::Relaxed) > 0;
             let lease = self.lease().await?;
             let mut applied = Applied::new(inner.rewind.enabled());
-            let report = inner
-                .apply_on(&lease, plan, tag_mode, tag_prefix, &mut applied)
-                .await?;
+            let report = inner.apply_on(&lease, plan, layout, &mut applied).await?;
             inner.confirm(&lease, again).await?;
-            let kept = inner
-                .rewind
-                .record(applied, Some((tag_mode, tag_prefix)), || {
-                    inner.topology.epoch() == lease.epoch
-                });
+            let kept = inner.rewind.record(applied, Some(layout), || {
+                inner.topology.epoch() == lease.epoch
+            });
             if !kept {
                 return Err(Failure::Transient(
                     "a Redis connection failed while this unit was applied; applying it again"
@@ -310,8 +304,7 @@ impl Inner {
         &self,
         lease: &Lease,
         plan: &Plan,
-        tag_mode: TagMode,
-        tag_prefix: &str,
+        layout: &TagLayout,
         applied: &mut Applied,
     ) -> Result<ApplyReport, Failure> {
         let mut report = ApplyReport::default();
@@ -321,24 +314,26 @@ impl Inner {
         for (key, e) in &plan.expires {
             b.cmd("PEXPIRE", key).arg(key).arg(jittered_ms(e)).arg("LT");
         }
-        let incr_tags: Vec<&String> = match tag_mode {
-            TagMode::Version => plan.tags.keys().collect(),
-            TagMode::Set => Vec::new(),
+        // Tags kept as one key each: a counter increased, or a version removed.
+        let (verb, tag_keys): (&str, Vec<(&String, String)>) = match layout {
+            TagLayout::Versions { .. } => ("INCR", tag_keys(plan, layout)),
+            TagLayout::VersionKeys { .. } => ("UNLINK", tag_keys(plan, layout)),
+            TagLayout::Sets { .. } | TagLayout::NextJs(_) => ("", Vec::new()),
         };
-        for tag in &incr_tags {
-            let k = format!("{tag_prefix}{tag}");
-            b.cmd("INCR", &k).arg(&k);
+        for (_, k) in &tag_keys {
+            b.cmd(verb, k).arg(k);
         }
         let replies = lease.run(b).await?;
         let (unlink_replies, rest) = replies.split_at(unlinks.min(replies.len()));
-        let (expire_replies, incr_replies) = rest.split_at(plan.expires.len().min(rest.len()));
+        let (expire_replies, tag_replies) = rest.split_at(plan.expires.len().min(rest.len()));
         report.keys_removed += sum_ints(unlink_replies)?;
         report.expires_set += sum_ints(expire_replies)?;
-        for (tag, reply) in incr_tags.iter().zip(incr_replies) {
+        for ((tag, key), reply) in tag_keys.iter().zip(tag_replies) {
             match reply {
-                Err(e) => report
-                    .tag_failures
-                    .push(((*tag).clone(), format!("INCR {tag_prefix}{tag}: {e:?}"))),
+                Err(e) => report.tag_failures.push((
+                    (*tag).clone(),
+                    format!("{verb} {}: {e:?}", plan::key_text(key.as_bytes())),
+                )),
                 _ => report.tags_invalidated += 1,
             }
         }
@@ -347,9 +342,21 @@ impl Inner {
             applied.expire(key, *e);
         }
         applied.tags(plan.tags.keys().map(String::as_str));
-        if tag_mode == TagMode::Set && !plan.tags.is_empty() {
+        if !plan.tags.is_empty() {
             let tags = plan.tags.keys().map(String::as_str);
-            tags::invalidate(self, lease, tags, tag_prefix, &mut report, applied).await?;
+            match layout {
+                TagLayout::Sets {
+                    set_prefix,
+                    member_prefix,
+                } => {
+                    let prefixes = (set_prefix.as_str(), member_prefix.as_bytes());
+                    tags::invalidate(self, lease, tags, prefixes, &mut report, applied).await?
+                }
+                TagLayout::NextJs(n) => {
+                    nextjs::invalidate(self, lease, tags, n, &mut report, applied).await?
+                }
+                TagLayout::Versions { .. } | TagLayout::VersionKeys { .. } => {}
+            }
         }
         let patterns: Vec<&str> = plan.patterns.iter().map(String::as_str).collect();
         report.keys_removed += scan::delete_patterns(self, lease, &patterns, applied).await?;
@@ -390,15 +397,11 @@ impl Inner {
         let mut actions = 0u64;
         if self.rewind.enabled() {
             let snapshot = self.rewind.snapshot();
-            let (mode, prefix) = snapshot
-                .tags
-                .clone()
-                .unwrap_or((TagMode::Set, String::new()));
+            let layout = snapshot.tags.clone().unwrap_or(TagLayout::set(""));
             for plan in snapshot.plans(|k| failover.affects(k), REWIND_CHUNK) {
                 actions += (plan.deletes.len() + plan.expires.len() + plan.tags.len()) as u64;
                 let mut again = Applied::new(false);
-                self.apply_on(&lease, &plan, mode, &prefix, &mut again)
-                    .await?;
+                self.apply_on(&lease, &plan, &layout, &mut again).await?;
             }
             self.confirm(&lease, false).await?;
         }
@@ -410,6 +413,11 @@ impl Inner {
         tracing::warn!(redis = %self.description, actions, rewind = %window, "Redis failover ridden through: the rewind window was applied again");
         Ok(lease)
     }
+}
+
+/// Each tag of `plan` with the key `layout` keeps it at.
+fn tag_keys<'a>(plan: &'a Plan, layout: &TagLayout) -> Vec<(&'a String, String)> {
+    plan.tags.keys().map(|t| (t, layout.key_of(t))).collect()
 }
 
 /// Actions of the rewind window applied in one go after a failover.

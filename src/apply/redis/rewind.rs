@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::TagMode;
+use crate::config::TagLayout;
 use crate::plan::{Expire, Plan};
 use crate::telemetry;
 
@@ -131,7 +131,7 @@ struct Window {
     entries: VecDeque<Entry>,
     bytes: usize,
     /// How tags were invalidated (one configuration per process).
-    tags: Option<(TagMode, String)>,
+    tags: Option<TagLayout>,
 }
 
 pub struct Rewind {
@@ -159,7 +159,7 @@ impl Rewind {
     pub fn record(
         &self,
         mut applied: Applied,
-        tags: Option<(TagMode, &str)>,
+        tags: Option<&TagLayout>,
         still_current: impl FnOnce() -> bool,
     ) -> bool {
         if !self.enabled() {
@@ -182,12 +182,10 @@ impl Rewind {
         if applied.actions() == 0 {
             return true;
         }
-        if let Some((mode, prefix)) = tags
-            && w.tags
-                .as_ref()
-                .is_none_or(|(m, p)| *m != mode || p != prefix)
+        if let Some(layout) = tags
+            && w.tags.as_ref() != Some(layout)
         {
-            w.tags = Some((mode, prefix.to_owned()));
+            w.tags = Some(layout.clone());
         }
         w.bytes += bytes;
         w.entries.push_back(Entry {
@@ -240,7 +238,7 @@ impl Rewind {
 pub struct Snapshot {
     entries: Vec<Arc<Applied>>,
     /// How tags were invalidated.
-    pub tags: Option<(TagMode, String)>,
+    pub tags: Option<TagLayout>,
 }
 
 impl Snapshot {
@@ -251,7 +249,7 @@ impl Snapshot {
         affects: impl Fn(&[u8]) -> bool + 'a,
         size: usize,
     ) -> impl Iterator<Item = Plan> + 'a {
-        let prefix = self.tags.as_ref().map_or("", |(_, p)| p.as_str());
+        let layout = self.tags.as_ref();
         let mut items = self
             .entries
             .iter()
@@ -267,7 +265,10 @@ impl Snapshot {
             })
             .filter(move |i| match i {
                 Item::Key(k) | Item::Expire(k, _) => affects(k),
-                Item::Tag(t) => affects(&[prefix.as_bytes(), t].concat()),
+                Item::Tag(t) => match layout {
+                    Some(l) => affects(l.key_of(&String::from_utf8_lossy(t)).as_bytes()),
+                    None => affects(t),
+                },
             });
         std::iter::from_fn(move || {
             let mut plan = Plan::default();
@@ -371,7 +372,7 @@ mod tests {
                 jitter: 0.0,
             },
         );
-        assert!(r.record(a, Some((TagMode::Set, "tag:")), || true));
+        assert!(r.record(a, Some(&TagLayout::set("tag:")), || true));
         let snapshot = r.snapshot();
         let plans: Vec<Plan> = snapshot
             .plans(|k| k.starts_with(b"a:") || k == b"tag:t1", 1000)
@@ -381,7 +382,7 @@ mod tests {
         assert_eq!(plan.deletes.iter().collect::<Vec<_>>(), [b"a:1"]);
         assert_eq!(plan.expires.len(), 1);
         assert_eq!(plan.tags.keys().collect::<Vec<_>>(), ["t1"]);
-        assert_eq!(snapshot.tags, Some((TagMode::Set, "tag:".to_owned())));
+        assert_eq!(snapshot.tags, Some(TagLayout::set("tag:")));
     }
 
     #[test]

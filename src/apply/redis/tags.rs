@@ -1,5 +1,12 @@
-//! Tag sets (`[tags] mode = "set"`): rounds of `SSCAN` over every tag, then the removal of the
-//! members found, until every cursor is back at 0.
+//! Tag sets (`[tags] layout = "set"`, and `"symfony"`: Symfony's `RedisTagAwareAdapter` keeps
+//! the same index): rounds of `SSCAN` over every tag, then the removal of the members found,
+//! until every cursor is back at 0. A member names its key after the client's own prefix
+//! (phpredis' `OPT_PREFIX`, which prefixes keys but not the members of a set): the key removed
+//! is `{member_prefix}{member}`.
+//!
+//! Symfony's own invalidation (a Lua script) removes the members it found, then the whole set;
+//! this one removes the same keys and leaves in the set only members registered meanwhile,
+//! whose entries are still there: the next invalidation finds them.
 //!
 //! Each round `UNLINK`s the members found and `SREM`s exactly those members from their set, so a
 //! cache writer who registers a key meanwhile never loses it from the index. The race this closes:
@@ -28,20 +35,50 @@ use super::rewind::Applied;
 use super::topology::Lease;
 use super::{ApplyReport, Inner};
 
-/// A tag set and the members found in it in one round.
-type Found = (String, Vec<Vec<u8>>);
+/// A tag set and the members found in it in one round, with the keys they name when the
+/// members carry no client prefix of their own (else `keys` is empty and the members are them).
+struct Found {
+    set: String,
+    members: Vec<Vec<u8>>,
+    keys: Vec<Vec<u8>>,
+}
 
-/// Invalidates the sets of `tags` (keys `{prefix}{tag}`); the members removed go to `applied`.
+impl Found {
+    fn new(set: String, members: Vec<Vec<u8>>, member_prefix: &[u8]) -> Found {
+        let keys = if member_prefix.is_empty() {
+            Vec::new()
+        } else {
+            members
+                .iter()
+                .map(|m| [member_prefix, m].concat())
+                .collect()
+        };
+        Found { set, members, keys }
+    }
+
+    /// The keys the members name.
+    fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        let keys = if self.keys.is_empty() {
+            &self.members
+        } else {
+            &self.keys
+        };
+        keys.iter().map(Vec::as_slice)
+    }
+}
+
+/// Invalidates the sets of `tags` (keys `{set_prefix}{tag}`, members naming the keys
+/// `{member_prefix}{member}`); the keys removed go to `applied`.
 pub(super) async fn invalidate(
     inner: &Inner,
     lease: &Lease,
     tags: impl Iterator<Item = &str>,
-    prefix: &str,
+    (set_prefix, member_prefix): (&str, &[u8]),
     report: &mut ApplyReport,
     applied: &mut Applied,
 ) -> Result<(), Failure> {
     let mut active: Vec<(String, String, u64)> = tags
-        .map(|t| (t.to_owned(), format!("{prefix}{t}"), 0))
+        .map(|t| (t.to_owned(), format!("{set_prefix}{t}"), 0))
         .collect();
     while !active.is_empty() {
         let mut scan = inner.reads();
@@ -58,9 +95,10 @@ pub(super) async fn invalidate(
         for ((tag, key, _), reply) in active.into_iter().zip(replies) {
             let (cursor, members) = match reply {
                 Err(e) => {
+                    let shown = crate::plan::key_text(key.as_bytes());
                     report
                         .tag_failures
-                        .push((tag, format!("SSCAN {key}: {e:?}")));
+                        .push((tag, format!("SSCAN {shown}: {e:?}")));
                     continue;
                 }
                 Ok(other) => parse_scan(other)?,
@@ -69,15 +107,15 @@ pub(super) async fn invalidate(
                 report.tags_invalidated += 1;
             }
             if !members.is_empty() {
-                found.push((key.clone(), members));
+                found.push(Found::new(key.clone(), members, member_prefix));
             }
             if cursor != 0 {
                 next.push((tag, key, cursor));
             }
         }
         report.keys_removed += remove_members(inner, lease, &found).await?;
-        for (_, members) in &found {
-            applied.keys(members.iter().map(Vec::as_slice));
+        for f in &found {
+            applied.keys(f.keys());
         }
         active = next;
     }
@@ -101,10 +139,11 @@ async fn remove_atomically(inner: &Inner, lease: &Lease, found: &[Found]) -> Res
     let mut b = inner.writes();
     // Where each tag's MULTI is, and how many UNLINKs follow it.
     let mut blocks = Vec::with_capacity(found.len());
-    for (set, members) in found {
+    for f in found {
+        let (set, members) = (&f.set, &f.members);
         let at = b.len();
         b.cmd("MULTI", set);
-        let unlinks = b.unlinks(members.iter().map(Vec::as_slice), per);
+        let unlinks = b.unlinks(f.keys(), per);
         b.cmd("SREM", set).arg(set).arg(members);
         b.cmd("EXEC", set);
         blocks.push((at, unlinks));
@@ -137,7 +176,8 @@ async fn remove_atomically(inner: &Inner, lease: &Lease, found: &[Found]) -> Res
         return Ok(unlinked + remove_in_order(inner, lease, found).await?);
     }
     let mut removed = 0;
-    for (at, (set, _)) in blocks.iter().map(exec_at).zip(found) {
+    for (at, f) in blocks.iter().map(exec_at).zip(found) {
+        let set = crate::plan::key_text(f.set.as_bytes());
         match replies.get(at) {
             // The UNLINK replies, then the SREM's.
             Some(Ok(Value::Array(results))) => {
@@ -156,30 +196,30 @@ async fn remove_atomically(inner: &Inner, lease: &Lease, found: &[Found]) -> Res
 }
 
 async fn remove_in_order(inner: &Inner, lease: &Lease, found: &[Found]) -> Result<u64, Failure> {
-    let members = || found.iter().flat_map(|(_, m)| m.iter().map(Vec::as_slice));
+    let keys = || found.iter().flat_map(Found::keys);
     let mut unlink = inner.writes();
-    unlink.unlinks(members(), inner.settings.keys_per_command);
+    unlink.unlinks(keys(), inner.settings.keys_per_command);
     let removed = sum_ints(&lease.run(unlink).await?)?;
 
     let mut srem = inner.writes();
-    for (set, members) in found {
-        srem.cmd("SREM", set).arg(set).arg(members);
+    for f in found {
+        srem.cmd("SREM", &f.set).arg(&f.set).arg(&f.members);
     }
     // Like an SREM in a transaction, its reply does not matter: a set replaced meanwhile by
     // another type (`WRONGTYPE`) was already read, and its members are already gone.
     lease.run(srem).await?;
 
     let mut exists = inner.reads();
-    for m in members() {
-        exists.cmd("EXISTS", m).arg(m);
+    for k in keys() {
+        exists.cmd("EXISTS", k).arg(k);
     }
     let mut replies = lease.run(exists).await?.into_iter();
     let mut readd = inner.writes();
-    for (set, members) in found {
-        for m in members {
+    for f in found {
+        for m in &f.members {
             let reply = replies.next().unwrap_or(Ok(Value::Int(0)));
             if int(&reply)? > 0 {
-                readd.cmd("SADD", set).arg(set).arg(m);
+                readd.cmd("SADD", &f.set).arg(&f.set).arg(m);
             }
         }
     }

@@ -65,7 +65,10 @@ impl Ctx<'_> {
                 self.err_in_scalar(
                     &t.referenced,
                     column,
-                    format!("in `{}`: {message}", t.value.0),
+                    format!(
+                        "in `{}`: {message}",
+                        crate::plan::key_text(t.value.0.as_bytes())
+                    ),
                 );
                 None
             }

@@ -105,17 +105,25 @@ impl Template {
     }
 }
 
-/// No whitespace (except in cascade data) nor control characters anywhere; glob characters outside
-/// placeholders only as the final `*` of a pattern delete or a CDN path.
+/// No whitespace (except in cascade data); no control characters, except in the literal text of a
+/// key or a tag (a rule's own bytes: Symfony's tag keys hold NUL bytes), never in a placeholder;
+/// glob characters outside placeholders only as the final `*` of a pattern delete or a CDN path.
 fn check_characters(src: &str, kind: TemplateKind) -> Result<(), SyntaxError> {
     let mut in_var = false;
+    let bytes_allowed = matches!(
+        kind,
+        TemplateKind::Key | TemplateKind::KeyOrPattern | TemplateKind::Tag
+    );
     for (i, c) in src.char_indices() {
         match c {
             '{' => in_var = true,
             '}' => in_var = false,
             _ => {}
         }
-        if c.is_control() || (c.is_whitespace() && kind != TemplateKind::Data) {
+        let whitespace = c.is_whitespace() && kind != TemplateKind::Data;
+        let literal_byte = bytes_allowed && !in_var && !c.is_whitespace();
+        let control = c.is_control() && !literal_byte;
+        if whitespace || control {
             return Err(SyntaxError {
                 offset: i,
                 message: "whitespace and control characters are not allowed here".into(),

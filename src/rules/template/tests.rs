@@ -164,6 +164,30 @@ fn compile_errors_point_at_the_offset() {
     assert!(Template::compile("k:{a b}", TemplateKind::Key, false).is_err());
 }
 
+/// A rule's own literal bytes may hold control characters in a key or a tag (Symfony's tag keys
+/// hold NUL bytes); never whitespace, never in a placeholder, never in a path or cascade data.
+#[test]
+fn literal_control_bytes_only_in_keys_and_tags() {
+    for kind in [
+        TemplateKind::Key,
+        TemplateKind::KeyOrPattern,
+        TemplateKind::Tag,
+    ] {
+        let t = Template::compile("shop:\0tags\0{id}", kind, false).unwrap();
+        assert_eq!(
+            render("shop:\0tags\0{id}", kind, json!({"id": "7"})).unwrap(),
+            ["shop:\0tags\u{0}7"]
+        );
+        assert!(!t.wildcard);
+        for bad in ["a\nb{id}", "a b{id}", "a\tb", "a{i\0d}"] {
+            assert!(Template::compile(bad, kind, false).is_err(), "{bad:?}");
+        }
+    }
+    assert!(Template::compile("/p\0/{id}", TemplateKind::Path, false).is_err());
+    assert!(Template::compile("x\0{id}", TemplateKind::Data, false).is_err());
+    assert!(Template::compile("x\n{id}", TemplateKind::Data, false).is_err());
+}
+
 #[test]
 fn glob_escape_escapes_every_glob_character() {
     assert_eq!(glob_escape(r"a*b?c[d]e\"), r"a\*b\?c\[d\]e\\");
