@@ -6,7 +6,12 @@
 # Lambda tests) is installed from PyPI when missing, and redis-sentinel (the failover tests start
 # their own Sentinels) and prometheus with promtool (tests/prometheus_rules.rs checks
 # deploy/prometheus/ with promtool, tests/grafana_dashboard.rs queries a Prometheus server) from
-# Debian's packages; kubernetes-validate (tests/deploy_kubernetes.rs) from PyPI.
+# Debian's packages; kubernetes-validate (tests/deploy_kubernetes.rs) from PyPI. The framework
+# layout tests drive real framework code through tests/frameworks/ (see its README.md): PHP with
+# phpredis and Symfony Cache 5.4 (symfony.php) from Debian's packages (php-cli php-redis
+# php-symfony-cache), and Node.js with npm from Debian's packages when missing, plus
+# @fortedigital/nextjs-cache-handler and redis (node-redis) pinned in
+# tests/frameworks/package-lock.json, installed there with `npm ci` (nextjs.mjs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,11 +65,41 @@ ensure_kubernetes_validate() {
   kubernetes-validate --version
 }
 
+# tests/frameworks/symfony.php writes, reads and invalidates entries through Symfony Cache's own
+# RedisTagAwareAdapter / TagAwareAdapter with phpredis; Debian ships Symfony Cache 5.4.
+ensure_php() {
+  if command -v php >/dev/null 2>&1 \
+    && php -r 'exit(class_exists("Redis") ? 0 : 1);' >/dev/null 2>&1 \
+    && [ -f /usr/share/php/Symfony/Component/Cache/Adapter/RedisTagAwareAdapter.php ]; then
+    return
+  fi
+  echo "php, phpredis or Symfony Cache not found: installing them from Debian's packages"
+  apt-get update -qq && apt-get install -y -qq php-cli php-redis php-symfony-cache >/dev/null
+}
+
+# tests/frameworks/nextjs.mjs drives @fortedigital/nextjs-cache-handler (redis-strings) with
+# node-redis; both are pinned in tests/frameworks/package-lock.json (`next`, a peer dependency the
+# handler never imports, is left out by tests/frameworks/.npmrc).
+ensure_node_handler() {
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "node or npm not found: installing them from Debian's packages"
+    apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  local dir=tests/frameworks
+  if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
+    echo "installing the Next.js cache handler in $dir (npm ci)"
+    (cd "$dir" && npm ci --no-audit --no-fund)
+    touch "$dir/node_modules"
+  fi
+}
+
 ensure_redis
 ensure_sentinel
 ensure_cargo_lambda
 ensure_promtool
 ensure_kubernetes_validate
+ensure_php
+ensure_node_handler
 bash scripts/redis-cluster.sh start
 if [ -z "${KAFKA_BROKERS:-}" ]; then bash scripts/tansu.sh; fi
 bash scripts/moto.sh

@@ -10,13 +10,15 @@
 //! - `cluster`: the shared Redis Cluster on 7001-7003; `topology`: servers, Sentinels and
 //!   clusters a test starts for itself;
 //! - `kafka`: the broker, a test's stream and the worker as a child process; `aws`: moto_server;
-//!   `prometheus`: a Prometheus server scraping workers, and the metric names of PromQL.
+//!   `prometheus`: a Prometheus server scraping workers, and the metric names of PromQL;
+//! - `framework`: the frameworks' own cache code (Symfony Cache, the Next.js cache handler).
 
 #![allow(dead_code)]
 
 pub mod aws;
 pub mod cluster;
 pub mod engine;
+pub mod framework;
 pub mod kafka;
 mod keyspace;
 pub mod layer;
