@@ -14,7 +14,6 @@
 //! - A unit done marks its offsets done; an offset is stored (librdkafka commits what was stored)
 //!   when every message before it on its partition is done ([`Watermarks`]).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -63,8 +62,34 @@ fn held(input: &Input) -> usize {
     input.record.payload.len() + carried
 }
 
-/// The offsets of a unit's messages.
-pub(super) type Offsets = Vec<(String, i32, i64)>;
+/// The offsets of a unit's messages, by partition (a unit holds runs of a few partitions).
+pub(super) type Offsets = Vec<PartitionOffsets>;
+
+pub(super) struct PartitionOffsets {
+    topic: String,
+    partition: i32,
+    offsets: Vec<i64>,
+}
+
+/// `inputs`' offsets by partition, in the order they came.
+fn offsets_of(inputs: &[Input]) -> Offsets {
+    let mut groups: Offsets = Vec::new();
+    for i in inputs {
+        let (topic, partition) = (i.topic(), i.partition());
+        match groups
+            .iter_mut()
+            .find(|g| g.partition == partition && g.topic == topic)
+        {
+            Some(g) => g.offsets.push(i.offset()),
+            None => groups.push(PartitionOffsets {
+                topic: topic.to_owned(),
+                partition,
+                offsets: vec![i.offset()],
+            }),
+        }
+    }
+    groups
+}
 
 pub(super) struct Intake {
     pub consumer: KafkaConsumer,
@@ -96,10 +121,7 @@ impl Intake {
         self.batch_started = (!self.batch.is_empty()).then(Instant::now);
         self.units += 1;
         self.events += inputs.len() as u64;
-        let offsets = inputs
-            .iter()
-            .map(|i| (i.topic().to_owned(), i.partition(), i.offset()))
-            .collect();
+        let offsets = offsets_of(&inputs);
         (Messages { inputs, bytes }, offsets)
     }
 
@@ -208,14 +230,18 @@ impl Adapter for Intake {
 /// Marks a unit's messages done and stores the offsets that moved.
 fn store(consumer: &KafkaConsumer, watermarks: &std::sync::Mutex<Watermarks>, offsets: &Offsets) {
     let mut w = watermarks.lock().expect("watermarks lock");
-    let mut moved: HashMap<(&str, i32), i64> = HashMap::new();
-    for (topic, partition, offset) in offsets {
-        if let Some(next) = w.finish(topic, *partition, *offset) {
-            moved.insert((topic, *partition), next);
+    let mut moved: Vec<(&str, i32, i64)> = Vec::new();
+    for g in offsets {
+        let done = g.offsets.iter();
+        let next = done
+            .filter_map(|&o| w.finish(&g.topic, g.partition, o))
+            .last();
+        if let Some(next) = next {
+            moved.push((&g.topic, g.partition, next));
         }
     }
     drop(w);
-    for ((topic, partition), next) in moved {
+    for (topic, partition, next) in moved {
         // `rd_kafka_offsets_store` stores the offset as given: the next message to read.
         let mut tpl = TopicPartitionList::new();
         let stored = tpl

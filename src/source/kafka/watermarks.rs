@@ -1,51 +1,67 @@
 //! The per-partition watermark of done offsets: an offset is stored (and later committed) only
 //! when every message before it on its partition is done.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 
 /// Per-partition watermark of done offsets: stores only the contiguous prefix.
+///
+/// A partition's messages come in offset order, so each keeps a queue of (offset, done) sorted by
+/// offset: taking one in appends, finishing one is a binary search, and the done prefix is popped
+/// from the front. Topics are looked up by `&str`: nothing is allocated per message.
 #[derive(Debug, Default)]
 pub struct Watermarks {
-    parts: HashMap<(String, i32), BTreeMap<i64, bool>>,
+    topics: HashMap<String, HashMap<i32, VecDeque<(i64, bool)>>>,
 }
 
 impl Watermarks {
     /// A message was taken in.
     pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
-        self.parts
-            .entry((topic.to_owned(), partition))
-            .or_default()
-            .insert(offset, false);
+        let partitions = match self.topics.get_mut(topic) {
+            Some(p) => p,
+            None => self.topics.entry(topic.to_owned()).or_default(),
+        };
+        let track = partitions.entry(partition).or_default();
+        match track.back() {
+            Some(&(last, _)) if last >= offset => {
+                // Out of order (a seek back): keep the queue sorted, once per offset, and an
+                // offset taken in again is not done until its new copy is.
+                match track.binary_search_by_key(&offset, |&(o, _)| o) {
+                    Ok(at) => track[at].1 = false,
+                    Err(at) => track.insert(at, (offset, false)),
+                }
+            }
+            _ => track.push_back((offset, false)),
+        }
     }
 
     /// A message is done. Returns the offset to store (the next one to read) when the partition's
     /// contiguous done prefix grew.
     pub fn finish(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
-        let track = self.parts.get_mut(&(topic.to_owned(), partition))?;
-        if let Some(done) = track.get_mut(&offset) {
-            *done = true;
+        let track = self.topics.get_mut(topic)?.get_mut(&partition)?;
+        if let Ok(at) = track.binary_search_by_key(&offset, |&(o, _)| o) {
+            track[at].1 = true;
         }
         let mut next = None;
-        while let Some(entry) = track.first_entry() {
-            if !*entry.get() {
-                break;
-            }
-            next = Some(*entry.key() + 1);
-            entry.remove();
+        while let Some(&(o, true)) = track.front() {
+            next = Some(o + 1);
+            track.pop_front();
         }
         next
     }
 
     /// The partition was revoked or assigned anew: it restarts from its committed offset.
     pub fn forget(&mut self, topic: &str, partition: i32) {
-        self.parts.remove(&(topic.to_owned(), partition));
+        if let Some(partitions) = self.topics.get_mut(topic) {
+            partitions.remove(&partition);
+        }
     }
 
     /// Messages taken in and not done.
     pub fn pending(&self) -> usize {
-        self.parts
+        self.topics
             .values()
-            .map(|t| t.values().filter(|d| !**d).count())
+            .flat_map(HashMap::values)
+            .map(|t| t.iter().filter(|(_, d)| !d).count())
             .sum()
     }
 }
@@ -78,5 +94,21 @@ mod tests {
         w.forget("t", 0);
         assert_eq!(w.finish("t", 0, 5), None, "revoked: nothing to store");
         assert_eq!(w.pending(), 0);
+    }
+
+    #[test]
+    fn an_offset_taken_in_out_of_order_keeps_its_place() {
+        let mut w = Watermarks::default();
+        for o in [3, 5, 4] {
+            w.begin("t", 0, o);
+        }
+        assert_eq!(w.finish("t", 0, 5), None);
+        w.begin("t", 0, 5);
+        assert_eq!(w.pending(), 3, "5 once, not done again");
+        assert_eq!(w.finish("t", 0, 4), None);
+        assert_eq!(w.finish("t", 0, 3), Some(5));
+        assert_eq!(w.finish("t", 0, 5), Some(6));
+        assert_eq!(w.finish("t", 9, 5), None, "an unknown partition");
+        assert_eq!(w.finish("u", 0, 5), None, "an unknown topic");
     }
 }
