@@ -7,9 +7,11 @@
 //!    2-partition topic and prefills `price:{id}` for each. Then, on the same backlog:
 //!    - a bare rdkafka consumer that does nothing with the messages drains the topic (the broker's
 //!      limit on this machine);
-//!    - `target/release/invalidator run` (rules `bench/rules-plain/`) drains it in a new group; its
-//!      rate is measured from its first to its last applied event (`/metrics`), and its peak RSS
-//!      (`VmHWM`) is read before it is stopped.
+//!    - `target/release/invalidator run` (one `delete` of `price:{product_id}`) drains it in a new
+//!      group; its rate is measured from its first to its last applied event (`/metrics`), and its
+//!      peak RSS (`VmHWM`) and CPU are read before it is stopped;
+//!    - `invalidator replay` of the same events from a file, with the same rules, on the keys
+//!      prefilled again: the worker's drain is held to it (issue 16: at least 0.8 of it).
 //! 2. Latency: a fresh topic and a running worker; events are produced at a steady R events/s (default
 //!    5,000) for S seconds (default 10), each deleting its own key. Redis keyspace notifications
 //!    (`__keyevent@7__:del`) tell when each key was removed; latency = removal − produce call.
@@ -33,7 +35,9 @@ use rdkafka::producer::Producer as _;
 
 use common::args::each_arg;
 use common::kafka::{PARTITIONS, Producer, bare_consumer, brokers, create_topic, producer, send};
-use common::measure::{build_release, peak_rss_kib};
+use common::measure::{
+    build_release, config_toml, mib, peak_rss_kib, replay_command, run_child, verdict,
+};
 use common::redis::Pipes;
 use common::servers::free_port;
 
@@ -273,16 +277,65 @@ fn drain_bench(bin: &Path, tmp: &Path, n: u64) {
         .as_secs_f64();
     let ours = (done - first_count) / elapsed;
     let rss = worker.peak_rss_kib();
+    let cpu = cpu_seconds(worker.child.id());
     let left: u64 = redis_cli(&["DBSIZE"]).parse().unwrap_or(0);
     worker.stop();
     println!(
-        "invalidator run: {ours:.0} events/s ({done} events; {left} keys left in DB {DB}); ratio to the bare consumer {:.2}",
+        "invalidator run: {ours:.0} events/s ({done} events; {left} keys left in DB {DB}); ratio to the bare consumer {:.2}; {cpu:.2} s CPU",
         ours / bare
     );
     println!(
         "peak RSS of invalidator run over the {n}-event backlog: {:.1} MiB",
         rss as f64 / 1024.0
     );
+
+    // The same events and rules, replayed from a file: what the worker is held to.
+    let events = tmp.join(format!("{topic}.jsonl"));
+    let mut text = String::with_capacity(n as usize * 120);
+    for id in 0..n {
+        text.push_str(&event(id));
+        text.push('\n');
+    }
+    std::fs::write(&events, text).unwrap();
+    prefill("", 0..n);
+    let config = tmp.join("replay.toml");
+    let redis = format!("url = \"redis://127.0.0.1:6379/{DB}\"");
+    std::fs::write(&config, config_toml(&redis)).unwrap();
+    let rules = tmp.join(format!("rules-{topic}"));
+    let run = run_child(
+        replay_command(bin, &config, &rules, &events, false),
+        "replay",
+        tmp,
+    );
+    assert_eq!(run.exit, 0, "the replay ran");
+    let replayed = n as f64 / run.wall;
+    println!(
+        "invalidator replay of the same events and rules: {replayed:.0} events/s, {:.2} s CPU, peak RSS {:.1} MiB",
+        run.cpu,
+        mib(run.maxrss_kib)
+    );
+    println!(
+        "worker drain / replay: {:.2} (goal >= 0.8: {})",
+        ours / replayed,
+        verdict(ours / replayed >= 0.8)
+    );
+}
+
+/// CPU seconds (user + system) the running process `pid` used so far (`/proc/PID/stat`).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces, in parentheses).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / hz
 }
 
 /// When each event (by id) was seen at the end of its path: its key removed, or its message
