@@ -36,7 +36,7 @@ use rdkafka::producer::Producer as _;
 use common::args::each_arg;
 use common::kafka::{PARTITIONS, Producer, bare_consumer, brokers, create_topic, producer, send};
 use common::measure::{
-    build_release, config_toml, mib, peak_rss_kib, replay_command, run_child, verdict,
+    build_release, config_toml, cpu_seconds, mib, peak_rss_kib, replay_command, run_child, verdict,
 };
 use common::redis::Pipes;
 use common::servers::free_port;
@@ -289,7 +289,17 @@ fn drain_bench(bin: &Path, tmp: &Path, n: u64) {
         rss as f64 / 1024.0
     );
 
-    // The same events and rules, replayed from a file: what the worker is held to.
+    let replayed = replay_same(bin, tmp, &topic, n);
+    println!(
+        "worker drain / replay: {:.2} (goal >= 0.8: {})",
+        ours / replayed,
+        verdict(ours / replayed >= 0.8)
+    );
+}
+
+/// The events of [`drain_bench`] replayed from a file with the worker's rule, on the keys prefilled
+/// again: what the worker is held to. Its rate, events/s.
+fn replay_same(bin: &Path, tmp: &Path, topic: &str, n: u64) -> f64 {
     let events = tmp.join(format!("{topic}.jsonl"));
     let mut text = String::with_capacity(n as usize * 120);
     for id in 0..n {
@@ -314,28 +324,7 @@ fn drain_bench(bin: &Path, tmp: &Path, n: u64) {
         run.cpu,
         mib(run.maxrss_kib)
     );
-    println!(
-        "worker drain / replay: {:.2} (goal >= 0.8: {})",
-        ours / replayed,
-        verdict(ours / replayed >= 0.8)
-    );
-}
-
-/// CPU seconds (user + system) the running process `pid` used so far (`/proc/PID/stat`).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name (which may hold spaces, in parentheses).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / hz
+    replayed
 }
 
 /// When each event (by id) was seen at the end of its path: its key removed, or its message
