@@ -143,7 +143,8 @@ fn describe(a: &Action, config: &Config) -> String {
             key_text(pattern.as_bytes())
         ),
         Action::Tag { tag } => format!(
-            "tag      {tag}   ({})",
+            "tag      {}   ({})",
+            key_text(tag.as_bytes()),
             tag_commands(tag, config.tags.layout())
         ),
         Action::Expire { key, ttl, jitter } => {
