@@ -55,21 +55,14 @@ fn category_event(w: &World, category: &str) -> std::path::PathBuf {
 fn replay(w: &mut World, store: Store, tags: &str, input: &Path) {
     w.extra_config = tags.to_owned();
     let config = w.config_text_with_redis(&store.redis_config());
-    std::fs::write(w.path("framework.toml"), config).unwrap();
-    let r = common::run_bin(
-        w.dir.path(),
-        &[
-            "-c".into(),
-            w.path("framework.toml").display().to_string(),
-            "--rules".into(),
-            w.rules_dir().display().to_string(),
-            "replay".into(),
-            "--dlq".into(),
-            w.dlq_path().display().to_string(),
-            input.display().to_string(),
-        ],
-        &[],
-    );
+    let dlq = w.dlq_path();
+    let args = [
+        "replay",
+        "--dlq",
+        dlq.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ];
+    let r = w.bin_with(&config, &args, &[]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(r.count("dead-lettered"), 0, "{}", r.stdout);
 }
@@ -77,13 +70,9 @@ fn replay(w: &mut World, store: Store, tags: &str, input: &Path) {
 /// Every key under `prefix` (on every primary of the Cluster), with its type and, for sets and
 /// hashes, its members or fields; `prefix` replaced by `as_` so that two namespaces compare.
 fn keyspace(store: Store, prefix: &str, as_: &str) -> BTreeSet<(String, String, Vec<String>)> {
-    let urls = match store {
-        Store::Single => vec![redis_url()],
-        Store::Cluster => cluster::seeds(),
-    };
     let swap = |b: &[u8]| b.escape_ascii().to_string().replace(prefix, as_);
     let mut out = BTreeSet::new();
-    for url in urls {
+    for url in store.nodes() {
         let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
         let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
             .arg(format!("*{prefix}*"))

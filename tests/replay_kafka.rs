@@ -29,19 +29,16 @@ fn replay(s: &Stream, topic: &str, flags: &[&str]) -> Run {
 
 /// [`replay`] with `config` for the config text.
 fn replay_with(s: &Stream, config: &str, topic: &str, flags: &[&str]) -> Run {
-    let path = s.w.path("invalidator.toml");
-    std::fs::write(&path, config).unwrap();
     let dlq = s.w.dlq_path();
     let mut args = vec![
-        "-c".to_owned(),
-        path.display().to_string(),
-        "--rules".to_owned(),
-        s.w.rules_dir().display().to_string(),
+        "replay",
+        "--from-kafka",
+        topic,
+        "--dlq",
+        dlq.to_str().unwrap(),
     ];
-    args.extend(["replay", "--from-kafka", topic, "--dlq"].map(str::to_owned));
-    args.push(dlq.display().to_string());
-    args.extend(flags.iter().map(|f| f.to_string()));
-    common::run_bin(s.w.dir.path(), &args, &[])
+    args.extend(flags);
+    s.w.bin_with(config, &args, &[])
 }
 
 fn rfc3339(ms: i64) -> String {

@@ -21,6 +21,14 @@ pub enum Store {
 }
 
 impl Store {
+    /// The URL of each node: the test Redis, or every seed of the Cluster.
+    pub fn nodes(self) -> Vec<String> {
+        match self {
+            Store::Single => vec![redis_url()],
+            Store::Cluster => cluster::seeds(),
+        }
+    }
+
     /// The `[redis]` section body of an invalidator config pointing at this store.
     pub fn redis_config(self) -> String {
         match self {
@@ -210,11 +218,7 @@ fn merge(config: &mut Value, extra: Value) {
 impl Drop for App {
     fn drop(&mut self) {
         // Best effort clean-up of the application's keys, on every node.
-        let urls = match self.store {
-            Store::Single => vec![redis_url()],
-            Store::Cluster => cluster::seeds(),
-        };
-        for url in urls {
+        for url in self.store.nodes() {
             let Ok(mut c) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
                 continue;
             };

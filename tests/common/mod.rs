@@ -181,12 +181,6 @@ impl World {
         t
     }
 
-    pub fn write_config(&self) -> PathBuf {
-        let path = self.path("invalidator.toml");
-        std::fs::write(&path, self.config_text()).unwrap();
-        path
-    }
-
     /// Writes an input file (bytes as given).
     pub fn input(&self, name: &str, bytes: &[u8]) -> PathBuf {
         let path = self.path(name);
@@ -249,10 +243,17 @@ impl World {
     }
 
     pub fn bin_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let config = self.write_config();
+        self.bin_with(&self.config_text(), args, env)
+    }
+
+    /// Runs the binary with `config` (written to `invalidator.toml`) and `--rules rules/` in the
+    /// temp dir.
+    pub fn bin_with(&self, config: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let path = self.path("invalidator.toml");
+        std::fs::write(&path, config).unwrap();
         let mut full: Vec<String> = vec![
             "-c".into(),
-            config.display().to_string(),
+            path.display().to_string(),
             "--rules".into(),
             self.rules_dir().display().to_string(),
         ];
