@@ -8,7 +8,8 @@
 //!    - a bare rdkafka consumer that does nothing with the messages drains the topic (the broker's
 //!      limit on this machine);
 //!    - `target/release/invalidator run` (one `delete` of `price:{product_id}`) drains it in a new
-//!      group; its rate is measured from its first to its last applied event (`/metrics`), and its
+//!      group, first with librdkafka's own `fetch.queue.backoff.ms` (1 s, the control), then as
+//!      shipped, on the keys prefilled again; its rate is measured from its first to its last applied event (`/metrics`), and its
 //!      peak RSS (`VmHWM`) and CPU are read before it is stopped;
 //!    - `invalidator replay` of the same events from a file, with the same rules, on the keys
 //!      prefilled again: the worker's drain is held to it (issue 16: at least 0.8 of it).
@@ -22,10 +23,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,12 +32,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::Producer as _;
 
 use common::args::each_arg;
-use common::kafka::{PARTITIONS, Producer, bare_consumer, brokers, create_topic, producer, send};
+use common::kafka::{PARTITIONS, Producer, bare_consumer, create_topic, producer, send};
 use common::measure::{
-    build_release, config_toml, cpu_seconds, mib, peak_rss_kib, replay_command, run_child, verdict,
+    build_release, config_toml, cpu_seconds, mib, replay_command, run_child, verdict,
 };
 use common::redis::Pipes;
-use common::servers::free_port;
+use common::worker::Worker;
 
 const DB: &str = "7";
 
@@ -83,113 +81,6 @@ fn bare_drain(topic: &str, n: u64) -> f64 {
     }
     assert_eq!(got, n, "bare consumer drained everything");
     got as f64 / first.unwrap().elapsed().as_secs_f64()
-}
-
-struct Worker {
-    child: Child,
-    port: u16,
-}
-
-impl Worker {
-    fn start(bin: &Path, tmp: &Path, topic: &str, prefix: &str, properties: &str) -> Worker {
-        let port = free_port(false);
-        let rules = tmp.join(format!("rules-{topic}"));
-        std::fs::create_dir_all(&rules).unwrap();
-        std::fs::write(
-            rules.join("plain.yaml"),
-            format!(
-                "rules:\n  - name: plain-price\n    on: price.updated\n    delete:\n      - {prefix}price:{{product_id}}\n"
-            ),
-        )
-        .unwrap();
-        let config = tmp.join(format!("{topic}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "[redis]\nurl = \"redis://127.0.0.1:6379/{DB}\"\n\n[kafka]\nbrokers = \"{}\"\ngroup = \"w-{topic}\"\ntopics = [\"{topic}\"]\n\n\
-                 [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n{properties}\n[http]\nlisten = \"127.0.0.1:{port}\"\n",
-                brokers()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&config)
-            .arg("--rules")
-            .arg(&rules)
-            .arg("run")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(tmp.join(format!("{topic}.log"))).unwrap())
-            .spawn()
-            .expect("start invalidator run");
-        Worker { child, port }
-    }
-
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, text.split_once("\r\n\r\n")?.1.to_owned()))
-    }
-
-    /// Upper bounds of the buckets of `invalidator_unit_seconds` (intake of a unit to done)
-    /// holding the 50th and 99th percentiles, and the number of units.
-    fn unit_seconds(&self) -> Option<(f64, f64, f64)> {
-        let (_, body) = self.get("/metrics")?;
-        let buckets: Vec<(f64, f64)> = body
-            .lines()
-            .filter_map(|l| l.strip_prefix("invalidator_unit_seconds_bucket{le=\""))
-            .filter_map(|l| {
-                let (le, n) = l.split_once("\"} ")?;
-                let le = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().ok()?
-                };
-                Some((le, n.trim().parse().ok()?))
-            })
-            .collect();
-        let total = buckets.last()?.1;
-        let at = |q: f64| buckets.iter().find(|(_, n)| *n >= q * total).map(|b| b.0);
-        Some((at(0.5)?, at(0.99)?, total))
-    }
-
-    fn events_done(&self) -> f64 {
-        self.get("/metrics")
-            .map(|(_, body)| {
-                body.lines()
-                    .filter(|l| l.starts_with("invalidator_events_total{"))
-                    .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-                    .sum()
-            })
-            .unwrap_or(0.0)
-    }
-
-    fn wait_ready(&self) {
-        let until = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < until {
-            if matches!(self.get("/readyz"), Some((200, _))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("the worker did not become ready");
-    }
-
-    fn peak_rss_kib(&self) -> u64 {
-        peak_rss_kib(self.child.id())
-    }
-
-    fn stop(mut self) {
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -255,33 +146,17 @@ fn drain_bench(bin: &Path, tmp: &Path, n: u64) {
     let bare = bare_drain(&topic, n);
     println!("bare rdkafka consumer: {bare:.0} events/s");
 
-    let worker = Worker::start(bin, tmp, &topic, "", "");
-    let mut first: Option<Instant> = None;
-    let mut first_count = 0.0;
-    let until = Instant::now() + Duration::from_secs(1800);
-    let mut done = 0.0;
-    while Instant::now() < until {
-        done = worker.events_done();
-        if done > 0.0 && first.is_none() {
-            first = Some(Instant::now());
-            first_count = done;
-        }
-        if done >= n as f64 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let elapsed = first
-        .expect("the worker applied events")
-        .elapsed()
-        .as_secs_f64();
-    let ours = (done - first_count) / elapsed;
-    let rss = worker.peak_rss_kib();
-    let cpu = cpu_seconds(worker.child.id());
-    let left: u64 = redis_cli(&["DBSIZE"]).parse().unwrap_or(0);
-    worker.stop();
+    // Control: librdkafka's own `fetch.queue.backoff.ms` (1 s), which the worker sets to 50 ms.
+    let control = "\"fetch.queue.backoff.ms\" = \"1000\"";
+    let (slow, slow_cpu, _) = worker_drain(bin, tmp, &topic, n, control);
     println!(
-        "invalidator run: {ours:.0} events/s ({done} events; {left} keys left in DB {DB}); ratio to the bare consumer {:.2}; {cpu:.2} s CPU",
+        "invalidator run, control with fetch.queue.backoff.ms = 1000: {slow:.0} events/s; {slow_cpu:.2} s CPU"
+    );
+    prefill("", 0..n);
+    let (ours, cpu, rss) = worker_drain(bin, tmp, &topic, n, "");
+    let left: u64 = redis_cli(&["DBSIZE"]).parse().unwrap_or(0);
+    println!(
+        "invalidator run: {ours:.0} events/s ({left} keys left in DB {DB}); ratio to the bare consumer {:.2}; {cpu:.2} s CPU",
         ours / bare
     );
     println!(
@@ -295,6 +170,31 @@ fn drain_bench(bin: &Path, tmp: &Path, n: u64) {
         ours / replayed,
         verdict(ours / replayed >= 0.8)
     );
+}
+
+/// `invalidator run` with `properties` drains the `n` events of `topic` in a new group: its rate
+/// from its first to its last applied event (`/metrics`, every 20 ms), its CPU seconds and its
+/// peak RSS (KiB).
+fn worker_drain(bin: &Path, tmp: &Path, topic: &str, n: u64, properties: &str) -> (f64, f64, u64) {
+    let worker = Worker::start(bin, tmp, (topic, DB), "", properties);
+    let mut first: Option<(Instant, f64)> = None;
+    let until = Instant::now() + Duration::from_secs(1800);
+    let done = loop {
+        let done = worker.events_done();
+        if done > 0.0 && first.is_none() {
+            first = Some((Instant::now(), done));
+        }
+        if done >= n as f64 || Instant::now() > until {
+            break done;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (at, count) = first.expect("the worker applied events");
+    let elapsed = at.elapsed().as_secs_f64();
+    assert!(done >= n as f64, "the worker applied {done} of {n} events");
+    let (rss, cpu) = (worker.peak_rss_kib(), cpu_seconds(worker.child.id()));
+    worker.stop();
+    ((done - count) / elapsed, cpu, rss)
 }
 
 /// The events of [`drain_bench`] replayed from a file with the worker's rule, on the keys prefilled
@@ -355,7 +255,7 @@ fn latency_bench(
         let w = Worker::start(
             bin,
             tmp,
-            &topic,
+            (&topic, DB),
             "lat:",
             &format!("\"fetch.wait.max.ms\" = \"{}\"\n", fetch_wait_ms),
         );

@@ -10,6 +10,7 @@
 //!   streams commands as RESP into one `redis-cli --pipe` per server, each command routed by the
 //!   caller (a Cluster: to the primary that owns the slot of its first key);
 //! - [`kafka`]: the broker of bench/worker.rs, its topics, producer and bare consumers;
+//! - [`worker`]: `invalidator run` as a child of bench/worker.rs ([`Worker`](worker::Worker));
 //! - [`servers`]: the `redis-server`s a benchmark starts on its own ports and stops ([`Servers`](servers::Servers)),
 //!   a Redis Cluster of them;
 //! - [`measure`]: [`build_release`](measure::build_release), [`run_child`](measure::run_child) (wall time, CPU and peak RSS of the child from
@@ -25,3 +26,4 @@ pub mod kafka;
 pub mod measure;
 pub mod redis;
 pub mod servers;
+pub mod worker;
