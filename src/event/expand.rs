@@ -51,17 +51,26 @@ pub fn expand_document(bytes: Vec<u8>, position: Position, max_bytes: usize) -> 
 /// literally: with no `\u` escape anywhere, a key cannot spell them otherwise. Anything else goes
 /// the general way.
 fn one_event(bytes: &[u8], max_bytes: usize) -> bool {
-    use memchr::memmem::find;
     let starts_object = bytes
         .iter()
         .find(|b| !b.is_ascii_whitespace())
         .is_some_and(|b| *b == b'{');
     starts_object
         && bytes.len() <= max_bytes
-        && find(bytes, b"\\u").is_none()
-        && find(bytes, b"\"Records\"").is_none()
-        && find(bytes, DLQ_KEY).is_none()
+        && NOT_ONE_EVENT.iter().all(|f| f.find(bytes).is_none())
 }
+
+/// What [`one_event`] looks for, each searcher built once (building one per line was 3% of a
+/// replay's CPU).
+static NOT_ONE_EVENT: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 3]> =
+    std::sync::LazyLock::new(|| {
+        use memchr::memmem::Finder;
+        [
+            Finder::new(b"\\u"),
+            Finder::new(b"\"Records\""),
+            Finder::new(DLQ_KEY),
+        ]
+    });
 
 /// The key of a dead-letter record, quoted.
 const DLQ_KEY: &[u8] = b"\"invalidator_dlq\"";
