@@ -9,8 +9,8 @@
 //!      limit on this machine);
 //!    - `target/release/invalidator run` (one `delete` of `price:{product_id}`) drains it in a new
 //!      group, first with librdkafka's own `fetch.queue.backoff.ms` (1 s, the control), then as
-//!      shipped, on the keys prefilled again; its rate is measured from its first to its last applied event (`/metrics`), and its
-//!      peak RSS (`VmHWM`) and CPU are read before it is stopped;
+//!      shipped, on the keys prefilled again; its rate is measured from its first to its last
+//!      applied event (`/metrics`), and its peak RSS (`VmHWM`) and CPU are read before it stops;
 //!    - `invalidator replay` of the same events from a file, with the same rules, on the keys
 //!      prefilled again: the worker's drain is held to it (issue 16: at least 0.8 of it).
 //! 2. Latency: a fresh topic and a running worker; events are produced at a steady R events/s (default
