@@ -11,7 +11,7 @@ use crate::config::KafkaConfig;
 
 /// Defaults the worker sets before the user's `[kafka.properties]` (which win).
 pub(crate) fn consumer_defaults(config: &KafkaConfig) -> Vec<(&'static str, String)> {
-    vec![
+    let mut defaults = vec![
         ("bootstrap.servers", config.brokers.clone()),
         ("group.id", config.group.clone()),
         // We store offsets ourselves, only for events that are done; librdkafka commits what
@@ -21,6 +21,16 @@ pub(crate) fn consumer_defaults(config: &KafkaConfig) -> Vec<(&'static str, Stri
         ("auto.commit.interval.ms", "1000".into()),
         // A new group starts from the oldest event: an invalidation missed is a stale cache.
         ("auto.offset.reset", "earliest".into()),
+        ("statistics.interval.ms", "5000".into()),
+        ("client.id", "invalidator".into()),
+    ];
+    defaults.extend(prefetch_defaults(config));
+    defaults
+}
+
+/// librdkafka's prefetch, for every consumer (the worker's and `replay --from-kafka`'s).
+pub(crate) fn prefetch_defaults(config: &KafkaConfig) -> [(&'static str, String); 2] {
+    [
         // Bounded prefetch, from `max_in_flight_bytes` (librdkafka's default is 64 MiB per
         // consumer). librdkafka derives `fetch.max.bytes` from it unless that is set.
         (
@@ -31,8 +41,6 @@ pub(crate) fn consumer_defaults(config: &KafkaConfig) -> Vec<(&'static str, Stri
         // 1 s, left a worker draining a backlog idle for most of each second: the queue empties
         // in a fraction of it). Looking again costs a check, not a request.
         ("fetch.queue.backoff.ms", "50".into()),
-        ("statistics.interval.ms", "5000".into()),
-        ("client.id", "invalidator".into()),
     ]
 }
 

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use super::ReplayError;
 use super::read::{Batch, Batcher};
 use crate::config::KafkaConfig;
-use crate::kafka_client::{client_config, log_to_tracing};
+use crate::kafka_client::{client_config, log_to_tracing, prefetch_defaults};
 use crate::source::files::Input;
 use letter::original;
 
@@ -128,7 +128,7 @@ fn group_only(key: &str) -> bool {
 
 /// The consumer, then the window resolved against the brokers (blocking: run it off the runtime).
 pub fn resolve(config: &KafkaConfig, window: Window) -> Result<Resolved, ReplayError> {
-    let defaults = vec![
+    let mut defaults = vec![
         ("bootstrap.servers", config.brokers.clone()),
         // librdkafka assigns partitions only with a group id; this one is never joined (no
         // subscription) nor committed to, and is not the worker's.
@@ -143,12 +143,9 @@ pub fn resolve(config: &KafkaConfig, window: Window) -> Result<Resolved, ReplayE
         ("enable.partition.eof", "true".into()),
         // Records removed by retention since the lookup: start from the oldest one left.
         ("auto.offset.reset", "earliest".into()),
-        (
-            "queued.max.messages.kbytes",
-            config.prefetch_kbytes().to_string(),
-        ),
         ("client.id", "invalidator-replay".into()),
     ];
+    defaults.extend(prefetch_defaults(config));
     let consumer: BaseConsumer<ReplayContext> =
         client_config(defaults, &config.properties, |k| !group_only(k))
             .create_with_context(ReplayContext)
