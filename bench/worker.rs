@@ -176,7 +176,7 @@ fn drain_bench(bin: &Path, tmp: &Path, n: u64) {
 /// from its first to its last applied event (`/metrics`, every 20 ms), its CPU seconds and its
 /// peak RSS (KiB).
 fn worker_drain(bin: &Path, tmp: &Path, topic: &str, n: u64, properties: &str) -> (f64, f64, u64) {
-    let worker = Worker::start(bin, tmp, (topic, DB), "", properties);
+    let worker = Worker::start(bin, tmp, topic, DB, "", properties);
     let mut first: Option<(Instant, f64)> = None;
     let until = Instant::now() + Duration::from_secs(1800);
     let done = loop {
@@ -255,7 +255,8 @@ fn latency_bench(
         let w = Worker::start(
             bin,
             tmp,
-            (&topic, DB),
+            &topic,
+            DB,
             "lat:",
             &format!("\"fetch.wait.max.ms\" = \"{}\"\n", fetch_wait_ms),
         );

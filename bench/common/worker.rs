@@ -22,7 +22,8 @@ impl Worker {
     pub fn start(
         bin: &Path,
         tmp: &Path,
-        (topic, db): (&str, &str),
+        topic: &str,
+        db: &str,
         prefix: &str,
         properties: &str,
     ) -> Worker {
