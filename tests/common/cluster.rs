@@ -154,9 +154,15 @@ impl ClusterWorld {
         })
     }
 
-    /// `n` keys `{p}{stem}0`..: spread over the slots.
+    /// `n` keys `{p}{stem}0`.., spread over the slots. The numbers have one width: CRC16 is
+    /// linear, so keys of one length land on slots that the random prefix only permutes, and
+    /// the spread is the same in every run (with numbers of several lengths, 2,000 keys met
+    /// between 1,280 and 2,000 distinct slots depending on the prefix).
     pub fn keys(&self, stem: &str, n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("{}{stem}{i}", self.p)).collect()
+        let width = n.saturating_sub(1).to_string().len();
+        (0..n)
+            .map(|i| format!("{}{stem}{i:0width$}", self.p))
+            .collect()
     }
 
     /// Applies `plan` through the library's layer, its tags kept in `layout`.
