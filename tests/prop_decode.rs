@@ -494,9 +494,9 @@ fn arb_position() -> impl Strategy<Value = Position> {
     )
         .prop_map(
             |(file, line, topic, partition, offset, message_id)| Position {
-                file,
+                file: file.map(Into::into),
                 line,
-                topic,
+                topic: topic.map(Into::into),
                 partition,
                 offset,
                 message_id,

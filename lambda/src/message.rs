@@ -33,7 +33,7 @@ impl Message {
         let mut record = Record::new(body.into_bytes(), position);
         record.attempts = self.previous_attempts;
         if self.source_arn.is_some() || self.group_id.is_some() {
-            record.carried = Some(Box::new(Carried {
+            record.carried = Some(std::sync::Arc::new(Carried {
                 source_arn: self.source_arn.clone(),
                 group_id: self.group_id.clone(),
                 ..Carried::default()

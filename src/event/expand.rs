@@ -5,6 +5,8 @@
 //! Pure, like all of `event/`: no I/O, no clock. It splits and checks sizes; decoding an event is
 //! [`super::decode`]'s, and the record types are [`super::record`]'s.
 
+use std::sync::Arc;
+
 use aws_lambda_events::event::{sns::SnsEvent, sqs::SqsEvent};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -123,7 +125,7 @@ fn expand_dlq(value: Value, bytes: Vec<u8>, position: Position, max_bytes: usize
                 attempts: dlq.attempts,
                 origin: Some(dlq.origin.unwrap_or(dlq.source)),
                 truncated: false,
-                carried: carried.map(Box::new),
+                carried: carried.map(Arc::new),
             })
         });
     let record = match result {
@@ -364,7 +366,7 @@ mod tests {
             ("trace".into(), Some(vec![0xff, 0x00])),
             ("empty".into(), None),
         ];
-        rec.carried = Some(Box::new(crate::event::Carried {
+        rec.carried = Some(Arc::new(crate::event::Carried {
             key: Some(b"sku-A1".to_vec()),
             headers: headers.clone(),
             ..Default::default()

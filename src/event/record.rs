@@ -5,6 +5,7 @@
 //! Splitting documents into records is [`super::expand`]'s.
 
 use std::fmt;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -16,11 +17,11 @@ use super::DecodeError;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
+    pub file: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub topic: Option<String>,
+    pub topic: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -30,9 +31,10 @@ pub struct Position {
 }
 
 impl Position {
-    pub fn file_line(file: &str, line: u64) -> Self {
+    /// A file's line. Records of one file share its name (`Arc<str>`).
+    pub fn file_line(file: impl Into<Arc<str>>, line: u64) -> Self {
         Position {
-            file: Some(file.to_owned()),
+            file: Some(file.into()),
             line: Some(line),
             ..Position::default()
         }
@@ -96,8 +98,9 @@ pub struct Record {
     /// Only the first bytes of an over-long input line were kept.
     pub truncated: bool,
     /// What the source carried beside the payload (a Kafka key and headers, an SQS message
-    /// group), kept so that a dead letter goes out as the record came in.
-    pub carried: Option<Box<Carried>>,
+    /// group), kept so that a dead letter goes out as the record came in. Shared: a unit retried
+    /// copies its records, not this.
+    pub carried: Option<Arc<Carried>>,
 }
 
 /// What a source carried beside a record's payload.

@@ -80,7 +80,8 @@ enum Mode {
 /// Reads one input (a file or stdin) as [`Input`]s.
 pub struct InputReader {
     reader: Box<dyn BufRead + Send>,
-    name: String,
+    /// Shared by the positions of its records.
+    name: Arc<str>,
     line: u64,
     max_bytes: usize,
     mode: Mode,
@@ -98,7 +99,7 @@ impl InputReader {
     ) -> Self {
         InputReader {
             reader,
-            name: name.to_owned(),
+            name: name.into(),
             line: 0,
             max_bytes,
             mode: Mode::Start,
@@ -108,7 +109,7 @@ impl InputReader {
     }
 
     fn pos_at(&self, line: u64) -> Position {
-        Position::file_line(&self.name, line)
+        Position::file_line(self.name.clone(), line)
     }
 
     /// Reads one line of at most [`max_line`] bytes (without its newline). `None` at the end. A

@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
-use rdkafka::consumer::Consumer;
+use futures::{FutureExt, StreamExt};
+use rdkafka::consumer::{Consumer, MessageStream};
 use rdkafka::error::KafkaResult;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::apply::redis::ApplyReport;
@@ -29,7 +30,7 @@ use crate::driver::{Adapter, Done, Records, Redeleted, Room, sleep_until};
 use crate::engine::EngineError;
 use crate::event::Expanded;
 use crate::health::Health;
-use crate::source::kafka::{Input, KafkaConsumer, Shared, Watermarks};
+use crate::source::kafka::{Input, KafkaConsumer, Shared, TopicNames, Watermarks, WorkerContext};
 use crate::telemetry;
 
 /// A unit of the worker: its messages, kept whole so that a retry decodes them again, and their
@@ -62,11 +63,14 @@ fn held(input: &Input) -> usize {
     input.record.payload.len() + carried
 }
 
+type Stream<'a> = MessageStream<'a, WorkerContext>;
+type Polled<'a> = KafkaResult<BorrowedMessage<'a>>;
+
 /// The offsets of a unit's messages, by partition (a unit holds runs of a few partitions).
 pub(super) type Offsets = Vec<PartitionOffsets>;
 
 pub(super) struct PartitionOffsets {
-    topic: String,
+    topic: Arc<str>,
     partition: i32,
     offsets: Vec<i64>,
 }
@@ -78,11 +82,11 @@ fn offsets_of(inputs: &[Input]) -> Offsets {
         let (topic, partition) = (i.topic(), i.partition());
         match groups
             .iter_mut()
-            .find(|g| g.partition == partition && g.topic == topic)
+            .find(|g| g.partition == partition && *g.topic == *topic)
         {
             Some(g) => g.offsets.push(i.offset()),
             None => groups.push(PartitionOffsets {
-                topic: topic.to_owned(),
+                topic: i.record.position.topic.clone().unwrap_or_default(),
                 partition,
                 offsets: vec![i.offset()],
             }),
@@ -92,7 +96,8 @@ fn offsets_of(inputs: &[Input]) -> Offsets {
 }
 
 pub(super) struct Intake {
-    pub consumer: KafkaConsumer,
+    pub consumer: Arc<KafkaConsumer>,
+    pub topics: TopicNames,
     pub shared: Arc<Shared>,
     pub health: Arc<Health>,
     pub config: KafkaConfig,
@@ -149,11 +154,12 @@ impl Intake {
 
     /// Takes in the message, then what librdkafka already holds, without waiting, while
     /// [`Intake::wants_more`].
-    fn take_in(&mut self, first: KafkaResult<Input>, room: Room) {
+    fn take_in(&mut self, first: Polled<'_>, messages: &mut Stream<'_>, room: Room) {
         let mut next = Some(first);
         while let Some(m) = next {
             match m {
-                Ok(input) => {
+                Ok(m) => {
+                    let input = Input::from_message(&m, &mut self.topics, self.max_event_bytes);
                     let mut w = self.shared.watermarks.lock().expect("watermarks lock");
                     w.begin(input.topic(), input.partition(), input.offset());
                     drop(w);
@@ -166,9 +172,7 @@ impl Intake {
                 Err(e) => tracing::warn!(error = %e, "Kafka consumer error"),
             }
             next = if self.wants_more(room) {
-                let max = self.max_event_bytes;
-                let ready = self.consumer.recv().now_or_never();
-                ready.map(|m| m.map(|m| Input::from_message(&m, max)))
+                messages.next().now_or_never().flatten()
             } else {
                 None
             };
@@ -182,6 +186,10 @@ impl Adapter for Intake {
     type Error = std::convert::Infallible;
 
     async fn next(&mut self, room: Room) -> Option<(Messages, Offsets)> {
+        // One stream for the whole unit: a stream registers a waker with rdkafka (under a lock)
+        // when made and removes it when dropped, which per message cost more than the poll.
+        let consumer = self.consumer.clone();
+        let mut messages = consumer.stream();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -196,10 +204,7 @@ impl Adapter for Intake {
             // Paused, we keep polling, to stay in the group and see rebalances.
             let recv_allowed = self.paused || !full;
             tokio::select! {
-                m = self.consumer.recv(), if recv_allowed => {
-                    let first = m.map(|m| Input::from_message(&m, self.max_event_bytes));
-                    self.take_in(first, room);
-                }
+                Some(m) = messages.next(), if recv_allowed => self.take_in(m, &mut messages, room),
                 () = sleep_until(due_at), if room.units && due_at.is_some() => {}
                 _ = tick.tick() => {}
             }

@@ -76,7 +76,8 @@ pub async fn run(
         },
     };
     let mut intake = Intake {
-        consumer,
+        consumer: Arc::new(consumer),
+        topics: kafka::TopicNames::default(),
         shared,
         health: health.clone(),
         max_event_bytes: engine.config.limits.max_event_bytes,

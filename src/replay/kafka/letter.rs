@@ -1,14 +1,20 @@
 //! Records of a dead-letter topic read back as the records they were.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rdkafka::message::BorrowedMessage;
 
 use crate::event::{DecodeError, Expanded, Position, Record};
+use crate::source::kafka::{Input, TopicNames};
 
 /// The record for the engine; a dead letter as its original ([`as_original`]).
-pub(super) fn original(m: &BorrowedMessage<'_>, max_bytes: usize) -> Expanded {
-    let mut input = crate::source::kafka::Input::from_message(m, max_bytes);
+pub(super) fn original(
+    m: &BorrowedMessage<'_>,
+    topics: &mut TopicNames,
+    max_bytes: usize,
+) -> Expanded {
+    let mut input = Input::from_message(m, topics, max_bytes);
     match as_original(&mut input.record) {
         Letter::No | Letter::Whole => input.into_expanded(),
         Letter::Cut(size) => Expanded::Failed {
@@ -34,7 +40,7 @@ enum Letter {
 /// Takes the `invalidator.*` headers of a dead letter off `record`, and its attempts, first
 /// position and cut from them.
 fn as_original(record: &mut Record) -> Letter {
-    let Some(carried) = record.carried.as_deref_mut() else {
+    let Some(carried) = record.carried.as_mut().map(Arc::make_mut) else {
         return Letter::No;
     };
     let ours: BTreeMap<String, String> = carried
@@ -60,10 +66,10 @@ fn as_original(record: &mut Record) -> Letter {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1);
     let origin = Position {
-        topic: get("invalidator.source.topic").map(str::to_owned),
+        topic: get("invalidator.source.topic").map(Into::into),
         partition: get("invalidator.source.partition").and_then(|p| p.parse().ok()),
         offset: get("invalidator.source.offset").and_then(|o| o.parse().ok()),
-        file: get("invalidator.source.file").map(str::to_owned),
+        file: get("invalidator.source.file").map(Into::into),
         line: get("invalidator.source.line").and_then(|l| l.parse().ok()),
         message_id: get("invalidator.source.message_id").map(str::to_owned),
     };
@@ -91,7 +97,7 @@ mod tests {
 
     fn letter(headers: Vec<(String, Option<Vec<u8>>)>) -> Record {
         let mut r = Record::new(b"{\"type\":\"x\"}".to_vec(), Position::default());
-        r.carried = Some(Box::new(Carried {
+        r.carried = Some(Arc::new(Carried {
             key: Some(b"sku-1".to_vec()),
             headers,
             ..Carried::default()
@@ -113,7 +119,7 @@ mod tests {
         assert_eq!(r.attempts, 3);
         let origin = r.origin.clone().unwrap();
         assert_eq!(origin.to_string(), "prices/2@41");
-        let carried = r.carried.unwrap();
+        let carried = r.carried.as_deref().unwrap();
         assert_eq!(carried.headers, vec![header("ce_type", "price.updated")]);
         assert_eq!(carried.key.as_deref(), Some(&b"sku-1"[..]));
     }

@@ -38,6 +38,7 @@ use super::read::{Batch, Batcher};
 use crate::config::KafkaConfig;
 use crate::kafka_client::{client_config, log_to_tracing, prefetch_defaults};
 use crate::source::files::Input;
+use crate::source::kafka::TopicNames;
 use letter::original;
 
 /// How long the brokers may take to answer the window's lookups (metadata, offsets) before the
@@ -290,6 +291,7 @@ pub(super) fn read_window(
         return batcher.fail(unavailable("assign", e));
     }
     let mut idle_since = Instant::now();
+    let mut topics = TopicNames::default();
     while !open.is_empty() {
         let Some(polled) = consumer.poll(Duration::from_millis(200)) else {
             if idle_since.elapsed() >= STALL {
@@ -330,7 +332,7 @@ pub(super) fn read_window(
             outside.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        if !batcher.push(Input::Ready(original(&m, max_bytes))) {
+        if !batcher.push(Input::Ready(original(&m, &mut topics, max_bytes))) {
             return;
         }
     }

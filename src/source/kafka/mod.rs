@@ -172,11 +172,31 @@ pub struct Input {
     pub binary: Option<Result<Value, DecodeError>>,
 }
 
+/// The names of the topics read, each allocated once: the records of a topic share it.
+#[derive(Debug, Default)]
+pub struct TopicNames(Vec<Arc<str>>);
+
+impl TopicNames {
+    /// `name`, shared. A consumer reads a handful of topics: a scan beats hashing.
+    pub fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(t) = self.0.iter().find(|t| &***t == name) {
+            return t.clone();
+        }
+        let t: Arc<str> = name.into();
+        self.0.push(t.clone());
+        t
+    }
+}
+
 impl Input {
-    pub fn from_message(m: &BorrowedMessage<'_>, max_bytes: usize) -> Input {
+    pub fn from_message(
+        m: &BorrowedMessage<'_>,
+        topics: &mut TopicNames,
+        max_bytes: usize,
+    ) -> Input {
         let headers = headers_of(m);
         let position = Position {
-            topic: Some(m.topic().to_owned()),
+            topic: Some(topics.get(m.topic())),
             partition: Some(m.partition()),
             offset: Some(m.offset()),
             ..Position::default()
@@ -186,7 +206,7 @@ impl Input {
         let mut record = Record::new(payload, position);
         let key = m.key().map(<[u8]>::to_vec);
         if key.is_some() || !headers.is_empty() {
-            record.carried = Some(Box::new(Carried {
+            record.carried = Some(Arc::new(Carried {
                 key,
                 headers,
                 ..Carried::default()
