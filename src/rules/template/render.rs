@@ -18,6 +18,23 @@ impl Template {
         max_fanout: usize,
         out: &mut Vec<String>,
     ) -> Result<(), RenderError> {
+        if max_fanout >= 1
+            && let Some(one) = self.render_single(scope, safe)?
+        {
+            out.push(one);
+            return Ok(());
+        }
+        self.render_all(scope, safe, max_fanout, out)
+    }
+
+    /// The general path of [`Template::render`]: every placeholder's values, then their product.
+    pub(super) fn render_all(
+        &self,
+        scope: Scope<'_>,
+        safe: &SafeValues,
+        max_fanout: usize,
+        out: &mut Vec<String>,
+    ) -> Result<(), RenderError> {
         // Resolve every placeholder to its values first, so the product is known before building.
         let mut parts: Vec<Vec<String>> = Vec::with_capacity(self.segments.len());
         let mut total: u128 = 1;
@@ -41,6 +58,49 @@ impl Template {
         }
         odometer(&parts, self.source.len() + 16, out);
         Ok(())
+    }
+
+    /// The one output of a template whose placeholders have no `[]` (most of them), built in
+    /// place without the general path's lists; `None` for one with `[]`, which may give several
+    /// or none. The same resolution, checks and first error as the general path.
+    pub(super) fn render_single(
+        &self,
+        scope: Scope<'_>,
+        safe: &SafeValues,
+    ) -> Result<Option<String>, RenderError> {
+        let mut s = String::with_capacity(self.source.len() + 16);
+        for seg in &self.segments {
+            let var = match seg {
+                Segment::Lit(l) => {
+                    s.push_str(l);
+                    continue;
+                }
+                Segment::Var(var) if var.path.contains(&Step::Each) => return Ok(None),
+                Segment::Var(var) => var,
+            };
+            let value = match &var.root {
+                Root::Data => {
+                    let v = walk(&scope.event.data, &var.path)
+                        .map_err(|m| self.template_error(var, m))?;
+                    let start = s.len();
+                    self.push_scalar(var, v, &mut s)?;
+                    if !safe.is_safe(&s[start..]) {
+                        return Err(self.unsafe_value(var, &s[start..]));
+                    }
+                    continue;
+                }
+                Root::EventId => Some(&*scope.event.id),
+                Root::EventType => Some(&*scope.event.kind),
+                Root::EventSource => scope.event.source.as_deref(),
+                Root::Item => scope.item,
+            };
+            let v = value.ok_or_else(|| self.template_error(var, no_such(&var.root)))?;
+            if !safe.is_safe(v) {
+                return Err(self.unsafe_value(var, v));
+            }
+            s.push_str(v);
+        }
+        Ok(Some(s))
     }
 
     /// Renders a template that must give exactly one value (cascade data, sets).
@@ -89,9 +149,9 @@ impl Template {
         scope: Scope<'_>,
         safe: &SafeValues,
     ) -> Result<Vec<String>, RenderError> {
-        let direct = |v: Option<&str>, what: &str| -> Result<Vec<String>, RenderError> {
+        let direct = |v: Option<&str>| -> Result<Vec<String>, RenderError> {
             let Some(v) = v else {
-                return Err(self.template_error(var, format!("the event has no {what}")));
+                return Err(self.template_error(var, no_such(&var.root)));
             };
             if !safe.is_safe(v) {
                 return Err(self.unsafe_value(var, v));
@@ -99,10 +159,10 @@ impl Template {
             Ok(vec![v.to_owned()])
         };
         match &var.root {
-            Root::EventId => direct(Some(&scope.event.id), "id"),
-            Root::EventType => direct(Some(&scope.event.kind), "type"),
-            Root::EventSource => direct(scope.event.source.as_deref(), "source"),
-            Root::Item => direct(scope.item, "current member"),
+            Root::EventId => direct(Some(&scope.event.id)),
+            Root::EventType => direct(Some(&scope.event.kind)),
+            Root::EventSource => direct(scope.event.source.as_deref()),
+            Root::Item => direct(scope.item),
             Root::Data => {
                 let mut leaves = Vec::new();
                 collect(&scope.event.data, &var.path, &mut leaves)
@@ -116,9 +176,22 @@ impl Template {
     }
 
     fn scalar(&self, var: &Var, v: &Value, safe: &SafeValues) -> Result<String, RenderError> {
-        let s = match v {
-            Value::String(s) => s.clone(),
-            Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+        let mut s = String::new();
+        self.push_scalar(var, v, &mut s)?;
+        if !safe.is_safe(&s) {
+            return Err(self.unsafe_value(var, &s));
+        }
+        Ok(s)
+    }
+
+    /// Appends a string or an integer as text; anything else is an error.
+    fn push_scalar(&self, var: &Var, v: &Value, s: &mut String) -> Result<(), RenderError> {
+        match v {
+            Value::String(v) => s.push_str(v),
+            Value::Number(n) if n.is_i64() || n.is_u64() => {
+                use std::fmt::Write as _;
+                write!(s, "{n}").expect("writing to a String");
+            }
             other => {
                 return Err(self.template_error(
                     var,
@@ -129,11 +202,8 @@ impl Template {
                     ),
                 ));
             }
-        };
-        if !safe.is_safe(&s) {
-            return Err(self.unsafe_value(var, &s));
         }
-        Ok(s)
+        Ok(())
     }
 
     fn template_error(&self, _var: &Var, message: String) -> RenderError {
@@ -161,6 +231,18 @@ fn shown(value: &str) -> String {
     format!("{s:?}")
 }
 
+/// What a template error says when the event lacks a root's value.
+fn no_such(root: &Root) -> String {
+    let what = match root {
+        Root::EventId => "id",
+        Root::EventType => "type",
+        Root::EventSource => "source",
+        Root::Item => "current member",
+        Root::Data => "data",
+    };
+    format!("the event has no {what}")
+}
+
 /// Walks `path` from `value`, pushing every leaf (several through `[]`).
 fn collect<'v>(value: &'v Value, path: &[Step], out: &mut Vec<&'v Value>) -> Result<(), String> {
     let Some((step, rest)) = path.split_first() else {
@@ -168,27 +250,35 @@ fn collect<'v>(value: &'v Value, path: &[Step], out: &mut Vec<&'v Value>) -> Res
         return Ok(());
     };
     match (step, value) {
-        (Step::Key(k), Value::Object(map)) => match map.get(k) {
-            Some(v) if !v.is_null() => collect(v, rest, out),
-            _ => Err(format!("no field `{k}` in the event data")),
-        },
-        (Step::Key(k), other) => Err(format!(
-            "cannot read `{k}` from {}",
-            crate::event::decode::kind_name(other)
-        )),
-        (Step::Index(i), Value::Array(items)) => match items.get(*i) {
-            Some(v) => collect(v, rest, out),
-            None => Err(format!(
-                "index {i} is past the end of a list of {}",
-                items.len()
-            )),
-        },
         (Step::Each, Value::Array(items)) => {
             for item in items {
                 collect(item, rest, out)?;
             }
             Ok(())
         }
+        _ => collect(one_step(step, value)?, rest, out),
+    }
+}
+
+/// Walks a `path` without `[]` from `value` to its one leaf.
+fn walk<'v>(value: &'v Value, path: &[Step]) -> Result<&'v Value, String> {
+    path.iter().try_fold(value, |v, step| one_step(step, v))
+}
+
+/// One step that is not a `[]` over a list: a field or an index.
+fn one_step<'v>(step: &Step, value: &'v Value) -> Result<&'v Value, String> {
+    match (step, value) {
+        (Step::Key(k), Value::Object(map)) => match map.get(k) {
+            Some(v) if !v.is_null() => Ok(v),
+            _ => Err(format!("no field `{k}` in the event data")),
+        },
+        (Step::Key(k), other) => Err(format!(
+            "cannot read `{k}` from {}",
+            crate::event::decode::kind_name(other)
+        )),
+        (Step::Index(i), Value::Array(items)) => items
+            .get(*i)
+            .ok_or_else(|| format!("index {i} is past the end of a list of {}", items.len())),
         (Step::Index(_) | Step::Each, other) => Err(format!(
             "`[]` needs a list, found {}",
             crate::event::decode::kind_name(other)

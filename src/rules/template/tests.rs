@@ -192,3 +192,44 @@ fn literal_control_bytes_only_in_keys_and_tags() {
 fn glob_escape_escapes_every_glob_character() {
     assert_eq!(glob_escape(r"a*b?c[d]e\"), r"a\*b\?c\[d\]e\\");
 }
+
+#[test]
+fn the_single_value_path_answers_as_the_general_path() {
+    let data = json!({"product_id": 42, "sku": "S-1", "neg": -3, "price": 9.9, "flag": true,
+        "nul": null, "a": {"b": "x", "n": [1, "two"]}, "bad": "a b", "l": ["p", "q"], "e": []});
+    let templates = [
+        "price:{product_id}",
+        "p:{sku}:{neg}",
+        "k:{a.b}:{a.n[1]}:{l[0]}",
+        "{event.type}/{event.id}/{event.source}/{item}",
+        "x:{price}",
+        "x:{flag}",
+        "x:{nul}",
+        "x:{missing}",
+        "x:{a.b.c}",
+        "x:{l[5]}",
+        "x:{sku[0]}",
+        "x:{bad}",
+        "x:{a}",
+        "x:{l[]}",
+        "x:{e[]}:{missing}",
+    ];
+    let safe = SafeValues::default();
+    for src in templates {
+        let t = Template::compile(src, TemplateKind::Key, true).unwrap();
+        for (source, item) in [(Some("pricing"), Some("m1")), (None, None)] {
+            let mut e = event(data.clone());
+            e.source = source.map(Into::into);
+            let scope = Scope { event: &e, item };
+            let mut general = Vec::new();
+            let general = t
+                .render_all(scope, &safe, 1000, &mut general)
+                .map(|()| general);
+            match t.render_single(scope, &safe) {
+                Ok(Some(one)) => assert_eq!(general, Ok(vec![one]), "{src}"),
+                Ok(None) => assert!(src.contains("[]"), "{src}: only `[]` leaves the fast path"),
+                Err(e) => assert_eq!(general, Err(e), "{src}"),
+            }
+        }
+    }
+}
