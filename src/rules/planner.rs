@@ -323,6 +323,11 @@ fn product(parts: Vec<Vec<Value>>, max: usize) -> Result<Vec<Vec<Value>>, Render
             limit: max,
         });
     }
+    if total == 1 {
+        // One combination (no `[]` fan-out: the common case): the values are moved, where the
+        // general loop below copies the prefix and the value at every step.
+        return Ok(vec![parts.into_iter().flatten().collect()]);
+    }
     let mut out: Vec<Vec<Value>> = vec![Vec::with_capacity(parts.len())];
     for part in parts {
         out = out
@@ -337,4 +342,25 @@ fn product(parts: Vec<Vec<Value>>, max: usize) -> Result<Vec<Vec<Value>>, Render
             .collect();
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_product_of_single_values_is_them_in_order_and_a_fan_out_every_combination() {
+        let one = vec![vec![json!(1)], vec![json!("a")], vec![json!({"k": 2})]];
+        assert_eq!(
+            product(one, 1).unwrap(),
+            [[json!(1), json!("a"), json!({"k": 2})]]
+        );
+        let two = vec![vec![json!(1)], vec![json!("a"), json!("b")]];
+        assert_eq!(
+            product(two, 2).unwrap(),
+            [[json!(1), json!("a")], [json!(1), json!("b")]]
+        );
+        assert!(product(vec![vec![json!(1)]], 0).is_err(), "over the limit");
+    }
 }
