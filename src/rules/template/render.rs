@@ -78,27 +78,14 @@ impl Template {
                 Segment::Var(var) if var.path.contains(&Step::Each) => return Ok(None),
                 Segment::Var(var) => var,
             };
-            let value = match &var.root {
-                Root::Data => {
+            match self.envelope(var, scope, safe) {
+                Some(v) => s.push_str(v?),
+                None => {
                     let v = walk(&scope.event.data, &var.path)
                         .map_err(|m| self.template_error(var, m))?;
-                    let start = s.len();
-                    self.push_scalar(var, v, &mut s)?;
-                    if !safe.is_safe(&s[start..]) {
-                        return Err(self.unsafe_value(var, &s[start..]));
-                    }
-                    continue;
+                    self.push_checked(var, v, safe, &mut s)?;
                 }
-                Root::EventId => Some(&*scope.event.id),
-                Root::EventType => Some(&*scope.event.kind),
-                Root::EventSource => scope.event.source.as_deref(),
-                Root::Item => scope.item,
-            };
-            let v = value.ok_or_else(|| self.template_error(var, no_such(&var.root)))?;
-            if !safe.is_safe(v) {
-                return Err(self.unsafe_value(var, v));
             }
-            s.push_str(v);
         }
         Ok(Some(s))
     }
@@ -149,43 +136,56 @@ impl Template {
         scope: Scope<'_>,
         safe: &SafeValues,
     ) -> Result<Vec<String>, RenderError> {
-        let direct = |v: Option<&str>| -> Result<Vec<String>, RenderError> {
-            let Some(v) = v else {
-                return Err(self.template_error(var, no_such(&var.root)));
-            };
-            if !safe.is_safe(v) {
-                return Err(self.unsafe_value(var, v));
-            }
-            Ok(vec![v.to_owned()])
-        };
-        match &var.root {
-            Root::EventId => direct(Some(&scope.event.id)),
-            Root::EventType => direct(Some(&scope.event.kind)),
-            Root::EventSource => direct(scope.event.source.as_deref()),
-            Root::Item => direct(scope.item),
-            Root::Data => {
-                let mut leaves = Vec::new();
-                collect(&scope.event.data, &var.path, &mut leaves)
-                    .map_err(|m| self.template_error(var, m))?;
-                leaves
-                    .into_iter()
-                    .map(|v| self.scalar(var, v, safe))
-                    .collect()
-            }
+        if let Some(v) = self.envelope(var, scope, safe) {
+            return Ok(vec![v?.to_owned()]);
         }
+        let mut leaves = Vec::new();
+        collect(&scope.event.data, &var.path, &mut leaves)
+            .map_err(|m| self.template_error(var, m))?;
+        leaves
+            .into_iter()
+            .map(|v| self.scalar(var, v, safe))
+            .collect()
+    }
+
+    /// The checked value of a placeholder read from the envelope or the current member
+    /// (`{event.id}`, `{item}`...); `None` for one read from `data`.
+    fn envelope<'s>(
+        &self,
+        var: &Var,
+        scope: Scope<'s>,
+        safe: &SafeValues,
+    ) -> Option<Result<&'s str, RenderError>> {
+        let (value, what) = match &var.root {
+            Root::Data => return None,
+            Root::EventId => (Some(&*scope.event.id), "id"),
+            Root::EventType => (Some(&*scope.event.kind), "type"),
+            Root::EventSource => (scope.event.source.as_deref(), "source"),
+            Root::Item => (scope.item, "current member"),
+        };
+        Some(match value {
+            None => Err(self.template_error(var, format!("the event has no {what}"))),
+            Some(v) if !safe.is_safe(v) => Err(self.unsafe_value(var, v)),
+            Some(v) => Ok(v),
+        })
     }
 
     fn scalar(&self, var: &Var, v: &Value, safe: &SafeValues) -> Result<String, RenderError> {
         let mut s = String::new();
-        self.push_scalar(var, v, &mut s)?;
-        if !safe.is_safe(&s) {
-            return Err(self.unsafe_value(var, &s));
-        }
+        self.push_checked(var, v, safe, &mut s)?;
         Ok(s)
     }
 
-    /// Appends a string or an integer as text; anything else is an error.
-    fn push_scalar(&self, var: &Var, v: &Value, s: &mut String) -> Result<(), RenderError> {
+    /// Appends a string or an integer from `data` as text, if it is safe; anything else is an
+    /// error.
+    fn push_checked(
+        &self,
+        var: &Var,
+        v: &Value,
+        safe: &SafeValues,
+        s: &mut String,
+    ) -> Result<(), RenderError> {
+        let start = s.len();
         match v {
             Value::String(v) => s.push_str(v),
             Value::Number(n) if n.is_i64() || n.is_u64() => {
@@ -202,6 +202,9 @@ impl Template {
                     ),
                 ));
             }
+        }
+        if !safe.is_safe(&s[start..]) {
+            return Err(self.unsafe_value(var, &s[start..]));
         }
         Ok(())
     }
@@ -229,18 +232,6 @@ fn shown(value: &str) -> String {
         s.push('…');
     }
     format!("{s:?}")
-}
-
-/// What a template error says when the event lacks a root's value.
-fn no_such(root: &Root) -> String {
-    let what = match root {
-        Root::EventId => "id",
-        Root::EventType => "type",
-        Root::EventSource => "source",
-        Root::Item => "current member",
-        Root::Data => "data",
-    };
-    format!("the event has no {what}")
 }
 
 /// Walks `path` from `value`, pushing every leaf (several through `[]`).
