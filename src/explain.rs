@@ -6,14 +6,14 @@ use std::io::{self, Write};
 use serde_json::json;
 
 use crate::config::{Config, NEXTJS_IMPLICIT, TagLayout};
-use crate::engine::{Outcome, Prepared, prepare};
-use crate::event::{Position, expand_document};
+use crate::engine::{Outcome, Prepared, prepare_keeping};
+use crate::event::{DataFields, Position, expand_document};
 use crate::plan::{Action, key_text};
 use crate::rules::RuleSet;
 
 /// Explains every event of `text` (one event, a JSON array, a Lambda event document or a DLQ
-/// record) to `out`, through [`prepare`]: what it prints is what a unit would apply. Returns the
-/// exit status: 1 when an event would be dead-lettered, 0 otherwise.
+/// record) to `out`, through [`prepare_keeping`] with the whole event: what it prints is what a
+/// unit would apply. Returns the exit status: 1 when an event would be dead-lettered, 0 otherwise.
 pub fn explain(
     rules: &RuleSet,
     config: &Config,
@@ -27,7 +27,8 @@ pub fn explain(
     };
     let inputs = expand_document(text, position, config.limits.max_event_bytes);
     let mut code = 0;
-    for p in prepare(rules, &config.limits, inputs) {
+    // The event is shown whole, not only the fields of `data` the rules read.
+    for p in prepare_keeping(rules, &config.limits, &DataFields::All, inputs) {
         if matches!(p.outcome, Outcome::DeadLettered { .. }) {
             code = 1;
         }

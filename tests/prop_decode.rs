@@ -8,13 +8,17 @@
 //!   and data, and so does the same event as CloudEvents structured JSON (`data` or `data_base64`), as
 //!   an SNS notification envelope, as the `body` of an SQS Lambda event and as the `Message` of an SNS
 //!   Lambda event (shapes from `tests/fixtures/`);
+//! - the common-shape decode answers as the general path, and so does the decode that keeps only
+//!   some fields of `data`, as the whole event pruned of the others, on generated, repeated and
+//!   mutated (byte-flipped) payloads;
 //! - payloads over `max_bytes` give `too_large`;
 //! - a `DlqRecord` written as a JSON line and read back with `expand_document` gives the byte-exact
 //!   payload, `attempts` incremented and the origin kept.
 
 use base64::Engine as _;
 use invalidator::event::{
-    DecodeError, DlqRecord, Expanded, Position, Record, decode_event, decode_value, expand_document,
+    DataFields, DecodeError, DlqRecord, Expanded, Position, Record, decode_event,
+    decode_event_keeping, decode_value, expand_document,
 };
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -950,7 +954,17 @@ fn line(bytes: &[u8], max: usize) -> Vec<Result<invalidator::event::Event, Decod
 }
 
 fn agree(bytes: &[u8], max: usize) -> Result<(), TestCaseError> {
-    prop_assert_eq!(decode_event(bytes, max, &fallback), general(bytes, max));
+    let whole = general(bytes, max);
+    prop_assert_eq!(decode_event(bytes, max, &fallback), whole.clone());
+    // Keeping some fields of `data` (what the rules read) is the whole event, pruned.
+    for keep in [vec![], vec!["", "a", "b"], vec!["product_id", "sku"]] {
+        let fields = DataFields::only(keep.into_iter().map(str::to_owned));
+        let pruned = whole.clone().map(|mut e| {
+            e.data = fields.prune(e.data);
+            e
+        });
+        prop_assert_eq!(decode_event_keeping(bytes, max, &fields, &fallback), pruned);
+    }
     let before = general_line(bytes, max);
     if !before.is_empty() {
         prop_assert_eq!(line(bytes, max), before);

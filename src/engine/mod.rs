@@ -26,7 +26,7 @@ mod apply;
 mod in_flight;
 mod prepare;
 
-pub use prepare::{Prepared, prepare};
+pub use prepare::{Prepared, prepare, prepare_keeping};
 
 use in_flight::InFlightIds;
 

@@ -6,7 +6,9 @@
 //! [`EventPlan::needs`] and are planned again once the sets are read).
 
 use crate::config::LimitsConfig;
-use crate::event::{DecodeError, Event, Expanded, Record, decode_event, decode_value};
+use crate::event::{
+    DataFields, DecodeError, Event, Expanded, Record, decode_event_keeping, decode_value_keeping,
+};
 use crate::plan::{EventPlan, Plan};
 use crate::rules::{Members, NoMembers, RuleSet};
 
@@ -48,12 +50,24 @@ impl Prepared {
     }
 }
 
-/// Decodes and plans every input, in order: one [`Prepared`] per input.
+/// Decodes and plans every input, in order: one [`Prepared`] per input. Each event keeps of its
+/// `data` what the rules read ([`RuleSet::data_fields`]): the plans are those of whole events.
 pub fn prepare(rules: &RuleSet, limits: &LimitsConfig, inputs: Vec<Expanded>) -> Vec<Prepared> {
+    prepare_keeping(rules, limits, rules.data_fields(), inputs)
+}
+
+/// [`prepare`], each event keeping `fields` of its `data` (`explain` shows whole events:
+/// [`DataFields::All`]).
+pub fn prepare_keeping(
+    rules: &RuleSet,
+    limits: &LimitsConfig,
+    fields: &DataFields,
+    inputs: Vec<Expanded>,
+) -> Vec<Prepared> {
     inputs
         .into_iter()
         .map(|input| {
-            let (record, decoded) = decode(input, limits.max_event_bytes);
+            let (record, decoded) = decode(input, limits.max_event_bytes, fields);
             match decoded {
                 Ok(event) => {
                     let (plan, outcome) = plan_one(rules, limits, &event, &NoMembers);
@@ -76,16 +90,20 @@ pub fn prepare(rules: &RuleSet, limits: &LimitsConfig, inputs: Vec<Expanded>) ->
 }
 
 /// The only decode of the product: one input to its record and its event.
-fn decode(input: Expanded, max_bytes: usize) -> (Record, Result<Event, DecodeError>) {
+fn decode(
+    input: Expanded,
+    max_bytes: usize,
+    fields: &DataFields,
+) -> (Record, Result<Event, DecodeError>) {
+    let fallback = |record: &Record| record.position.fallback_id();
     match input {
         Expanded::Parsed { value, record } => {
-            let decoded = decode_value(value, max_bytes, &|| record.position.fallback_id());
+            let decoded = decode_value_keeping(value, max_bytes, fields, &|| fallback(&record));
             (record, decoded)
         }
         Expanded::Raw(record) => {
-            let decoded = decode_event(&record.payload, max_bytes, &|| {
-                record.position.fallback_id()
-            });
+            let decoded =
+                decode_event_keeping(&record.payload, max_bytes, fields, &|| fallback(&record));
             (record, decoded)
         }
         Expanded::Failed { record, error } => (record, Err(error)),

@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::Event;
+use super::fields::DataFields;
 
 /// Longest accepted event type.
 const MAX_TYPE_LEN: usize = 256;
@@ -56,35 +57,108 @@ pub fn decode_event(
     max_bytes: usize,
     fallback_id: &dyn Fn() -> String,
 ) -> Result<Event, DecodeError> {
+    decode_event_keeping(bytes, max_bytes, &DataFields::All, fallback_id)
+}
+
+/// [`decode_event`], keeping only `fields` of `data` (what the rules read): the event is the one
+/// [`decode_event`] gives with its `data` passed through [`DataFields::prune`], and every payload
+/// refused there is refused here with the same error.
+pub fn decode_event_keeping(
+    bytes: &[u8],
+    max_bytes: usize,
+    fields: &DataFields,
+    fallback_id: &dyn Fn() -> String,
+) -> Result<Event, DecodeError> {
     if bytes.len() > max_bytes {
         return Err(DecodeError::TooLarge {
             size: bytes.len(),
             limit: max_bytes,
         });
     }
-    if let Some(event) = decode_common(bytes, fallback_id) {
+    // Checked once here, the text is not checked again string by string while parsing.
+    let text = std::str::from_utf8(bytes).ok();
+    if let Some(event) = text.and_then(|t| decode_common(t, fields, fallback_id)) {
         return Ok(event);
     }
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
-    decode_value(value, max_bytes, fallback_id)
+    let value: Value = match text {
+        Some(t) => serde_json::from_str(t),
+        None => serde_json::from_slice(bytes),
+    }
+    .map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+    decode_value_keeping(value, max_bytes, fields, fallback_id)
 }
 
 /// The common shape of a native event, as its fields borrowed from the input: `type` (or
 /// `event_type`), `id` (or `event_id`), `time` (or `occurred_at` or `timestamp`), `source`, and
-/// `data`, nothing else. Only `data` is built as a JSON tree; the envelope is never a map.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `data`, nothing else. Only `data` is built as a JSON tree (of the kept fields); the envelope is
+/// never a map.
 struct Common<'a> {
-    #[serde(rename = "type", alias = "event_type")]
     kind: &'a str,
-    #[serde(default, alias = "event_id")]
     id: Option<&'a str>,
-    #[serde(default, alias = "occurred_at", alias = "timestamp")]
     time: Option<&'a str>,
-    #[serde(default)]
     source: Option<&'a str>,
     data: Value,
+}
+
+/// The names of [`Common`]'s fields; any other name is not the common shape.
+#[derive(serde::Deserialize)]
+#[serde(field_identifier)]
+enum CommonField {
+    #[serde(rename = "type", alias = "event_type")]
+    Kind,
+    #[serde(rename = "id", alias = "event_id")]
+    Id,
+    #[serde(rename = "time", alias = "occurred_at", alias = "timestamp")]
+    Time,
+    #[serde(rename = "source")]
+    Source,
+    #[serde(rename = "data")]
+    Data,
+}
+
+/// Reads [`Common`] with `data` through [`DataFields::seed`]; fails (and the general path then
+/// decides) on an unknown field, a field given twice (under two aliases too), a missing `type` or
+/// `data`, or a value that is not a string without escapes (`null` for the optional ones).
+struct CommonSeed<'f>(&'f DataFields);
+
+impl<'de> serde::de::DeserializeSeed<'de> for CommonSeed<'_> {
+    type Value = Common<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Common<'de>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for CommonSeed<'_> {
+    type Value = Common<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an event")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Common<'de>, A::Error> {
+        use serde::de::Error;
+        let (mut kind, mut id, mut time, mut source, mut data) = (None, None, None, None, None);
+        while let Some(field) = map.next_key::<CommonField>()? {
+            let twice = match field {
+                CommonField::Kind => kind.replace(map.next_value::<&str>()?).is_some(),
+                CommonField::Id => id.replace(map.next_value::<Option<&str>>()?).is_some(),
+                CommonField::Time => time.replace(map.next_value::<Option<&str>>()?).is_some(),
+                CommonField::Source => source.replace(map.next_value::<Option<&str>>()?).is_some(),
+                CommonField::Data => data.replace(map.next_value_seed(self.0.seed())?).is_some(),
+            };
+            if twice {
+                return Err(A::Error::custom("a field given twice"));
+            }
+        }
+        Ok(Common {
+            kind: kind.ok_or_else(|| A::Error::missing_field("type"))?,
+            id: id.flatten(),
+            time: time.flatten(),
+            source: source.flatten(),
+            data: data.ok_or_else(|| A::Error::missing_field("data"))?,
+        })
+    }
 }
 
 /// Decodes the common shape ([`Common`]) without building the envelope as a map, which was most
@@ -93,8 +167,15 @@ struct Common<'a> {
 /// payload without `data`), a field given twice (under two aliases too), a value of another type
 /// (a numeric id), a string with escapes (it cannot be borrowed), or a value the checks refuse.
 /// Where it answers, it answers as the general path would: a property test holds them equal.
-fn decode_common(bytes: &[u8], fallback_id: &dyn Fn() -> String) -> Option<Event> {
-    let c: Common<'_> = serde_json::from_slice(bytes).ok()?;
+fn decode_common(
+    text: &str,
+    fields: &DataFields,
+    fallback_id: &dyn Fn() -> String,
+) -> Option<Event> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let c = CommonSeed(fields).deserialize(&mut de).ok()?;
+    de.end().ok()?;
     let type_ok =
         !c.kind.is_empty() && c.kind.len() <= MAX_TYPE_LEN && !c.kind.chars().any(char::is_control);
     let id_ok = c.id.is_none_or(|id| {
@@ -121,6 +202,16 @@ pub fn decode_value(
     max_bytes: usize,
     fallback_id: &dyn Fn() -> String,
 ) -> Result<Event, DecodeError> {
+    decode_value_keeping(value, max_bytes, &DataFields::All, fallback_id)
+}
+
+/// [`decode_value`], keeping only `fields` of `data` (see [`decode_event_keeping`]).
+pub fn decode_value_keeping(
+    value: Value,
+    max_bytes: usize,
+    fields: &DataFields,
+    fallback_id: &dyn Fn() -> String,
+) -> Result<Event, DecodeError> {
     let Value::Object(mut obj) = value else {
         return Err(DecodeError::NotAnObject(kind_name(&value)));
     };
@@ -138,12 +229,15 @@ pub fn decode_value(
             .and_then(Value::as_str)
             .map(str::to_owned);
         let id = message_id.unwrap_or_else(fallback_id);
-        return decode_event(message.as_bytes(), max_bytes, &|| id.clone());
+        return decode_event_keeping(message.as_bytes(), max_bytes, fields, &|| id.clone());
     }
-    if obj.contains_key("specversion") {
-        return decode_cloudevent(obj, fallback_id);
-    }
-    decode_native(obj, fallback_id)
+    let mut event = if obj.contains_key("specversion") {
+        decode_cloudevent(obj, fallback_id)?
+    } else {
+        decode_native(obj, fallback_id)?
+    };
+    event.data = fields.prune(event.data);
+    Ok(event)
 }
 
 /// An SNS notification as delivered to SQS (or an HTTP endpoint) without raw message delivery.

@@ -7,6 +7,7 @@
 //! for the dead-letter queue.
 //!
 //! - `decode`: one payload → one [`Event`] ([`decode_event`], [`decode_value`]);
+//! - `fields`: the fields of `data` the rules read ([`DataFields`]), the only ones decoded;
 //! - `expand`: one input unit (a line, a document) → the payloads it holds ([`expand_document`]);
 //! - `record`: [`Record`], [`Position`], [`Carried`], and the dead-letter format [`DlqRecord`];
 //! - `binary`: a CloudEvents binary-mode event from Kafka headers ([`binary_envelope`]).
@@ -14,11 +15,15 @@
 mod binary;
 pub(crate) mod decode;
 mod expand;
+mod fields;
 mod record;
 
 pub use binary::binary_envelope;
-pub use decode::{DecodeError, decode_event, decode_value};
+pub use decode::{
+    DecodeError, decode_event, decode_event_keeping, decode_value, decode_value_keeping,
+};
 pub use expand::{Expanded, expand_document};
+pub use fields::DataFields;
 pub use record::{Carried, DlqRecord, Position, Record};
 
 use std::sync::Arc;

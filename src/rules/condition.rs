@@ -65,6 +65,12 @@ impl Condition {
         &self.source
     }
 
+    /// The top-level fields of `data` the expression reads, or `None` when it reads `data` as a
+    /// whole.
+    pub fn data_fields(&self) -> Option<&[String]> {
+        self.data_fields.as_deref()
+    }
+
     /// Evaluates the condition; an error (a missing field, a non-boolean result) is permanent for
     /// this event.
     pub fn eval(&self, event: &Event) -> Result<bool, String> {

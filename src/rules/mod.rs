@@ -12,6 +12,7 @@
 
 mod compile;
 pub mod condition;
+mod fields;
 mod planner;
 pub mod raw;
 pub mod template;
@@ -28,6 +29,8 @@ pub use planner::{Members, NoMembers, PlanError};
 pub use template::{SafeValues, Template};
 
 use condition::Condition;
+
+use crate::event::DataFields;
 
 /// Limits applied while planning.
 #[derive(Debug, Clone)]
@@ -168,6 +171,7 @@ pub struct RuleSet {
     pub files: Vec<PathBuf>,
     exact: HashMap<String, Vec<usize>>,
     other: Vec<usize>,
+    data_fields: DataFields,
 }
 
 impl RuleSet {
@@ -197,6 +201,7 @@ impl RuleSet {
             }
         }
         RuleSet {
+            data_fields: fields::data_fields(&rules),
             rules,
             ttl_policies,
             limits,
@@ -248,6 +253,11 @@ impl RuleSet {
             options.limits.clone(),
             Vec::new(),
         ))
+    }
+
+    /// What an event must keep of its `data` for these rules to plan it exactly as with all of it.
+    pub fn data_fields(&self) -> &DataFields {
+        &self.data_fields
     }
 
     /// The rules listening to `kind`, in file order.

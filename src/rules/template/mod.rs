@@ -17,6 +17,7 @@ mod render;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::event::Event;
@@ -142,6 +143,25 @@ impl Template {
     /// True when rendering reads nothing from the event.
     pub fn is_literal(&self) -> bool {
         self.segments.iter().all(|s| matches!(s, Segment::Lit(_)))
+    }
+
+    /// Adds the top-level fields of `data` that rendering reads to `out`; false if it read `data`
+    /// other than by a field name (the parser refuses `{[0]}` today: kept exact for tomorrow).
+    pub fn data_fields(&self, out: &mut BTreeSet<String>) -> bool {
+        self.segments.iter().all(|seg| match seg {
+            Segment::Var(Var {
+                root: Root::Data,
+                path,
+                ..
+            }) => match path.first() {
+                Some(Step::Key(k)) => {
+                    out.insert(k.clone());
+                    true
+                }
+                _ => false,
+            },
+            _ => true,
+        })
     }
 
     /// When the template is exactly one placeholder, renders keep the value's JSON type
