@@ -1,6 +1,10 @@
 //! `when:` conditions: CEL expressions over `event` (id, type, source, time) and `data`, compiled once.
 //!
 //! Pure: evaluation reads the event it is given and nothing else (no I/O, no tokio, no Redis).
+//! The common shapes (comparisons of fields joined by `&&`, `||`, `!`) are answered by `native`
+//! without the interpreter, where its answer is CEL's; everything else is CEL's.
+
+mod native;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -21,6 +25,8 @@ pub struct Condition {
     /// when it reads `data` otherwise (`size(data)`, `data['x']`): only these are converted to
     /// CEL values for each event.
     data_fields: Option<Vec<String>>,
+    /// The same expression, when it has a shape answered without CEL.
+    native: Option<native::Native>,
 }
 
 impl std::fmt::Debug for Condition {
@@ -52,12 +58,14 @@ impl Condition {
         }
         let uses_event = refs.has_variable("event");
         let data_fields = data_fields(&program.expression().expr);
+        let native = native::Native::compile(&program.expression().expr);
         Ok(Condition {
             source: source.to_owned(),
             program,
             env: env.clone(),
             uses_event,
             data_fields,
+            native,
         })
     }
 
@@ -74,6 +82,14 @@ impl Condition {
     /// Evaluates the condition; an error (a missing field, a non-boolean result) is permanent for
     /// this event.
     pub fn eval(&self, event: &Event) -> Result<bool, String> {
+        match self.native.as_ref().and_then(|n| n.eval(event)) {
+            Some(answer) => Ok(answer),
+            None => self.eval_cel(event),
+        }
+    }
+
+    /// [`Condition::eval`] by the CEL interpreter.
+    fn eval_cel(&self, event: &Event) -> Result<bool, String> {
         let mut ctx = Context::with_env(self.env.clone());
         let data = match (&self.data_fields, &event.data) {
             (Some(fields), serde_json::Value::Object(obj)) => {
