@@ -177,22 +177,39 @@ impl Plan {
                     self.patterns.insert(pattern.clone());
                 }
             }
-            Action::Tag { tag } => push_origin(self.tags.entry(tag.clone()).or_default(), origin),
+            // Looked up before inserting: a flash sale repeats the same tag, TTL and path many
+            // times, and only a new one is copied into the plan.
+            Action::Tag { tag } => match self.tags.get_mut(tag.as_str()) {
+                Some(origins) => push_origin(origins, origin),
+                None => {
+                    self.tags.insert(tag.clone(), vec![origin]);
+                }
+            },
             Action::Expire { key, ttl, jitter } => {
-                let e = self.expires.entry(key.clone()).or_insert(Expire {
+                let new = Expire {
                     ttl: *ttl,
                     jitter: *jitter,
-                });
-                if *ttl < e.ttl {
-                    *e = Expire {
-                        ttl: *ttl,
-                        jitter: *jitter,
-                    };
+                };
+                match self.expires.get_mut(key.as_str()) {
+                    Some(e) if *ttl < e.ttl => *e = new,
+                    Some(_) => {}
+                    None => {
+                        self.expires.insert(key.clone(), new);
+                    }
                 }
             }
             Action::Purge { target, path } => {
-                let paths = self.purges.entry(target.clone()).or_default();
-                push_origin(paths.entry(path.clone()).or_default(), origin);
+                let t = match self.purges.get_index_of(target.as_str()) {
+                    Some(t) => t,
+                    None => self.purges.insert_full(target.clone(), IndexMap::new()).0,
+                };
+                let paths = &mut self.purges[t];
+                match paths.get_mut(path.as_str()) {
+                    Some(origins) => push_origin(origins, origin),
+                    None => {
+                        paths.insert(path.clone(), vec![origin]);
+                    }
+                }
             }
         }
     }
