@@ -248,7 +248,7 @@ impl RuleSet {
                 item: item.as_deref(),
             };
             for data in render_data(&cascade.data, scope, self)? {
-                let id = format!("{}>{}#{}.{}", event.id, rule.name, n, children.len());
+                let id = child_id(&event.id, &rule.name, n, children.len());
                 children.push(Event::derived(id, cascade.emit.clone(), event, data));
                 if children.len() > l.max_fanout {
                     return Err(RenderError::FanoutExceeded {
@@ -261,6 +261,33 @@ impl RuleSet {
         }
         Ok(children)
     }
+}
+
+/// A cascaded event's id, `{parent}>{rule}#{cascade}.{child}`, written without `format!`, whose
+/// padding checks were 4% of a shipped replay's CPU.
+fn child_id(parent: &str, rule: &str, cascade: usize, child: usize) -> String {
+    let mut id = String::with_capacity(parent.len() + rule.len() + 8);
+    for part in [parent, ">", rule, "#"] {
+        id.push_str(part);
+    }
+    push_number(&mut id, cascade);
+    id.push('.');
+    push_number(&mut id, child);
+    id
+}
+
+fn push_number(s: &mut String, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    s.extend(digits[at..].iter().map(|&d| char::from(d)));
 }
 
 /// A pattern delete's `MATCH` pattern: the rendered key glob-escaped, with its final `*` kept.
@@ -348,6 +375,15 @@ fn product(parts: Vec<Vec<Value>>, max: usize) -> Result<Vec<Vec<Value>>, Render
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_child_id_names_its_parent_rule_cascade_and_place() {
+        assert_eq!(child_id("e-1", "price", 0, 0), "e-1>price#0.0");
+        assert_eq!(
+            child_id("a>b#1.2", "r", 10, usize::MAX),
+            format!("a>b#1.2>r#10.{}", usize::MAX)
+        );
+    }
 
     #[test]
     fn a_product_of_single_values_is_them_in_order_and_a_fan_out_every_combination() {
