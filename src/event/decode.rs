@@ -114,6 +114,10 @@ enum CommonField {
     Source,
     #[serde(rename = "data")]
     Data,
+    /// Any other name (a CloudEvent's `specversion`...): refused without serde's error message,
+    /// which lists the expected names.
+    #[serde(other)]
+    Other,
 }
 
 /// Reads [`Common`] with `data` through [`DataFields::seed`]; fails (and the general path then
@@ -146,6 +150,7 @@ impl<'de> serde::de::Visitor<'de> for CommonSeed<'_> {
                 CommonField::Time => time.replace(map.next_value::<Option<&str>>()?).is_some(),
                 CommonField::Source => source.replace(map.next_value::<Option<&str>>()?).is_some(),
                 CommonField::Data => data.replace(map.next_value_seed(self.0.seed())?).is_some(),
+                CommonField::Other => return Err(A::Error::custom("another shape")),
             };
             if twice {
                 return Err(A::Error::custom("a field given twice"));
