@@ -237,11 +237,7 @@ fn store(consumer: &KafkaConsumer, watermarks: &std::sync::Mutex<Watermarks>, of
     let mut w = watermarks.lock().expect("watermarks lock");
     let mut moved: Vec<(&str, i32, i64)> = Vec::new();
     for g in offsets {
-        let done = g.offsets.iter();
-        let next = done
-            .filter_map(|&o| w.finish(&g.topic, g.partition, o))
-            .last();
-        if let Some(next) = next {
+        if let Some(next) = w.finish_all(&g.topic, g.partition, &g.offsets) {
             moved.push((&g.topic, g.partition, next));
         }
     }

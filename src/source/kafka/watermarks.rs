@@ -37,9 +37,17 @@ impl Watermarks {
     /// A message is done. Returns the offset to store (the next one to read) when the partition's
     /// contiguous done prefix grew.
     pub fn finish(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
+        self.finish_all(topic, partition, &[offset])
+    }
+
+    /// [`Watermarks::finish`] for a unit's messages of one partition at once: one lookup of the
+    /// partition, not one per message.
+    pub fn finish_all(&mut self, topic: &str, partition: i32, offsets: &[i64]) -> Option<i64> {
         let track = self.topics.get_mut(topic)?.get_mut(&partition)?;
-        if let Ok(at) = track.binary_search_by_key(&offset, |&(o, _)| o) {
-            track[at].1 = true;
+        for &offset in offsets {
+            if let Ok(at) = track.binary_search_by_key(&offset, |&(o, _)| o) {
+                track[at].1 = true;
+            }
         }
         let mut next = None;
         while let Some(&(o, true)) = track.front() {
@@ -83,6 +91,19 @@ mod tests {
         assert_eq!(w.finish("t", 0, 14), None);
         assert_eq!(w.finish("t", 0, 13), Some(15));
         assert_eq!(w.pending(), 0);
+    }
+
+    #[test]
+    fn a_units_offsets_finish_at_once_as_one_by_one() {
+        let mut w = Watermarks::default();
+        for o in 10..16 {
+            w.begin("t", 0, o);
+        }
+        assert_eq!(w.finish_all("t", 0, &[11, 12, 14]), None, "10 is not done");
+        assert_eq!(w.finish_all("t", 0, &[10, 15]), Some(13), "14 waits for 13");
+        assert_eq!(w.finish_all("t", 0, &[13]), Some(16));
+        assert_eq!(w.finish_all("t", 0, &[]), None);
+        assert_eq!(w.finish_all("t", 1, &[1]), None, "an unknown partition");
     }
 
     #[test]
