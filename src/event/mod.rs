@@ -6,13 +6,15 @@
 //! permanent by construction (the same bytes always fail the same way) and carries a stable reason code
 //! for the dead-letter queue.
 //!
-//! - `decode`: one payload → one [`Event`] ([`decode_event`], [`decode_value`]);
+//! - `decode`: one payload → one [`Event`] ([`decode_event`], [`decode_value`]); `common`, the
+//!   common shape read as borrowed fields;
 //! - `fields`: the fields of `data` the rules read ([`DataFields`]), the only ones decoded;
 //! - `expand`: one input unit (a line, a document) → the payloads it holds ([`expand_document`]);
 //! - `record`: [`Record`], [`Position`], [`Carried`], and the dead-letter format [`DlqRecord`];
 //! - `binary`: a CloudEvents binary-mode event from Kafka headers ([`binary_envelope`]).
 
 mod binary;
+mod common;
 pub(crate) mod decode;
 mod expand;
 mod fields;

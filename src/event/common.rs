@@ -1,0 +1,125 @@
+//! The common shape of a native event (`type`, `id`, `time`, `source`, `data` and their aliases,
+//! nothing else) read as borrowed fields, with `data` through [`DataFields::seed`]: most events
+//! from most producers, decoded without building the envelope as a map. Anything else is left to
+//! the general path in `decode`.
+
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::Event;
+use super::decode::{MAX_ID_LEN, MAX_SOURCE_LEN, MAX_TYPE_LEN, finish};
+use super::fields::DataFields;
+
+/// The common shape of a native event, as its fields borrowed from the input: `type` (or
+/// `event_type`), `id` (or `event_id`), `time` (or `occurred_at` or `timestamp`), `source`, and
+/// `data`, nothing else. Only `data` is built as a JSON tree (of the kept fields); the envelope is
+/// never a map.
+struct Common<'a> {
+    kind: &'a str,
+    id: Option<&'a str>,
+    time: Option<&'a str>,
+    source: Option<&'a str>,
+    data: Value,
+}
+
+/// The names of [`Common`]'s fields; any other name is not the common shape.
+#[derive(serde::Deserialize)]
+#[serde(field_identifier)]
+enum CommonField {
+    #[serde(rename = "type", alias = "event_type")]
+    Kind,
+    #[serde(rename = "id", alias = "event_id")]
+    Id,
+    #[serde(rename = "time", alias = "occurred_at", alias = "timestamp")]
+    Time,
+    #[serde(rename = "source")]
+    Source,
+    #[serde(rename = "data")]
+    Data,
+    /// Any other name (a CloudEvent's `specversion`...): refused without serde's error message,
+    /// which lists the expected names.
+    #[serde(other)]
+    Other,
+}
+
+/// Reads [`Common`] with `data` through [`DataFields::seed`]; fails (and the general path then
+/// decides) on an unknown field, a field given twice (under two aliases too), a missing `type` or
+/// `data`, or a value that is not a string without escapes (`null` for the optional ones).
+struct CommonSeed<'f>(&'f DataFields);
+
+impl<'de> serde::de::DeserializeSeed<'de> for CommonSeed<'_> {
+    type Value = Common<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Common<'de>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for CommonSeed<'_> {
+    type Value = Common<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an event")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Common<'de>, A::Error> {
+        use serde::de::Error;
+        let (mut kind, mut id, mut time, mut source, mut data) = (None, None, None, None, None);
+        while let Some(field) = map.next_key::<CommonField>()? {
+            let twice = match field {
+                CommonField::Kind => kind.replace(map.next_value::<&str>()?).is_some(),
+                CommonField::Id => id.replace(map.next_value::<Option<&str>>()?).is_some(),
+                CommonField::Time => time.replace(map.next_value::<Option<&str>>()?).is_some(),
+                CommonField::Source => source.replace(map.next_value::<Option<&str>>()?).is_some(),
+                CommonField::Data => data.replace(map.next_value_seed(self.0.seed())?).is_some(),
+                CommonField::Other => return Err(A::Error::custom("another shape")),
+            };
+            if twice {
+                return Err(A::Error::custom("a field given twice"));
+            }
+        }
+        Ok(Common {
+            kind: kind.ok_or_else(|| A::Error::missing_field("type"))?,
+            id: id.flatten(),
+            time: time.flatten(),
+            source: source.flatten(),
+            data: data.ok_or_else(|| A::Error::missing_field("data"))?,
+        })
+    }
+}
+
+/// Decodes the common shape ([`Common`]) without building the envelope as a map, which was most
+/// of a replay's CPU. Anything else is `None` and left to the general path (`decode::decode_value`),
+/// which then gives the result it always gave: another field (CloudEvents, SNS, a whole-object
+/// payload without `data`), a field given twice (under two aliases too), a value of another type
+/// (a numeric id), a string with escapes (it cannot be borrowed), or a value the checks refuse.
+/// Where it answers, it answers as the general path would: a property test holds them equal.
+pub(super) fn decode_common(
+    text: &str,
+    fields: &DataFields,
+    fallback_id: &dyn Fn() -> String,
+) -> Option<Event> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let c = CommonSeed(fields).deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    let type_ok =
+        !c.kind.is_empty() && c.kind.len() <= MAX_TYPE_LEN && !c.kind.chars().any(char::is_control);
+    let id_ok = c.id.is_none_or(|id| {
+        !id.is_empty() && id.len() <= MAX_ID_LEN && !id.chars().any(char::is_control)
+    });
+    let source_ok = c.source.is_none_or(|s| s.len() <= MAX_SOURCE_LEN);
+    if !(type_ok && id_ok && source_ok) {
+        return None;
+    }
+    let time = c.time.and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+    Some(finish(
+        c.kind.to_owned(),
+        c.id.map(str::to_owned),
+        time,
+        c.source.map(str::to_owned),
+        c.data,
+        fallback_id,
+    ))
+}
