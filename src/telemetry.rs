@@ -122,8 +122,9 @@ fn register_at_zero() {
 
 /// One event reached an outcome. `kind` is the event type when a rule knows it, `other` otherwise
 /// (types come from producers: they must not grow the label set without bound).
-pub fn event(kind: &str, outcome: &'static str) {
-    metrics::counter!(EVENTS_TOTAL, "type" => kind.to_owned(), "outcome" => outcome).increment(1);
+/// `n` events of `kind` (a metric label) with `outcome`.
+pub fn events(kind: &str, outcome: &'static str, n: u64) {
+    metrics::counter!(EVENTS_TOTAL, "type" => kind.to_owned(), "outcome" => outcome).increment(n);
 }
 
 pub fn actions(kind: &'static str, n: u64) {
