@@ -120,9 +120,8 @@ fn register_at_zero() {
     }
 }
 
-/// One event reached an outcome. `kind` is the event type when a rule knows it, `other` otherwise
+/// `n` events reached `outcome`. `kind` is the event type when a rule knows it, `other` otherwise
 /// (types come from producers: they must not grow the label set without bound).
-/// `n` events of `kind` (a metric label) with `outcome`.
 pub fn events(kind: &str, outcome: &'static str, n: u64) {
     metrics::counter!(EVENTS_TOTAL, "type" => kind.to_owned(), "outcome" => outcome).increment(n);
 }

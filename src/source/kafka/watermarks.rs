@@ -34,14 +34,9 @@ impl Watermarks {
         }
     }
 
-    /// A message is done. Returns the offset to store (the next one to read) when the partition's
-    /// contiguous done prefix grew.
-    pub fn finish(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
-        self.finish_all(topic, partition, &[offset])
-    }
-
-    /// [`Watermarks::finish`] for a unit's messages of one partition at once: one lookup of the
-    /// partition, not one per message.
+    /// A unit's messages of one partition are done. Returns the offset to store (the next one to
+    /// read) when the partition's contiguous done prefix grew. One lookup of the partition for
+    /// the unit, not one per message.
     pub fn finish_all(&mut self, topic: &str, partition: i32, offsets: &[i64]) -> Option<i64> {
         let track = self.topics.get_mut(topic)?.get_mut(&partition)?;
         for &offset in offsets {
@@ -77,6 +72,13 @@ impl Watermarks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Watermarks {
+        /// One message done.
+        fn finish(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
+            self.finish_all(topic, partition, &[offset])
+        }
+    }
 
     #[test]
     fn watermark_moves_only_over_a_contiguous_done_prefix() {
