@@ -295,6 +295,28 @@ pub struct EventPlan {
     /// Cascades ended by the depth limit or a cycle (the event is still applied).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The `for_each_member_of` cascades waiting for `needs`, where their events go in the plan
+    /// (`RuleSet::resume` plans them once the sets are read, nothing else again).
+    #[serde(skip)]
+    pub(crate) pending: Vec<Pending>,
+}
+
+/// A `for_each_member_of` cascade whose sets were not read yet, and where it stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Pending {
+    /// The cascaded events from the planned event (excluded) down to the one whose rule cascades
+    /// (included): the chain its children are checked against for cycles.
+    pub chain: Vec<crate::event::Event>,
+    /// The depth of the last event of `chain` (0: the planned event).
+    pub depth: u32,
+    /// The rule (its index in the rule set) and its cascade.
+    pub rule: usize,
+    pub cascade: usize,
+    /// The sets the cascade walks.
+    pub sets: Vec<String>,
+    /// Where the cascade's events go: the lengths of `hits` and `notes` when it stopped.
+    pub at_hit: usize,
+    pub at_note: usize,
 }
 
 impl EventPlan {

@@ -1,7 +1,7 @@
 //! The I/O half of a unit of work: what [`super::prepare`] made of the records, applied.
 //!
-//! `dedupe (Redis) → cascade sets read (Redis), those events planned again → coalesce → Redis →
-//! CDN → remember ids → metrics → notices`. Every step may only turn an outcome into a worse one
+//! `dedupe (Redis) → cascade sets read (Redis), the cascades that waited planned → coalesce →
+//! Redis → CDN → remember ids → metrics → notices`. Every step may only turn an outcome into a worse one
 //! (applied → duplicate or dead-lettered), never the reverse.
 
 use std::collections::{HashMap, HashSet};
@@ -138,7 +138,7 @@ impl Engine {
     }
 
     /// Reads the sets of `for_each_member_of` cascades (one pipelined round per cascade level)
-    /// and plans the events that walk them again.
+    /// and plans the cascades that waited for them.
     async fn read_cascade_sets(&self, unit: &mut [Prepared]) -> Result<(), EngineError> {
         let mut members: HashMap<String, Vec<String>> = HashMap::new();
         // A set that cannot be walked: the reason its events are dead-lettered with, and why.
@@ -179,7 +179,7 @@ impl Engine {
             }
             for p in unit.iter_mut().filter(|p| p.outcome != Outcome::Duplicate) {
                 if p.plan.as_ref().is_some_and(|plan| !plan.needs.is_empty()) {
-                    p.replan(&self.rules, &self.config.limits, &members);
+                    p.resume(&self.rules, &self.config.limits, &members);
                 }
             }
         }

@@ -2,8 +2,8 @@
 //!
 //! - [`prepare`] (`prepare.rs`, pure): decode → plan. The only decode of the product; `explain`
 //!   shows exactly what it returns.
-//! - [`Engine::apply`] (`apply.rs`, the only I/O): dedupe → cascade sets read and planned again →
-//!   coalesce → Redis → CDN → remember ids → metrics → notices.
+//! - [`Engine::apply`] (`apply.rs`, the only I/O): dedupe → cascade sets read, the cascades that
+//!   waited planned → coalesce → Redis → CDN → remember ids → metrics → notices.
 //!
 //! The modes (replay, the Kafka worker, the Lambda) call [`Engine::process`], both halves in one.
 //!

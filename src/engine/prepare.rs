@@ -3,14 +3,14 @@
 //!
 //! What it cannot know is left to [`super::apply`]: whether an id was seen before (dedupe reads
 //! Redis) and the members of the sets that `for_each_member_of` cascades walk (those events carry
-//! [`EventPlan::needs`] and are planned again once the sets are read).
+//! [`EventPlan::needs`]; their waiting cascades are planned once the sets are read).
 
 use crate::config::LimitsConfig;
 use crate::event::{
     DataFields, DecodeError, Event, Expanded, Record, decode_event_keeping, decode_value_keeping,
 };
 use crate::plan::{EventPlan, Plan};
-use crate::rules::{Members, NoMembers, RuleSet};
+use crate::rules::{Members, NoMembers, PlanError, RuleSet};
 
 use super::Outcome;
 
@@ -40,13 +40,14 @@ impl Prepared {
         plan
     }
 
-    /// Plans the event again with the members read so far; the outcome follows the new plan.
-    pub(super) fn replan(&mut self, rules: &RuleSet, limits: &LimitsConfig, members: &dyn Members) {
-        if let Some(event) = &self.event {
-            let (plan, outcome) = plan_one(rules, limits, event, members);
-            self.plan = plan;
-            self.outcome = outcome;
-        }
+    /// Plans the cascades that waited for the members read so far (nothing else is planned
+    /// again); the outcome follows the new plan.
+    pub(super) fn resume(&mut self, rules: &RuleSet, limits: &LimitsConfig, members: &dyn Members) {
+        let (Some(event), Some(mut plan)) = (&self.event, self.plan.take()) else {
+            return;
+        };
+        let resumed = rules.resume(event, &mut plan, members).map(|()| plan);
+        (self.plan, self.outcome) = outcome_of(limits, resumed);
     }
 }
 
@@ -118,7 +119,15 @@ fn plan_one(
     event: &Event,
     members: &dyn Members,
 ) -> (Option<EventPlan>, Outcome) {
-    match rules.plan_event(event, members) {
+    outcome_of(limits, rules.plan_event(event, members))
+}
+
+/// A plan (or why there is none) and the outcome it implies.
+fn outcome_of(
+    limits: &LimitsConfig,
+    planned: Result<EventPlan, PlanError>,
+) -> (Option<EventPlan>, Outcome) {
+    match planned {
         Ok(p) => {
             let outcome = if p.matched() {
                 Outcome::Applied

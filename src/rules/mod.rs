@@ -4,7 +4,8 @@
 //! - compilation happens once; every error names `file:line:column` and all errors of all files are
 //!   reported together;
 //! - planning is pure: it reads the event, the compiled rules and the set members it is given, never
-//!   Redis; members it does not have are returned as `needs` for the caller to fetch;
+//!   Redis; members it does not have are returned as `needs` for the caller to fetch, and the
+//!   cascades that wait for them are planned alone once they are read ([`RuleSet::resume`]);
 //! - an event value never widens a key, pattern, tag or path (see [`template`]).
 //!
 //! This module holds the compiled types and the [`RuleSet`] index; reading the rule files
@@ -262,6 +263,11 @@ impl RuleSet {
 
     /// The rules listening to `kind`, in file order.
     pub fn rules_for(&self, kind: &str) -> impl Iterator<Item = &Rule> {
+        self.rule_indices(kind).map(move |i| &self.rules[i])
+    }
+
+    /// The indices in [`RuleSet::rules`] of the rules listening to `kind`, in file order.
+    fn rule_indices(&self, kind: &str) -> impl Iterator<Item = usize> {
         let exact = self.exact.get(kind).map(Vec::as_slice).unwrap_or(&[]);
         // Without prefix globs (the usual case) the exact list is the answer, with no allocation.
         let merged = (!self.other.is_empty()).then(|| {
@@ -279,7 +285,6 @@ impl RuleSet {
             .into_iter()
             .flatten()
             .chain(merged.into_iter().flatten())
-            .map(move |i| &self.rules[i])
     }
 
     /// The metric label of events of type `kind`: the type itself when a rule names it exactly,

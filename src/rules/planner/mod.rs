@@ -4,8 +4,10 @@
 //! applied) when it would pass `max_cascade_depth` or emit an event equal to one of its ancestors
 //! (a cycle).
 //!
-//! Pure: it never reads Redis nor waits on anything; set members it does not have are returned as
-//! `needs` for the caller to fetch. Rendering and value confinement are [`super::template`]'s.
+//! Pure: it never reads Redis nor waits on anything; a `for_each_member_of` cascade over sets it
+//! was not given waits in the plan, its sets returned as `needs` for the caller to fetch, and
+//! [`RuleSet::resume`] plans only what waited once they are read. Rendering and value
+//! confinement are [`super::template`]'s.
 
 use std::collections::HashMap;
 
@@ -14,7 +16,10 @@ use serde_json::Value;
 use super::template::{RenderError, Scope};
 use super::{CascadeSpec, DataTemplate, Rule, RuleSet};
 use crate::event::Event;
-use crate::plan::{Action, EventPlan, RuleHit};
+use crate::plan::{Action, EventPlan, Pending, RuleHit};
+
+mod resume;
+use resume::list_needs;
 
 /// Why an event cannot be planned. Permanent for that event.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -79,8 +84,17 @@ impl Chain<'_> {
     }
 }
 
+/// What a cascade walks: once for a plain cascade, once per member of its sets, or, while a set
+/// was not read yet, nothing: it waits for them.
+enum Walk {
+    Items(Vec<Option<String>>),
+    Waits(Vec<String>),
+}
+
 impl RuleSet {
-    /// Plans one event and its cascades.
+    /// Plans one event and its cascades. A `for_each_member_of` cascade over a set that `members`
+    /// does not know waits in the plan (its sets listed in [`EventPlan::needs`]) for
+    /// [`RuleSet::resume`].
     pub fn plan_event(&self, event: &Event, members: &dyn Members) -> Result<EventPlan, PlanError> {
         let mut out = EventPlan::default();
         let chain = Chain {
@@ -88,8 +102,7 @@ impl RuleSet {
             parent: None,
         };
         self.plan_into(&chain, 0, members, &mut out)?;
-        out.needs.sort();
-        out.needs.dedup();
+        list_needs(&mut out);
         Ok(out)
     }
 
@@ -101,7 +114,8 @@ impl RuleSet {
         out: &mut EventPlan,
     ) -> Result<(), PlanError> {
         let event = chain.event;
-        for rule in self.rules_for(&event.kind) {
+        for index in self.rule_indices(&event.kind) {
+            let rule = &self.rules[index];
             let condition = match &rule.when {
                 None => true,
                 Some(c) => c.eval(event).map_err(|message| PlanError::Condition {
@@ -109,12 +123,12 @@ impl RuleSet {
                     message,
                 })?,
             };
+            let render = |source: RenderError| PlanError::Render {
+                rule: rule.name.to_string(),
+                source,
+            };
             let actions = if condition {
-                self.actions(rule, event)
-                    .map_err(|source| PlanError::Render {
-                        rule: rule.name.to_string(),
-                        source,
-                    })?
+                self.actions(rule, event).map_err(render)?
             } else {
                 Vec::new()
             };
@@ -132,34 +146,60 @@ impl RuleSet {
                 continue;
             }
             for (n, cascade) in rule.cascade.iter().enumerate() {
+                let items = match self.walk_of(cascade, event, members).map_err(render)? {
+                    Walk::Items(items) => items,
+                    Walk::Waits(sets) => {
+                        out.pending.push(Pending {
+                            chain: chain.below_root(),
+                            depth,
+                            rule: index,
+                            cascade: n,
+                            sets,
+                            at_hit: out.hits.len(),
+                            at_note: out.notes.len(),
+                        });
+                        continue;
+                    }
+                };
                 let children = self
-                    .cascade_events(rule, cascade, event, n, members, out)
-                    .map_err(|source| PlanError::Render {
-                        rule: rule.name.to_string(),
-                        source,
-                    })?;
-                for child in children {
-                    if depth + 1 > self.limits.max_cascade_depth {
-                        out.notes.push(format!(
-                            "rule `{}`: cascade `{}` not followed: max_cascade_depth {} reached",
-                            rule.name, child.kind, self.limits.max_cascade_depth
-                        ));
-                        continue;
-                    }
-                    if chain.contains(&child) {
-                        out.notes.push(format!(
-                            "rule `{}`: cascade `{}` not followed: cycle (the same event is already in this chain)",
-                            rule.name, child.kind
-                        ));
-                        continue;
-                    }
-                    let link = Chain {
-                        event: &child,
-                        parent: Some(chain),
-                    };
-                    self.plan_into(&link, depth + 1, members, out)?;
-                }
+                    .cascade_events(rule, cascade, event, n, &items)
+                    .map_err(render)?;
+                self.plan_children(chain, depth, rule, children, members, out)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Plans the events a cascade of `rule` emitted for the last event of `chain`.
+    fn plan_children(
+        &self,
+        chain: &Chain<'_>,
+        depth: u32,
+        rule: &Rule,
+        children: Vec<Event>,
+        members: &dyn Members,
+        out: &mut EventPlan,
+    ) -> Result<(), PlanError> {
+        for child in children {
+            if depth + 1 > self.limits.max_cascade_depth {
+                out.notes.push(format!(
+                    "rule `{}`: cascade `{}` not followed: max_cascade_depth {} reached",
+                    rule.name, child.kind, self.limits.max_cascade_depth
+                ));
+                continue;
+            }
+            if chain.contains(&child) {
+                out.notes.push(format!(
+                    "rule `{}`: cascade `{}` not followed: cycle (the same event is already in this chain)",
+                    rule.name, child.kind
+                ));
+                continue;
+            }
+            let link = Chain {
+                event: &child,
+                parent: Some(chain),
+            };
+            self.plan_into(&link, depth + 1, members, out)?;
         }
         Ok(())
     }
@@ -210,39 +250,57 @@ impl RuleSet {
         Ok(actions)
     }
 
-    /// The events one cascade emits for `event`.
+    /// What one cascade of `event` walks.
+    fn walk_of(
+        &self,
+        cascade: &CascadeSpec,
+        event: &Event,
+        members: &dyn Members,
+    ) -> Result<Walk, RenderError> {
+        let Some(set) = &cascade.for_each_member_of else {
+            return Ok(Walk::Items(vec![None]));
+        };
+        let l = &self.limits;
+        let keys = set.render_one(Scope { event, item: None }, &l.safe, l.max_fanout)?;
+        self.members_of(set.source(), keys, members)
+    }
+
+    /// The members of the sets `keys` (of the template `source`), or that they wait.
+    fn members_of(
+        &self,
+        source: &str,
+        keys: Vec<String>,
+        members: &dyn Members,
+    ) -> Result<Walk, RenderError> {
+        let mut items = Vec::new();
+        for key in &keys {
+            match members.members(key) {
+                Some(m) => items.extend(m.iter().cloned().map(Some)),
+                None => return Ok(Walk::Waits(keys)),
+            }
+        }
+        if items.len() > self.limits.max_fanout {
+            return Err(RenderError::FanoutExceeded {
+                template: source.to_owned(),
+                count: items.len() as u128,
+                limit: self.limits.max_fanout,
+            });
+        }
+        Ok(Walk::Items(items))
+    }
+
+    /// The events one cascade emits for `event`, one per data rendered for each of `items`.
     fn cascade_events(
         &self,
         rule: &Rule,
         cascade: &CascadeSpec,
         event: &Event,
         n: usize,
-        members: &dyn Members,
-        out: &mut EventPlan,
+        items: &[Option<String>],
     ) -> Result<Vec<Event>, RenderError> {
         let l = &self.limits;
-        let items: Vec<Option<String>> = match &cascade.for_each_member_of {
-            None => vec![None],
-            Some(set) => {
-                let mut items = Vec::new();
-                for key in set.render_one(Scope { event, item: None }, &l.safe, l.max_fanout)? {
-                    match members.members(&key) {
-                        Some(m) => items.extend(m.iter().cloned().map(Some)),
-                        None => out.needs.push(key),
-                    }
-                }
-                if items.len() > l.max_fanout {
-                    return Err(RenderError::FanoutExceeded {
-                        template: set.source().to_owned(),
-                        count: items.len() as u128,
-                        limit: l.max_fanout,
-                    });
-                }
-                items
-            }
-        };
         let mut children = Vec::new();
-        for item in &items {
+        for item in items {
             let scope = Scope {
                 event,
                 item: item.as_deref(),
