@@ -146,18 +146,15 @@ fn unavailable(e: impl Into<anyhow::Error>) -> Exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let logs = init_logging(cli.log_format);
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match runtime.block_on(dispatch(cli)) {
+        .map_err(|e| Exit(2, anyhow::anyhow!("cannot start the runtime: {e}")))
+        .and_then(|runtime| runtime.block_on(dispatch(cli)));
+    // Every log line is out before the last words.
+    drop(logs);
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(Exit(code, e)) => {
             eprintln!("error: {e:#}");
@@ -201,16 +198,28 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Log lines at most queued for stderr: beyond them, a thread that logs waits (nothing is dropped).
+const QUEUED_LOG_LINES: usize = 4096;
+
+/// Logs to stderr through a thread of their own, which writes what queued in one write: a write
+/// per line was 8% of the CPU of a replay whose `log` CDN target logs every path. Lines are
+/// written as soon as that thread is free, and all of them before the returned guard is dropped.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "warn,invalidator=info".into());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(QUEUED_LOG_LINES)
+        .thread_name("invalidator-logs")
+        .finish(io::BufWriter::new(io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Human => builder.with_ansi(io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
 
 fn load_config(cli: &Cli) -> Result<Config, Exit> {
