@@ -32,7 +32,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::Producer as _;
 
 use common::args::each_arg;
-use common::kafka::{PARTITIONS, Producer, bare_consumer, create_topic, producer, send};
+use common::kafka::{
+    PARTITIONS, Producer, bare_consumer, create_topic, local_broker_pid, producer, send,
+};
 use common::measure::{
     build_release, config_toml, cpu_seconds, mib, replay_command, run_child, verdict,
 };
@@ -148,21 +150,31 @@ fn drain_bench(bin: &Path, tmp: &Path, n: u64) {
 
     // Control: librdkafka's own `fetch.queue.backoff.ms` (1 s), which the worker sets to 50 ms.
     let control = "\"fetch.queue.backoff.ms\" = \"1000\"";
-    let (slow, slow_cpu, _) = worker_drain(bin, tmp, &topic, n, control);
+    let slow = worker_drain(bin, tmp, &topic, n, control);
     println!(
-        "invalidator run, control with fetch.queue.backoff.ms = 1000: {slow:.0} events/s; {slow_cpu:.2} s CPU"
+        "invalidator run, control with fetch.queue.backoff.ms = 1000: {:.0} events/s; {:.2} s CPU",
+        slow.rate, slow.cpu
     );
     prefill("", 0..n);
-    let (ours, cpu, rss) = worker_drain(bin, tmp, &topic, n, "");
+    let ours = worker_drain(bin, tmp, &topic, n, "");
     let left: u64 = redis_cli(&["DBSIZE"]).parse().unwrap_or(0);
     println!(
-        "invalidator run: {ours:.0} events/s ({left} keys left in DB {DB}); ratio to the bare consumer {:.2}; {cpu:.2} s CPU",
-        ours / bare
+        "invalidator run: {:.0} events/s ({left} keys left in DB {DB}); ratio to the bare consumer {:.2}; {:.2} s CPU",
+        ours.rate,
+        ours.rate / bare,
+        ours.cpu
     );
+    match ours.broker_cpu {
+        Some(b) => println!(
+            "the broker's CPU from the worker's start to its last event: {b:.2} s (same cores)"
+        ),
+        None => println!("the broker's CPU: not a process of this machine"),
+    }
     println!(
         "peak RSS of invalidator run over the {n}-event backlog: {:.1} MiB",
-        rss as f64 / 1024.0
+        ours.rss_kib as f64 / 1024.0
     );
+    let ours = ours.rate;
 
     let replayed = replay_same(bin, tmp, &topic, n);
     println!(
@@ -172,10 +184,22 @@ fn drain_bench(bin: &Path, tmp: &Path, n: u64) {
     );
 }
 
-/// `invalidator run` with `properties` drains the `n` events of `topic` in a new group: its rate
-/// from its first to its last applied event (`/metrics`, every 20 ms), its CPU seconds and its
-/// peak RSS (KiB).
-fn worker_drain(bin: &Path, tmp: &Path, topic: &str, n: u64, properties: &str) -> (f64, f64, u64) {
+/// What a drain of [`worker_drain`] measured.
+struct Drain {
+    /// Events/s from the worker's first to its last applied event (`/metrics`, every 20 ms).
+    rate: f64,
+    /// The worker's CPU seconds.
+    cpu: f64,
+    /// The worker's peak RSS.
+    rss_kib: u64,
+    /// The CPU seconds a broker of this machine spent from the worker's start to its last event.
+    broker_cpu: Option<f64>,
+}
+
+/// `invalidator run` with `properties` drains the `n` events of `topic` in a new group.
+fn worker_drain(bin: &Path, tmp: &Path, topic: &str, n: u64, properties: &str) -> Drain {
+    let broker = local_broker_pid();
+    let broker_before = broker.map(cpu_seconds);
     let worker = Worker::start(bin, tmp, topic, DB, "", properties);
     let mut first: Option<(Instant, f64)> = None;
     let until = Instant::now() + Duration::from_secs(1800);
@@ -192,9 +216,15 @@ fn worker_drain(bin: &Path, tmp: &Path, topic: &str, n: u64, properties: &str) -
     let (at, count) = first.expect("the worker applied events");
     let elapsed = at.elapsed().as_secs_f64();
     assert!(done >= n as f64, "the worker applied {done} of {n} events");
-    let (rss, cpu) = (worker.peak_rss_kib(), cpu_seconds(worker.child.id()));
+    let broker_cpu = broker.zip(broker_before).map(|(p, b)| cpu_seconds(p) - b);
+    let (rss_kib, cpu) = (worker.peak_rss_kib(), cpu_seconds(worker.child.id()));
     worker.stop();
-    ((done - count) / elapsed, cpu, rss)
+    Drain {
+        rate: (done - count) / elapsed,
+        cpu,
+        rss_kib,
+        broker_cpu,
+    }
 }
 
 /// The events of [`drain_bench`] replayed from a file with the worker's rule, on the keys prefilled

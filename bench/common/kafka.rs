@@ -92,3 +92,23 @@ pub fn send(p: &Producer, topic: &str, id: u64, payload: &str) {
         }
     }
 }
+
+/// The pid of the broker when it is a process of this machine started with its address in its
+/// command line (Tansu's `--listener-url tcp://ADDRESS`, as `scripts/tansu.sh` starts it); `None`
+/// for a remote Kafka.
+pub fn local_broker_pid() -> Option<u32> {
+    let address = brokers();
+    let wanted = format!("tcp://{address}");
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let listens = args
+                .windows(2)
+                .any(|w| w[0] == b"--listener-url" && w[1] == wanted.as_bytes());
+            listens.then_some(pid)
+        })
+}
