@@ -203,7 +203,8 @@ const QUEUED_LOG_LINES: usize = 4096;
 
 /// Logs to stderr through a thread of their own, which writes what queued in one write: a write
 /// per line was 8% of the CPU of a replay whose `log` CDN target logs every path. Lines are
-/// written as soon as that thread is free, and all of them before the returned guard is dropped.
+/// written as soon as that thread is free; dropping the returned guard waits (up to a second) for
+/// those queued.
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "warn,invalidator=info".into());

@@ -1,8 +1,8 @@
 //! The I/O half of a unit of work: what [`super::prepare`] made of the records, applied.
 //!
 //! `dedupe (Redis) → cascade sets read (Redis), the cascades that waited planned → coalesce →
-//! Redis → CDN → remember ids → metrics → notices`. Every step may only turn an outcome into a worse one
-//! (applied → duplicate or dead-lettered), never the reverse.
+//! Redis → CDN → remember ids → metrics → notices`. Every step may only turn an outcome into a
+//! worse one (applied → duplicate or dead-lettered), never the reverse.
 
 use std::collections::{HashMap, HashSet};
 

@@ -9,7 +9,7 @@ impl RuleSet {
     /// Plans the cascades of `plan` (the plan of `event`) that waited for sets `members` now
     /// knows, each in its place: the plan becomes the one [`RuleSet::plan_event`] gives with these
     /// members, and nothing that did not wait is planned again. On an error the event cannot be
-    /// planned (and `plan` is left part resumed).
+    /// planned (and `plan` is left part resumed). `plan` is one this rule set planned.
     pub fn resume(
         &self,
         event: &Event,
