@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::Event;
-use super::decode::{MAX_ID_LEN, MAX_SOURCE_LEN, MAX_TYPE_LEN, finish};
+use super::decode::{finish, valid_id, valid_source, valid_type};
 use super::fields::DataFields;
 
 /// The common shape of a native event, as its fields borrowed from the input: `type` (or
@@ -104,13 +104,9 @@ pub(super) fn decode_common(
     let mut de = serde_json::Deserializer::from_str(text);
     let c = CommonSeed(fields).deserialize(&mut de).ok()?;
     de.end().ok()?;
-    let type_ok =
-        !c.kind.is_empty() && c.kind.len() <= MAX_TYPE_LEN && !c.kind.chars().any(char::is_control);
-    let id_ok = c.id.is_none_or(|id| {
-        !id.is_empty() && id.len() <= MAX_ID_LEN && !id.chars().any(char::is_control)
-    });
-    let source_ok = c.source.is_none_or(|s| s.len() <= MAX_SOURCE_LEN);
-    if !(type_ok && id_ok && source_ok) {
+    let valid =
+        valid_type(c.kind) && c.id.is_none_or(valid_id) && c.source.is_none_or(valid_source);
+    if !valid {
         return None;
     }
     let time = c.time.and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());

@@ -14,12 +14,27 @@ use super::common::decode_common;
 use super::fields::DataFields;
 
 /// Longest accepted event type.
-pub(super) const MAX_TYPE_LEN: usize = 256;
+const MAX_TYPE_LEN: usize = 256;
 /// Longest accepted event id.
-pub(super) const MAX_ID_LEN: usize = 512;
+const MAX_ID_LEN: usize = 512;
 /// Longest accepted `source` (a producer name or URI): it travels in every completion notice and
 /// every cascaded event, so it is bounded like the id.
-pub(super) const MAX_SOURCE_LEN: usize = 1024;
+const MAX_SOURCE_LEN: usize = 1024;
+
+/// A valid event type: not empty, at most [`MAX_TYPE_LEN`] bytes, no control character.
+pub(super) fn valid_type(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_TYPE_LEN && !s.chars().any(char::is_control)
+}
+
+/// A valid event id: not empty, at most [`MAX_ID_LEN`] bytes, no control character.
+pub(super) fn valid_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control)
+}
+
+/// A valid `source`: at most [`MAX_SOURCE_LEN`] bytes.
+pub(super) fn valid_source(s: &str) -> bool {
+    s.len() <= MAX_SOURCE_LEN
+}
 
 /// Why a payload is not an event. Permanent: the same bytes always fail the same way.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -223,12 +238,10 @@ fn take_type(obj: &mut Map<String, Value>, names: &[&str]) -> Result<String, Dec
     };
     match value {
         Value::String(s) if s.is_empty() => Err(DecodeError::MissingType),
-        Value::String(s) if s.len() > MAX_TYPE_LEN || s.chars().any(char::is_control) => {
-            Err(DecodeError::InvalidField {
-                field: "type",
-                reason: format!("must be at most {MAX_TYPE_LEN} bytes without control characters"),
-            })
-        }
+        Value::String(s) if !valid_type(s) => Err(DecodeError::InvalidField {
+            field: "type",
+            reason: format!("must be at most {MAX_TYPE_LEN} bytes without control characters"),
+        }),
         Value::String(s) => Ok(s.clone()),
         other => Err(DecodeError::InvalidField {
             field: "type",
@@ -252,7 +265,7 @@ fn take_id(obj: &mut Map<String, Value>, names: &[&str]) -> Result<Option<String
             });
         }
     };
-    if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
+    if !valid_id(&id) {
         return Err(DecodeError::InvalidField {
             field: "id",
             reason: format!("must be 1 to {MAX_ID_LEN} bytes without control characters"),
@@ -289,7 +302,7 @@ fn take_optional_string(
 fn take_source(obj: &Map<String, Value>) -> Result<Option<String>, DecodeError> {
     let source = take_optional_string(obj, "source")?;
     if let Some(s) = &source
-        && s.len() > MAX_SOURCE_LEN
+        && !valid_source(s)
     {
         return Err(DecodeError::InvalidField {
             field: "source",
