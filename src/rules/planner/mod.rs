@@ -262,21 +262,24 @@ impl RuleSet {
         };
         let l = &self.limits;
         let keys = set.render_one(Scope { event, item: None }, &l.safe, l.max_fanout)?;
-        self.members_of(set.source(), keys, members)
+        Ok(match self.members_of(set.source(), &keys, members)? {
+            Some(items) => Walk::Items(items),
+            None => Walk::Waits(keys),
+        })
     }
 
-    /// The members of the sets `keys` (of the template `source`), or that they wait.
+    /// The members of the sets `keys` (of the template `source`), `None` while one is unknown.
     fn members_of(
         &self,
         source: &str,
-        keys: Vec<String>,
+        keys: &[String],
         members: &dyn Members,
-    ) -> Result<Walk, RenderError> {
+    ) -> Result<Option<Vec<Option<String>>>, RenderError> {
         let mut items = Vec::new();
-        for key in &keys {
+        for key in keys {
             match members.members(key) {
                 Some(m) => items.extend(m.iter().cloned().map(Some)),
-                None => return Ok(Walk::Waits(keys)),
+                None => return Ok(None),
             }
         }
         if items.len() > self.limits.max_fanout {
@@ -286,7 +289,7 @@ impl RuleSet {
                 limit: self.limits.max_fanout,
             });
         }
-        Ok(Walk::Items(items))
+        Ok(Some(items))
     }
 
     /// The events one cascade emits for `event`, one per data rendered for each of `items`.

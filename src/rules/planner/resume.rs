@@ -1,6 +1,6 @@
 //! Cascades that waited for the members of their sets, planned alone once the sets are read.
 
-use super::{Chain, Members, PlanError, RuleSet, Walk};
+use super::{Chain, Members, PlanError, RuleSet};
 use crate::event::Event;
 use crate::plan::{EventPlan, Pending};
 use crate::rules::template::RenderError;
@@ -59,10 +59,7 @@ impl RuleSet {
         };
         let set = cascade.for_each_member_of.as_ref();
         let source = set.map_or("", |t| t.source());
-        let Walk::Items(items) = self
-            .members_of(source, p.sets.clone(), members)
-            .map_err(render)?
-        else {
+        let Some(items) = self.members_of(source, &p.sets, members).map_err(render)? else {
             return Ok(None);
         };
         let mut out = EventPlan::default();
