@@ -185,7 +185,7 @@ fn every_metric_the_rules_read_is_exported() {
 #[test]
 fn every_bucket_the_rules_select_is_one_the_exporter_renders() {
     let handle = invalidator::telemetry::install_prometheus().expect("recorder");
-    invalidator::telemetry::event_age(Duration::from_millis(1));
+    invalidator::telemetry::event_ages().record(Duration::from_millis(1).as_secs_f64());
     let text = handle.render();
     let selector = Regex::new(r#"(invalidator_[a-z_]+_bucket)\{[^}]*le="([^"]+)""#).unwrap();
     let mut seen = 0;

@@ -205,6 +205,7 @@ impl Engine {
 
     fn record_metrics(&self, unit: &[Prepared], result: &UnitResult) {
         let now = OffsetDateTime::now_utc();
+        let ages = telemetry::event_ages();
         let mut counts = EventCounts::default();
         for p in unit {
             counts.add(
@@ -226,7 +227,7 @@ impl Engine {
                 && let Some(t) = p.event.as_ref().and_then(|e| e.time)
                 && let Ok(age) = std::time::Duration::try_from(now - t)
             {
-                telemetry::event_age(age);
+                ages.record(age.as_secs_f64());
             }
         }
         counts.record(&self.rules);
