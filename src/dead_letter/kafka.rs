@@ -14,13 +14,12 @@ use std::time::Duration;
 use futures::future::join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use sha2::{Digest, Sha256};
 
 use super::{DeadLetter, DeadLetterSink};
 use crate::config::KafkaConfig;
-use crate::kafka_client::{ClientError, producer};
+use crate::kafka_client::{ClientError, Producer, producer};
 use crate::telemetry;
 
 /// How much of the payload a dead letter refused whole for its size keeps.
@@ -31,7 +30,7 @@ pub const CUT_PAYLOAD_BYTES: usize = 16 * 1024;
 const HEADER_ROOM: usize = 64 * 1024;
 
 pub struct KafkaDeadLetters {
-    producer: FutureProducer,
+    producer: Producer,
     config: KafkaConfig,
 }
 
@@ -76,15 +75,11 @@ impl KafkaDeadLetters {
             let value = Some(value.as_bytes());
             headers = headers.insert(Header { key, value });
         }
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(topic).payload(kept).headers(headers);
-        if let Some(k) = carried.and_then(|c| c.key.as_deref()) {
-            record = record.key(k);
-        }
-        match self.producer.send(record, Duration::from_secs(5)).await {
-            Ok(_) => Ok(()),
-            Err((e, _)) => Err(e),
-        }
+        let key = carried.and_then(|c| c.key.as_deref());
+        let queue_timeout = Duration::from_secs(5);
+        self.producer
+            .send(topic, key, kept, Some(headers), queue_timeout)
+            .await
     }
 
     /// Sends one letter whole, or cut when it is too large to go whole.

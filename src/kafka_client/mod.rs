@@ -4,8 +4,11 @@
 
 use std::collections::BTreeMap;
 
+mod producer;
+
+pub use producer::Producer;
+
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::producer::FutureProducer;
 
 use crate::config::KafkaConfig;
 
@@ -80,13 +83,13 @@ fn consumer_only(key: &str) -> bool {
 pub fn producer(
     config: &KafkaConfig,
     overrides: &[(&'static str, String)],
-) -> Result<FutureProducer, ClientError> {
+) -> Result<Producer, ClientError> {
     let mut defaults = producer_defaults(config);
     defaults.retain(|(k, _)| !overrides.iter().any(|(o, _)| o == k));
     defaults.extend(overrides.iter().cloned());
-    client_config(defaults, &config.properties, |k| !consumer_only(k))
-        .create()
-        .map_err(|e| ClientError(e.to_string()))
+    Producer::new(&client_config(defaults, &config.properties, |k| {
+        !consumer_only(k)
+    }))
 }
 
 /// librdkafka's log lines as tracing events, at the matching level.

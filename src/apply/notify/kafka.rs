@@ -5,15 +5,14 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::time::Instant;
 
 use super::{Notice, NoticeReport};
 use crate::config::KafkaConfig;
-use crate::kafka_client::producer;
+use crate::kafka_client::{Producer, producer};
 
 pub struct KafkaSink {
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
 }
 
@@ -42,17 +41,16 @@ impl KafkaSink {
     pub async fn publish(&self, notices: &[Notice], deadline: Instant) -> NoticeReport {
         let queue_timeout = deadline.saturating_duration_since(Instant::now());
         let deliveries = notices.iter().map(|n| {
-            let record = FutureRecord::to(&self.topic)
-                .key(n.event_id.as_bytes())
-                .payload(n.json.as_bytes());
-            self.producer.send(record, queue_timeout)
+            let (key, payload) = (Some(n.event_id.as_bytes()), n.json.as_bytes());
+            self.producer
+                .send(&self.topic, key, payload, None, queue_timeout)
         });
         let mut report = NoticeReport::default();
         let mut first_error = None;
         for r in join_all(deliveries).await {
             match r {
                 Ok(_) => report.sent += 1,
-                Err((e, _)) => {
+                Err(e) => {
                     report.dropped += 1;
                     first_error.get_or_insert(e);
                 }
