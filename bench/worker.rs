@@ -12,7 +12,9 @@
 //!      shipped, on the keys prefilled again; its rate is measured from its first to its last
 //!      applied event (`/metrics`), and its peak RSS (`VmHWM`) and CPU are read before it stops;
 //!    - `invalidator replay` of the same events from a file, with the same rules, on the keys
-//!      prefilled again: the worker's drain is held to it (issue 16: at least 0.8 of it).
+//!      prefilled again: the worker's drain is held to it (issue 16: at least 0.8 of it);
+//!    - CPU per event of the three: the worker's against the replay's plus the bare consumer's
+//!      (what the Kafka client alone costs per message, which replay does not pay).
 //! 2. Latency: a fresh topic and a running worker; events are produced at a steady R events/s (default
 //!    5,000) for S seconds (default 10), each deleting its own key. Redis keyspace notifications
 //!    (`__keyevent@7__:del`) tell when each key was removed; latency = removal − produce call.
@@ -64,7 +66,10 @@ fn event(id: u64) -> String {
     )
 }
 
-fn bare_drain(topic: &str, n: u64) -> f64 {
+/// A bare consumer drains the `n` events of `topic`: its events/s, and the CPU seconds this process
+/// spent meanwhile (the Kafka client's own cost of `n` messages, which replay does not pay).
+fn bare_drain(topic: &str, n: u64) -> (f64, f64) {
+    let cpu_before = cpu_seconds(std::process::id());
     let c: BaseConsumer = bare_consumer("bare")
         .set("queued.max.messages.kbytes", "16384")
         .create()
@@ -82,7 +87,8 @@ fn bare_drain(topic: &str, n: u64) -> f64 {
         }
     }
     assert_eq!(got, n, "bare consumer drained everything");
-    got as f64 / first.unwrap().elapsed().as_secs_f64()
+    let rate = got as f64 / first.unwrap().elapsed().as_secs_f64();
+    (rate, cpu_seconds(std::process::id()) - cpu_before)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -145,8 +151,8 @@ fn drain_bench(bin: &Path, tmp: &Path, n: u64) {
         t.elapsed().as_secs_f64(),
         n as f64 / t.elapsed().as_secs_f64()
     );
-    let bare = bare_drain(&topic, n);
-    println!("bare rdkafka consumer: {bare:.0} events/s");
+    let (bare, bare_cpu) = bare_drain(&topic, n);
+    println!("bare rdkafka consumer: {bare:.0} events/s; {bare_cpu:.2} s CPU");
 
     // Control: librdkafka's own `fetch.queue.backoff.ms` (1 s), which the worker sets to 50 ms.
     let control = "\"fetch.queue.backoff.ms\" = \"1000\"";
@@ -174,13 +180,20 @@ fn drain_bench(bin: &Path, tmp: &Path, n: u64) {
         "peak RSS of invalidator run over the {n}-event backlog: {:.1} MiB",
         ours.rss_kib as f64 / 1024.0
     );
-    let ours = ours.rate;
-
-    let replayed = replay_same(bin, tmp, &topic, n);
+    let (replayed, replay_cpu) = replay_same(bin, tmp, &topic, n);
     println!(
         "worker drain / replay: {:.2} (goal >= 0.8: {})",
-        ours / replayed,
-        verdict(ours / replayed >= 0.8)
+        ours.rate / replayed,
+        verdict(ours.rate / replayed >= 0.8)
+    );
+    let per = |cpu: f64| cpu / n as f64 * 1e6;
+    println!(
+        "CPU per event: worker {:.2} us, replay {:.2} us, bare consumer {:.2} us; \
+         worker / (replay + bare consumer) {:.2}",
+        per(ours.cpu),
+        per(replay_cpu),
+        per(bare_cpu),
+        ours.cpu / (replay_cpu + bare_cpu)
     );
 }
 
@@ -228,8 +241,8 @@ fn worker_drain(bin: &Path, tmp: &Path, topic: &str, n: u64, properties: &str) -
 }
 
 /// The events of [`drain_bench`] replayed from a file with the worker's rule, on the keys prefilled
-/// again: what the worker is held to. Its rate, events/s.
-fn replay_same(bin: &Path, tmp: &Path, topic: &str, n: u64) -> f64 {
+/// again: what the worker is held to. Its rate, events/s, and its CPU seconds.
+fn replay_same(bin: &Path, tmp: &Path, topic: &str, n: u64) -> (f64, f64) {
     let events = tmp.join(format!("{topic}.jsonl"));
     let mut text = String::with_capacity(n as usize * 120);
     for id in 0..n {
@@ -254,7 +267,7 @@ fn replay_same(bin: &Path, tmp: &Path, topic: &str, n: u64) -> f64 {
         run.cpu,
         mib(run.maxrss_kib)
     );
-    replayed
+    (replayed, run.cpu)
 }
 
 /// When each event (by id) was seen at the end of its path: its key removed, or its message
