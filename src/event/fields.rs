@@ -31,9 +31,13 @@ impl DataFields {
         DataFields::Only(v.into())
     }
 
+    /// Asked for every field of every event's `data`. Rules read a few fields: a scan by
+    /// equality compares lengths first and calls `memcmp` only for a name of the same length,
+    /// where a binary search called it for every comparison; a long list is searched.
     fn keeps(&self, field: &str) -> bool {
         match self {
             DataFields::All => true,
+            DataFields::Only(f) if f.len() <= 8 => f.iter().any(|k| k == field),
             DataFields::Only(f) => f.binary_search_by(|k| k.as_str().cmp(field)).is_ok(),
         }
     }
@@ -275,6 +279,22 @@ b"}"#,
             json!({"product_id": 42}),
             "the other fields are gone"
         );
+    }
+
+    /// Lists short enough to be scanned and long enough to be searched answer alike: every field
+    /// kept, and no other name (a prefix, one of the same length, the empty name).
+    #[test]
+    fn kept_fields_are_found_in_short_and_long_lists() {
+        for n in 1..=12 {
+            let names: Vec<String> = (0..n).map(|i| format!("field_{i:02}")).collect();
+            let keep = DataFields::only(names.iter().rev().cloned());
+            for name in &names {
+                assert!(keep.keeps(name), "{name} of {n}");
+            }
+            for other in ["field_", "field_99", "field_0", "", "Field_00", "field_000"] {
+                assert!(!keep.keeps(other), "{other} of {n}");
+            }
+        }
     }
 
     #[test]
