@@ -39,10 +39,19 @@ impl Watermarks {
     /// the unit, not one per message.
     pub fn finish_all(&mut self, topic: &str, partition: i32, offsets: &[i64]) -> Option<i64> {
         let track = self.topics.get_mut(topic)?.get_mut(&partition)?;
+        // A unit's offsets of a partition were taken in one after the other, so each is usually
+        // the entry after the one before it; only when it is not is the queue searched.
+        let mut last: Option<usize> = None;
         for &offset in offsets {
-            if let Ok(at) = track.binary_search_by_key(&offset, |&(o, _)| o) {
-                track[at].1 = true;
-            }
+            let next = last
+                .map(|i| i + 1)
+                .filter(|&i| track.get(i).is_some_and(|&(o, _)| o == offset));
+            let Some(at) = next.or_else(|| track.binary_search_by_key(&offset, |&(o, _)| o).ok())
+            else {
+                continue;
+            };
+            track[at].1 = true;
+            last = Some(at);
         }
         let mut next = None;
         while let Some(&(o, true)) = track.front() {
@@ -117,6 +126,49 @@ mod tests {
         w.forget("t", 0);
         assert_eq!(w.finish("t", 0, 5), None, "revoked: nothing to store");
         assert_eq!(w.pending(), 0);
+    }
+
+    /// Units of offsets in any order (ascending runs, runs with gaps, reversed, unknown offsets)
+    /// finish as the same offsets one by one would: the walk from the entry before finds what the
+    /// search finds.
+    #[test]
+    fn finishing_a_unit_at_once_matches_finishing_its_offsets_one_by_one() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..500 {
+            let (mut units, mut one_by_one) = (Watermarks::default(), Watermarks::default());
+            let mut taken: Vec<i64> = Vec::new();
+            for _ in 0..next(40) {
+                let o = match next(5) {
+                    0 => next(60) as i64,
+                    _ => taken.last().map_or(0, |l| l + 1 + next(2) as i64),
+                };
+                units.begin("t", 0, o);
+                one_by_one.begin("t", 0, o);
+                taken.push(o);
+            }
+            while !taken.is_empty() {
+                let n = (1 + next(6) as usize).min(taken.len());
+                let mut unit: Vec<i64> = taken.drain(..n).collect();
+                match next(4) {
+                    0 => unit.reverse(),
+                    1 => unit.push(1000 + next(5) as i64),
+                    _ => {}
+                }
+                let at_once = units.finish_all("t", 0, &unit);
+                let mut by_one = None;
+                for &o in &unit {
+                    by_one = one_by_one.finish("t", 0, o).or(by_one);
+                }
+                assert_eq!(at_once, by_one, "{unit:?}");
+                assert_eq!(units.pending(), one_by_one.pending(), "{unit:?}");
+            }
+        }
     }
 
     #[test]
