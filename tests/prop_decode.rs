@@ -769,7 +769,7 @@ proptest! {
         time in nasty_string(),
         dlq_position in arb_position(),
     ) {
-        let record = Record { payload: payload.clone(), position: position.clone(), attempts, origin: origin.clone(), truncated: false, carried: None };
+        let record = Record { payload: payload.clone().into(), position: position.clone(), attempts, origin: origin.clone(), truncated: false, carried: None };
         let dlq = DlqRecord::new(&record, reason, &error, time);
         prop_assert_eq!(dlq.attempts, attempts + 1);
         prop_assert_eq!(dlq.payload.is_some(), std::str::from_utf8(&payload).is_ok());

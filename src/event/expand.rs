@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use aws_lambda_events::event::{sns::SnsEvent, sqs::SqsEvent};
+use bytes::Bytes;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -30,7 +31,12 @@ pub enum Expanded {
 /// Splits one input unit (a JSON Lines line, or a whole JSON document) into the payloads it holds:
 /// a Lambda `SnsEvent`/`SqsEvent` gives one per record, a DLQ record gives its original payload, a
 /// JSON array gives its elements, anything else is one event.
-pub fn expand_document(bytes: Vec<u8>, position: Position, max_bytes: usize) -> Vec<Expanded> {
+pub fn expand_document(
+    bytes: impl Into<Bytes>,
+    position: Position,
+    max_bytes: usize,
+) -> Vec<Expanded> {
+    let bytes: Bytes = bytes.into();
     if one_event(&bytes, max_bytes) {
         // Decoded from its bytes by the unit ([`super::decode_event`]), without a JSON tree here.
         return vec![Expanded::Raw(Record::new(bytes, position))];
@@ -78,12 +84,7 @@ static NOT_ONE_EVENT: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 3]> 
 const DLQ_KEY: &[u8] = b"\"invalidator_dlq\"";
 
 /// `value`, parsed from `bytes`, by its shape.
-fn expand_value(
-    value: Value,
-    bytes: Vec<u8>,
-    position: Position,
-    max_bytes: usize,
-) -> Vec<Expanded> {
+fn expand_value(value: Value, bytes: Bytes, position: Position, max_bytes: usize) -> Vec<Expanded> {
     match value {
         Value::Object(ref obj) if obj.contains_key("Records") => {
             expand_records(value, bytes, position)
@@ -102,7 +103,7 @@ fn expand_value(
 }
 
 /// A Lambda SNS or SQS event document: its records, each still to be decoded.
-fn expand_records(value: Value, bytes: Vec<u8>, position: Position) -> Vec<Expanded> {
+fn expand_records(value: Value, bytes: Bytes, position: Position) -> Vec<Expanded> {
     let record = Record::new(bytes, position);
     match expand_lambda(value, &record.position) {
         Ok(records) => records.into_iter().map(Expanded::Raw).collect(),
@@ -112,7 +113,7 @@ fn expand_records(value: Value, bytes: Vec<u8>, position: Position) -> Vec<Expan
 
 /// A dead-letter record: its original payload, with its attempts, first position, and the Kafka
 /// key and headers it came with (a CloudEvents binary-mode event is rebuilt from them).
-fn expand_dlq(value: Value, bytes: Vec<u8>, position: Position, max_bytes: usize) -> Vec<Expanded> {
+fn expand_dlq(value: Value, bytes: Bytes, position: Position, max_bytes: usize) -> Vec<Expanded> {
     let parsed: Result<DlqRecord, _> = serde_json::from_value(value);
     let result = parsed
         .map_err(|e| DecodeError::InvalidEnvelope(format!("DLQ record: {e}")))
@@ -120,7 +121,7 @@ fn expand_dlq(value: Value, bytes: Vec<u8>, position: Position, max_bytes: usize
             let payload = dlq.payload_bytes()?;
             let carried = dlq.kafka.as_ref().map(DlqKafka::carried).transpose()?;
             Ok(Record {
-                payload,
+                payload: payload.into(),
                 position: position.clone(),
                 attempts: dlq.attempts,
                 origin: Some(dlq.origin.unwrap_or(dlq.source)),
@@ -159,11 +160,11 @@ fn expand_array(
         .into_iter()
         .enumerate()
         .flat_map(|(i, item)| {
-            let bytes = match raw.get(i) {
+            let bytes = Bytes::from(match raw.get(i) {
                 Some(r) => r.get().as_bytes().to_vec(),
                 // Parsed once already: this does not happen; re-serialize rather than lose it.
                 None => serde_json::to_vec(&item).unwrap_or_default(),
-            };
+            });
             let pos = Position {
                 message_id: Some(format!("[{i}]")),
                 ..position.clone()
@@ -186,7 +187,7 @@ fn expand_array(
 }
 
 /// A payload over `limit` bytes.
-fn too_large(bytes: Vec<u8>, position: Position, limit: usize) -> Expanded {
+fn too_large(bytes: Bytes, position: Position, limit: usize) -> Expanded {
     Expanded::Failed {
         error: DecodeError::TooLarge {
             size: bytes.len(),
@@ -265,7 +266,7 @@ mod tests {
         // One event: left to the unit's decode, which reads it once.
         let out = expand_document(br#"{"type":"a"}"#.to_vec(), pos(), MAX);
         assert!(
-            matches!(&out[..], [Expanded::Raw(record)] if record.payload == br#"{"type":"a"}"#)
+            matches!(&out[..], [Expanded::Raw(record)] if record.payload[..] == br#"{"type":"a"}"#[..])
         );
         // One event that the general way parses: not parsed again.
         let out = expand_document(br#"{"type":"a","note":"\u00e9"}"#.to_vec(), pos(), MAX);
@@ -392,7 +393,7 @@ mod tests {
         let carried = record.carried.as_deref().unwrap();
         assert_eq!(carried.key.as_deref(), Some(&b"sku-A1"[..]));
         assert_eq!(carried.headers, headers);
-        assert_eq!(record.payload, br#"{"sku":"A1"}"#);
+        assert_eq!(record.payload[..], br#"{"sku":"A1"}"#[..]);
     }
 
     #[test]
@@ -404,7 +405,7 @@ mod tests {
     fn a_line_that_can_only_be_one_event_skips_the_tree() {
         let one = |s: &str| {
             matches!(
-                &expand_document(s.into(), pos(), MAX)[..],
+                &expand_document(s.as_bytes().to_vec(), pos(), MAX)[..],
                 [Expanded::Raw(_)]
             )
         };
@@ -424,7 +425,7 @@ mod tests {
         let payloads: Vec<&[u8]> = out
             .iter()
             .map(|e| match e {
-                Expanded::Parsed { record, .. } => record.payload.as_slice(),
+                Expanded::Parsed { record, .. } => &record.payload[..],
                 other => panic!("{other:?}"),
             })
             .collect();

@@ -8,6 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use base64::Engine as _;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::DecodeError;
@@ -89,7 +90,9 @@ impl fmt::Display for Position {
 /// One payload from a source, with what is needed to dead-letter it byte-exact.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
-    pub payload: Vec<u8>,
+    /// Shared: a unit tried again hands the engine the same bytes, not a copy, and a worker's
+    /// unit holds its payloads once (what `max_in_flight_bytes` counts), not twice.
+    pub payload: Bytes,
     pub position: Position,
     /// How many times this payload was tried before (0 for a fresh one, N for a replayed DLQ record).
     pub attempts: u32,
@@ -98,8 +101,8 @@ pub struct Record {
     /// Only the first bytes of an over-long input line were kept.
     pub truncated: bool,
     /// What the source carried beside the payload (a Kafka key and headers, an SQS message
-    /// group), kept so that a dead letter goes out as the record came in. Shared: a unit retried
-    /// copies its records, not this.
+    /// group), kept so that a dead letter goes out as the record came in. Shared, like the
+    /// payload: a unit retried copies the rest of its records, not these.
     pub carried: Option<Arc<Carried>>,
 }
 
@@ -117,9 +120,9 @@ pub struct Carried {
 }
 
 impl Record {
-    pub fn new(payload: Vec<u8>, position: Position) -> Self {
+    pub fn new(payload: impl Into<Bytes>, position: Position) -> Self {
         Record {
-            payload,
+            payload: payload.into(),
             position,
             attempts: 0,
             origin: None,

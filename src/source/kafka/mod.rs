@@ -201,7 +201,7 @@ impl Input {
             offset: Some(m.offset()),
             ..Position::default()
         };
-        let payload = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
+        let payload = bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default());
         let binary = binary_envelope(&headers, &payload, max_bytes);
         let mut record = Record::new(payload, position);
         let key = m.key().map(<[u8]>::to_vec);
