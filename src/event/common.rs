@@ -114,7 +114,8 @@ pub(super) fn decode_common(
         c.kind.to_owned(),
         c.id.map(str::to_owned),
         time,
-        c.source.map(str::to_owned),
+        // Straight into the shared string: no `String` made first.
+        c.source.map(std::sync::Arc::from),
         c.data,
         fallback_id,
     ))

@@ -168,6 +168,7 @@ fn decode_native(
         // The whole object is the payload, as the producer wrote it.
         None => Value::Object(obj),
     };
+    let source = source.map(Arc::from);
     Ok(finish(kind, id, time, source, data, fallback_id))
 }
 
@@ -210,6 +211,7 @@ fn decode_cloudevent(
     } else {
         Value::Object(Map::new())
     };
+    let source = source.map(Arc::from);
     Ok(finish(kind, id, time, source, data, fallback_id))
 }
 
@@ -217,7 +219,7 @@ pub(super) fn finish(
     kind: String,
     id: Option<String>,
     time: Option<OffsetDateTime>,
-    source: Option<String>,
+    source: Option<Arc<str>>,
     data: Value,
     fallback_id: &dyn Fn() -> String,
 ) -> Event {
@@ -227,7 +229,7 @@ pub(super) fn finish(
         id_given,
         kind,
         time,
-        source: source.map(Arc::from),
+        source,
         data,
     }
 }
