@@ -1,12 +1,12 @@
 //! The Kafka clients' configuration, shared by the consumer (`source::kafka`), the dead-letter
 //! topic (`dead_letter::kafka`) and the completion notices (`apply::notify::kafka`): our defaults
-//! first, then the user's `[kafka.properties]`, which win.
-
-use std::collections::BTreeMap;
+//! first, then the user's `[kafka.properties]`, which win. The two producers are [`Producer`]s.
 
 mod producer;
 
 pub use producer::Producer;
+
+use std::collections::BTreeMap;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 
