@@ -168,7 +168,6 @@ fn decode_native(
         // The whole object is the payload, as the producer wrote it.
         None => Value::Object(obj),
     };
-    let source = source.map(Arc::from);
     Ok(finish(kind, id, time, source, data, fallback_id))
 }
 
@@ -211,7 +210,6 @@ fn decode_cloudevent(
     } else {
         Value::Object(Map::new())
     };
-    let source = source.map(Arc::from);
     Ok(finish(kind, id, time, source, data, fallback_id))
 }
 
@@ -300,8 +298,8 @@ fn take_optional_string(
     }
 }
 
-/// `source`, at most [`MAX_SOURCE_LEN`] bytes.
-fn take_source(obj: &Map<String, Value>) -> Result<Option<String>, DecodeError> {
+/// `source`, at most [`MAX_SOURCE_LEN`] bytes, as the string its cascaded events share.
+fn take_source(obj: &Map<String, Value>) -> Result<Option<Arc<str>>, DecodeError> {
     let source = take_optional_string(obj, "source")?;
     if let Some(s) = &source
         && !valid_source(s)
@@ -311,7 +309,7 @@ fn take_source(obj: &Map<String, Value>) -> Result<Option<String>, DecodeError> 
             reason: format!("must be at most {MAX_SOURCE_LEN} bytes"),
         });
     }
-    Ok(source)
+    Ok(source.map(Arc::from))
 }
 
 pub(crate) fn kind_name(value: &Value) -> &'static str {
