@@ -133,13 +133,10 @@ mod tests {
     /// search finds.
     #[test]
     fn finishing_a_unit_at_once_matches_finishing_its_offsets_one_by_one() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(16);
+        let mut next = move |n: u64| rng.random_range(0..n);
         for _ in 0..500 {
             let (mut units, mut one_by_one) = (Watermarks::default(), Watermarks::default());
             let mut taken: Vec<i64> = Vec::new();
