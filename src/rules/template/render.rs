@@ -186,23 +186,28 @@ impl Template {
         s: &mut String,
     ) -> Result<(), RenderError> {
         let start = s.len();
-        match v {
-            Value::String(v) => s.push_str(v),
-            Value::Number(n) if n.is_i64() || n.is_u64() => {
-                use std::fmt::Write as _;
-                write!(s, "{n}").expect("writing to a String");
-            }
-            other => {
-                return Err(self.template_error(
-                    var,
-                    format!(
-                        "`{}` is {}; only strings and integers can be used",
-                        var.text,
-                        crate::event::decode::kind_name(other)
-                    ),
-                ));
-            }
-        }
+        let mut digits = itoa::Buffer::new();
+        let text = match v {
+            Value::String(v) => Some(v.as_str()),
+            // Integers as text without `fmt`'s machinery.
+            Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => Some(digits.format(u)),
+                (None, Some(i)) => Some(digits.format(i)),
+                (None, None) => None,
+            },
+            _ => None,
+        };
+        let Some(text) = text else {
+            return Err(self.template_error(
+                var,
+                format!(
+                    "`{}` is {}; only strings and integers can be used",
+                    var.text,
+                    crate::event::decode::kind_name(v)
+                ),
+            ));
+        };
+        s.push_str(text);
         if !safe.is_safe(&s[start..]) {
             return Err(self.unsafe_value(var, &s[start..]));
         }

@@ -29,6 +29,22 @@ fn render(src: &str, kind: TemplateKind, data: Value) -> Result<Vec<String>, Ren
 }
 
 #[test]
+fn integers_render_as_their_decimal_text_across_their_whole_range() {
+    for (v, text) in [
+        (json!(0), "0"),
+        (json!(-1), "-1"),
+        (json!(i64::MIN), "-9223372036854775808"),
+        (json!(i64::MAX), "9223372036854775807"),
+        (json!(u64::MAX), "18446744073709551615"),
+    ] {
+        assert_eq!(
+            render("p:{v}", TemplateKind::Key, json!({ "v": v })).unwrap(),
+            [format!("p:{text}")]
+        );
+    }
+}
+
+#[test]
 fn renders_fields_paths_and_envelope() {
     let d = json!({"product_id": 42, "a": {"b": "x"}, "l": ["p", "q"]});
     assert_eq!(
