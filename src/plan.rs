@@ -264,8 +264,8 @@ pub struct RuleHit {
     pub rule: Arc<str>,
     /// `file:line:column` of the rule.
     pub at: Arc<str>,
-    pub event_id: String,
-    pub event_type: String,
+    pub event_id: Arc<str>,
+    pub event_type: Arc<str>,
     /// 0 for the event itself, 1.. for cascaded events.
     pub depth: u32,
     /// False when the rule's `when` condition was false (then `actions` is empty).

@@ -339,8 +339,8 @@ impl Ev {
     }
 
     fn check(&self, e: &invalidator::event::Event, outer_id: &str) -> Result<(), TestCaseError> {
-        prop_assert_eq!(&e.kind, &self.kind);
-        prop_assert_eq!(e.id.clone(), self.expected_id(outer_id));
+        prop_assert_eq!(&*e.kind, self.kind.as_str());
+        prop_assert_eq!(e.id.to_string(), self.expected_id(outer_id));
         prop_assert_eq!(e.id_given, self.id.is_some());
         prop_assert_eq!(&e.data, &self.data);
         Ok(())
@@ -541,8 +541,8 @@ fn check_whole_object_payload(
     }
     let original = o.clone();
     let e = decode(&serde_json::to_vec(&obj).unwrap()).unwrap();
-    prop_assert_eq!(&e.kind, &ev.kind);
-    prop_assert_eq!(e.id.clone(), ev.expected_id(FALLBACK));
+    prop_assert_eq!(&*e.kind, ev.kind.as_str());
+    prop_assert_eq!(e.id.to_string(), ev.expected_id(FALLBACK));
     let data = e.data.as_object().expect("the payload is the object");
     // Every field of the object is in the payload, unchanged.
     for (k, v) in &original {
@@ -850,7 +850,7 @@ fn nested_sns_envelopes() {
         let r = decode_event(message.as_bytes(), MAX, &fallback);
         match r {
             Ok(e) => {
-                assert_eq!(e.kind, "a");
+                assert_eq!(&*e.kind, "a");
                 assert_eq!(e.data, json!({"k": 1}));
             }
             Err(e) => assert_eq!(e.reason(), "too_large", "{e}"),
@@ -864,7 +864,7 @@ fn nested_sns_envelopes() {
 
 fn whole_object_payload_keeps_numeric_id() {
     let e = decode(br#"{"type":"a","id":5}"#).unwrap();
-    assert_eq!(e.id, "5");
+    assert_eq!(&*e.id, "5");
     assert_eq!(e.data, json!({"type": "a", "id": 5}));
 }
 

@@ -64,9 +64,9 @@ fn placeholder_count(source: &str) -> usize {
 
 fn event(data: Value, id: String, kind: String, source: Option<String>) -> Event {
     Event {
-        id,
+        id: id.into(),
         id_given: true,
-        kind,
+        kind: kind.into(),
         time: None,
         source: source.map(Into::into),
         data,

@@ -98,7 +98,7 @@ impl Invalidate {
                 Outcome::DeadLettered { reason, error } => {
                     counts.dead_lettered += 1;
                     let (event_id, event_type) = match &item.event {
-                        Some((id, kind)) => (Some(id.clone()), Some(kind.clone())),
+                        Some((id, kind)) => (Some(id.to_string()), Some(kind.to_string())),
                         None => (None, None),
                     };
                     Verdict::Poison(Poison {

@@ -5,6 +5,7 @@
 //! worse one (applied → duplicate or dead-lettered), never the reverse.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use time::OffsetDateTime;
 
@@ -102,7 +103,7 @@ impl Engine {
         if self.config.dedupe.window.is_none() {
             return Ok(None);
         }
-        let mut ids: Vec<String> = Vec::new();
+        let mut ids: Vec<Arc<str>> = Vec::new();
         // Every copy not yet a duplicate, with the place of its id in `ids`.
         let mut copies: Vec<(usize, usize)> = Vec::new();
         let mut places = HashMap::new();
@@ -111,17 +112,17 @@ impl Engine {
             let Some(e) = p.event.as_ref().filter(|e| e.id_given) else {
                 continue;
             };
-            if applied.contains(e.id.as_str()) {
+            if applied.contains(&*e.id) {
                 p.outcome = Outcome::Duplicate;
                 continue;
             }
-            let place = *places.entry(e.id.as_str()).or_insert_with(|| {
+            let place = *places.entry(&*e.id).or_insert_with(|| {
                 ids.push(e.id.clone());
                 ids.len() - 1
             });
             copies.push((i, place));
             if p.outcome == Outcome::Applied {
-                applied.insert(e.id.as_str());
+                applied.insert(&*e.id);
             }
         }
         let held = if dry_run {
@@ -131,7 +132,7 @@ impl Engine {
         } else {
             self.in_flight_ids.take(ids.clone()).await
         };
-        let ask: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let ask: Vec<&str> = ids.iter().map(|id| &**id).collect();
         let seen = self.redis.seen(&self.config.dedupe.prefix, &ask).await?;
         mark_duplicates(unit, &copies, &seen);
         Ok(Some(held))
@@ -194,7 +195,7 @@ impl Engine {
             .iter()
             .filter(|p| p.outcome == Outcome::Applied)
             .filter_map(|p| p.event.as_ref().filter(|e| e.id_given))
-            .map(|e| e.id.as_str())
+            .map(|e| &*e.id)
             .collect();
         if !ids.is_empty() {
             let prefix = &self.config.dedupe.prefix;
@@ -208,11 +209,7 @@ impl Engine {
         let ages = telemetry::event_ages();
         let mut counts = EventCounts::default();
         for p in unit {
-            counts.add(
-                &self.rules,
-                p.event.as_ref().map(|e| e.kind.as_str()),
-                &p.outcome,
-            );
+            counts.add(&self.rules, p.event.as_ref().map(|e| &*e.kind), &p.outcome);
             if let Outcome::DeadLettered { reason, .. } = &p.outcome {
                 telemetry::dead_lettered(reason);
             }

@@ -7,19 +7,19 @@
 //! wait on each other in a circle.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
 #[derive(Default)]
 pub(super) struct InFlightIds {
     /// Id → a receiver that closes when the unit holding it ends.
-    held: Mutex<HashMap<String, watch::Receiver<()>>>,
+    held: Mutex<HashMap<Arc<str>, watch::Receiver<()>>>,
 }
 
 /// Ids a unit holds; released when it ends, however it ends.
 pub(super) struct Held<'a> {
-    ids: Vec<String>,
+    ids: Vec<Arc<str>>,
     set: &'a InFlightIds,
     /// Dropped with the unit: every unit waiting for one of its ids wakes up.
     _ended: watch::Sender<()>,
@@ -27,7 +27,7 @@ pub(super) struct Held<'a> {
 
 impl InFlightIds {
     /// Takes `ids` once no unit in flight holds any of them.
-    pub async fn take(&self, ids: Vec<String>) -> Held<'_> {
+    pub async fn take(&self, ids: Vec<Arc<str>>) -> Held<'_> {
         loop {
             let busy: Vec<watch::Receiver<()>> = {
                 let mut held = self.held.lock().expect("in-flight ids lock");
@@ -54,11 +54,11 @@ impl InFlightIds {
 
     /// Takes the ids among `ids` that no unit holds, at once (dry runs, which write nothing to
     /// wait for); returns which were busy.
-    pub fn take_free(&self, ids: Vec<String>) -> (Held<'_>, Vec<bool>) {
+    pub fn take_free(&self, ids: Vec<Arc<str>>) -> (Held<'_>, Vec<bool>) {
         let mut held = self.held.lock().expect("in-flight ids lock");
         let busy: Vec<bool> = ids.iter().map(|id| held.contains_key(id)).collect();
         let (ended, rx) = watch::channel(());
-        let free: Vec<String> = ids
+        let free: Vec<Arc<str>> = ids
             .into_iter()
             .zip(&busy)
             .filter(|(_, b)| !**b)
@@ -106,7 +106,7 @@ mod tests {
         let second = tokio::time::timeout(Duration::from_secs(1), second)
             .await
             .unwrap();
-        assert_eq!(second.ids, vec!["e-2".to_string(), "e-3".to_string()]);
+        assert_eq!(second.ids, vec![Arc::from("e-2"), Arc::from("e-3")]);
     }
 
     #[test]

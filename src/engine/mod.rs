@@ -79,7 +79,7 @@ impl Outcome {
 pub struct Item {
     pub record: Record,
     /// Id and type, when the payload decoded.
-    pub event: Option<(String, String)>,
+    pub event: Option<(Arc<str>, Arc<str>)>,
     pub outcome: Outcome,
 }
 

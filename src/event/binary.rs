@@ -71,8 +71,8 @@ mod tests {
         assert_eq!(v["data"]["sku"], "A1");
         assert!(v.get("traceparent").is_none());
         let e = crate::event::decode_value(v, 1024, &|| "fallback".into()).unwrap();
-        assert_eq!(e.kind, "price.updated");
-        assert_eq!(e.id, "e-1");
+        assert_eq!(&*e.kind, "price.updated");
+        assert_eq!(&*e.id, "e-1");
         assert_eq!(e.data["sku"], "A1");
     }
 

@@ -111,8 +111,8 @@ pub(super) fn decode_common(
     }
     let time = c.time.and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
     Some(finish(
-        c.kind.to_owned(),
-        c.id.map(str::to_owned),
+        std::sync::Arc::from(c.kind),
+        c.id.map(std::sync::Arc::from),
         time,
         // Straight into the shared string: no `String` made first.
         c.source.map(std::sync::Arc::from),

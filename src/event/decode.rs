@@ -168,7 +168,14 @@ fn decode_native(
         // The whole object is the payload, as the producer wrote it.
         None => Value::Object(obj),
     };
-    Ok(finish(kind, id, time, source, data, fallback_id))
+    Ok(finish(
+        kind.into(),
+        id.map(Into::into),
+        time,
+        source,
+        data,
+        fallback_id,
+    ))
 }
 
 fn decode_cloudevent(
@@ -210,12 +217,19 @@ fn decode_cloudevent(
     } else {
         Value::Object(Map::new())
     };
-    Ok(finish(kind, id, time, source, data, fallback_id))
+    Ok(finish(
+        kind.into(),
+        id.map(Into::into),
+        time,
+        source,
+        data,
+        fallback_id,
+    ))
 }
 
 pub(super) fn finish(
-    kind: String,
-    id: Option<String>,
+    kind: Arc<str>,
+    id: Option<Arc<str>>,
     time: Option<OffsetDateTime>,
     source: Option<Arc<str>>,
     data: Value,
@@ -223,7 +237,7 @@ pub(super) fn finish(
 ) -> Event {
     let id_given = id.is_some();
     Event {
-        id: id.unwrap_or_else(fallback_id),
+        id: id.unwrap_or_else(|| fallback_id().into()),
         id_given,
         kind,
         time,
@@ -351,8 +365,8 @@ mod tests {
     #[test]
     fn native_with_data() {
         let e = decode(r#"{"type":"price.updated","id":"e1","time":"2026-11-22T10:00:00Z","source":"pricing","data":{"product_id":42}}"#).unwrap();
-        assert_eq!(e.kind, "price.updated");
-        assert_eq!(e.id, "e1");
+        assert_eq!(&*e.kind, "price.updated");
+        assert_eq!(&*e.id, "e1");
         assert!(e.id_given);
         assert_eq!(e.source.as_deref(), Some("pricing"));
         assert_eq!(e.time.unwrap().unix_timestamp(), 1_795_341_600);
@@ -362,8 +376,8 @@ mod tests {
     #[test]
     fn native_aliases_and_whole_object_payload() {
         let e = decode(r#"{"event_type":"inventory.changed","event_id":7,"occurred_at":"2026-11-22T10:00:00+01:00","sku":"A-1"}"#).unwrap();
-        assert_eq!(e.kind, "inventory.changed");
-        assert_eq!(e.id, "7");
+        assert_eq!(&*e.kind, "inventory.changed");
+        assert_eq!(&*e.id, "7");
         assert!(e.time.is_some());
         assert_eq!(e.data["sku"], "A-1");
         assert_eq!(
@@ -375,7 +389,7 @@ mod tests {
     #[test]
     fn missing_id_uses_fallback() {
         let e = decode(r#"{"type":"a"}"#).unwrap();
-        assert_eq!(e.id, "fallback");
+        assert_eq!(&*e.id, "fallback");
         assert!(!e.id_given);
     }
 
@@ -388,8 +402,8 @@ mod tests {
     #[test]
     fn cloudevents_structured() {
         let e = decode(r#"{"specversion":"1.0","id":"ce-1","source":"/pricing","type":"price.updated","time":"2026-11-22T10:00:00Z","datacontenttype":"application/json","data":{"product_id":"p1"}}"#).unwrap();
-        assert_eq!(e.kind, "price.updated");
-        assert_eq!(e.id, "ce-1");
+        assert_eq!(&*e.kind, "price.updated");
+        assert_eq!(&*e.id, "ce-1");
         assert_eq!(e.data, json!({"product_id": "p1"}));
     }
 
@@ -410,8 +424,8 @@ mod tests {
         let inner = r#"{"type":"review.updated","data":{"product_id":9}}"#;
         let body = json!({"Type":"Notification","MessageId":"m-1","TopicArn":"arn:aws:sns:us-east-1:1:t","Message":inner}).to_string();
         let e = decode(&body).unwrap();
-        assert_eq!(e.kind, "review.updated");
-        assert_eq!(e.id, "m-1", "SNS MessageId names an event without id");
+        assert_eq!(&*e.kind, "review.updated");
+        assert_eq!(&*e.id, "m-1", "SNS MessageId names an event without id");
     }
 
     #[test]

@@ -297,7 +297,7 @@ mod tests {
             panic!("{out:?}")
         };
         let e = crate::event::decode_event(&r.payload, MAX, &|| "x".into()).unwrap();
-        assert_eq!(e.kind, "price.updated");
+        assert_eq!(&*e.kind, "price.updated");
     }
 
     #[test]

@@ -38,12 +38,13 @@ use time::OffsetDateTime;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
     /// The producer's id, or one derived from the source position when the producer gave none.
-    pub id: String,
+    /// Shared, like `kind`, with every rule hit of the event's plan: a hit costs a pointer.
+    pub id: Arc<str>,
     /// True when `id` came from the producer (only such ids take part in dedupe).
     #[serde(skip)]
     pub id_given: bool,
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: Arc<str>,
     #[serde(
         with = "time::serde::rfc3339::option",
         skip_serializing_if = "Option::is_none"
@@ -57,9 +58,9 @@ pub struct Event {
 
 impl Event {
     /// An event built by the engine itself (a cascade), not decoded from bytes.
-    pub fn derived(id: String, kind: String, parent: &Event, data: Value) -> Self {
+    pub fn derived(id: String, kind: Arc<str>, parent: &Event, data: Value) -> Self {
         Event {
-            id,
+            id: id.into(),
             id_given: false,
             kind,
             time: parent.time,

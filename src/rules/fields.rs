@@ -63,7 +63,7 @@ fn data_template_fields(t: &DataTemplate, out: &mut BTreeSet<String>) -> bool {
 fn cascades_cycle(rules: &[Rule]) -> bool {
     let emitted: BTreeSet<&str> = rules
         .iter()
-        .flat_map(|r| r.cascade.iter().map(|c| c.emit.as_str()))
+        .flat_map(|r| r.cascade.iter().map(|c| &*c.emit))
         .collect();
     let next: HashMap<&str, Vec<&str>> = emitted
         .iter()
@@ -71,7 +71,7 @@ fn cascades_cycle(rules: &[Rule]) -> bool {
             let to = rules
                 .iter()
                 .filter(|r| r.on.iter().any(|m: &Matcher| m.matches(kind)))
-                .flat_map(|r| r.cascade.iter().map(|c| c.emit.as_str()))
+                .flat_map(|r| r.cascade.iter().map(|c| &*c.emit))
                 .collect();
             (kind, to)
         })

@@ -130,7 +130,8 @@ pub enum DataTemplate {
 
 #[derive(Debug, Clone)]
 pub struct CascadeSpec {
-    pub emit: String,
+    /// Shared with every event the cascade emits.
+    pub emit: Arc<str>,
     pub data: DataTemplate,
     pub for_each_member_of: Option<Template>,
 }

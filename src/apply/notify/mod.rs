@@ -210,8 +210,8 @@ impl Notice {
         };
         let json = body.fit();
         Notice {
-            event_id: event.id.clone(),
-            event_type: event.kind.clone(),
+            event_id: event.id.to_string(),
+            event_type: event.kind.to_string(),
             json,
         }
     }

@@ -136,7 +136,7 @@ fn compile_cascade(ctx: &mut Ctx<'_>, c: &Spanned<RawCascade>) -> Option<Cascade
         None => None,
     };
     Some(CascadeSpec {
-        emit,
+        emit: emit.into(),
         data,
         for_each_member_of,
     })

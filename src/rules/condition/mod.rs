@@ -104,8 +104,8 @@ impl Condition {
         ctx.add_variable_from_value("data", data);
         if self.uses_event {
             let mut env: HashMap<String, Value> = HashMap::new();
-            env.insert("id".into(), event.id.clone().into());
-            env.insert("type".into(), event.kind.clone().into());
+            env.insert("id".into(), event.id.to_string().into());
+            env.insert("type".into(), event.kind.to_string().into());
             env.insert(
                 "source".into(),
                 event

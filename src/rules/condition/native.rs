@@ -150,8 +150,8 @@ impl Operand {
                 Json::Object(m) => scalar(m.get(f)?)?,
                 _ => return None,
             },
-            Operand::EventId => Scalar::Str(event.id.as_str().into()),
-            Operand::EventType => Scalar::Str(event.kind.as_str().into()),
+            Operand::EventId => Scalar::Str((*event.id).into()),
+            Operand::EventType => Scalar::Str((*event.kind).into()),
             Operand::EventSource => match event.source.as_deref() {
                 Some(s) => Scalar::Str(s.into()),
                 None => Scalar::Null,
