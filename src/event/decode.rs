@@ -2,6 +2,7 @@
 //! `time`/`occurred_at`/`timestamp`, `source`, `data`), CloudEvents 1.0 structured JSON (including
 //! `data_base64`), and an SNS notification envelope whose `Message` is one of those.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -168,14 +169,7 @@ fn decode_native(
         // The whole object is the payload, as the producer wrote it.
         None => Value::Object(obj),
     };
-    Ok(finish(
-        kind.into(),
-        id.map(Into::into),
-        time,
-        source,
-        data,
-        fallback_id,
-    ))
+    Ok(finish(kind, id, time, source, data, fallback_id))
 }
 
 fn decode_cloudevent(
@@ -217,14 +211,7 @@ fn decode_cloudevent(
     } else {
         Value::Object(Map::new())
     };
-    Ok(finish(
-        kind.into(),
-        id.map(Into::into),
-        time,
-        source,
-        data,
-        fallback_id,
-    ))
+    Ok(finish(kind, id, time, source, data, fallback_id))
 }
 
 pub(super) fn finish(
@@ -246,7 +233,8 @@ pub(super) fn finish(
     }
 }
 
-fn take_type(obj: &mut Map<String, Value>, names: &[&str]) -> Result<String, DecodeError> {
+/// The event type, checked, as the shared string the event keeps (one copy out of the map).
+fn take_type(obj: &mut Map<String, Value>, names: &[&str]) -> Result<Arc<str>, DecodeError> {
     let Some(value) = names.iter().find_map(|n| obj.get(*n)) else {
         return Err(DecodeError::MissingType);
     };
@@ -256,7 +244,7 @@ fn take_type(obj: &mut Map<String, Value>, names: &[&str]) -> Result<String, Dec
             field: "type",
             reason: format!("must be at most {MAX_TYPE_LEN} bytes without control characters"),
         }),
-        Value::String(s) => Ok(s.clone()),
+        Value::String(s) => Ok(Arc::from(s.as_str())),
         other => Err(DecodeError::InvalidField {
             field: "type",
             reason: format!("must be a string, found {}", kind_name(other)),
@@ -264,14 +252,16 @@ fn take_type(obj: &mut Map<String, Value>, names: &[&str]) -> Result<String, Dec
     }
 }
 
-fn take_id(obj: &mut Map<String, Value>, names: &[&str]) -> Result<Option<String>, DecodeError> {
+/// The producer's id (a string, or an integer as its text), checked, as the shared string the
+/// event keeps.
+fn take_id(obj: &mut Map<String, Value>, names: &[&str]) -> Result<Option<Arc<str>>, DecodeError> {
     let Some(value) = names.iter().find_map(|n| obj.get(*n)) else {
         return Ok(None);
     };
-    let id = match value {
+    let id: Cow<'_, str> = match value {
         Value::Null => return Ok(None),
-        Value::String(s) => s.clone(),
-        Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+        Value::String(s) => Cow::Borrowed(s),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Cow::Owned(n.to_string()),
         other => {
             return Err(DecodeError::InvalidField {
                 field: "id",
@@ -285,7 +275,7 @@ fn take_id(obj: &mut Map<String, Value>, names: &[&str]) -> Result<Option<String
             reason: format!("must be 1 to {MAX_ID_LEN} bytes without control characters"),
         });
     }
-    Ok(Some(id))
+    Ok(Some(Arc::from(&*id)))
 }
 
 /// The event time is only used for the freshness metric: an unreadable time must not stop an
