@@ -19,6 +19,10 @@ use indexmap::IndexMap;
 use crate::config::CdnConfig;
 use crate::plan::Origin;
 
+/// Most paths a `log` target writes on one line: a unit's purges are a few lines, each of them
+/// short enough for a log pipeline.
+const LOG_PATHS_PER_LINE: usize = 100;
+
 /// A CDN failure that is not about one path.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CdnError {
@@ -245,8 +249,11 @@ impl CdnTargets {
             Some(Target::Http(h)) => h.purge(paths.keys().map(String::as_str)).await?,
             Some(Target::CloudFront(c)) => c.purge(paths.keys().cloned().collect()).await?,
             Some(Target::Log) => {
-                for path in paths.keys() {
-                    tracing::info!(target_name = %name, %path, "purge planned (log target: nothing sent)");
+                // One line per batch, as a CloudFront target sends one request per batch: a line
+                // per path cost more than the rest of a unit's work.
+                let paths: Vec<&str> = paths.keys().map(String::as_str).collect();
+                for batch in paths.chunks(LOG_PATHS_PER_LINE) {
+                    tracing::info!(target_name = %name, count = batch.len(), paths = ?batch, "purge planned (log target: nothing sent)");
                 }
                 report.logged += paths.len() as u64;
                 return Ok(report);
@@ -308,5 +315,71 @@ impl CdnTargets {
     /// Paths waiting on CloudFront targets (in a window or a request not accepted yet).
     pub fn pending(&self) -> u64 {
         self.stats().iter().map(|(_, s)| s.pending).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// The lines a subscriber at INFO wrote, as text.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_log_target_writes_a_line_per_hundred_paths_and_counts_each_path() {
+        let config = BTreeMap::from([("edge".to_owned(), CdnConfig::Log {})]);
+        let targets = CdnTargets::from_config(&config, None).unwrap();
+        let paths: IndexMap<String, Vec<Origin>> =
+            (0..250).map(|i| (format!("/p/{i}"), vec![i])).collect();
+        let purges = IndexMap::from([("edge".to_owned(), paths)]);
+
+        let lines = Lines::default();
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        let report = tracing::subscriber::with_default(subscriber, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(targets.purge(&purges)).unwrap()
+        });
+
+        assert_eq!(report.logged, 250);
+        assert_eq!(report.purged, 0);
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let logged: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("purge planned (log target: nothing sent)"))
+            .collect();
+        let counts: Vec<bool> = ["count=100", "count=100", "count=50"]
+            .iter()
+            .zip(&logged)
+            .map(|(c, l)| l.contains(c))
+            .collect();
+        assert_eq!((logged.len(), counts), (3, vec![true; 3]), "{text}");
+        for i in 0..250 {
+            let quoted = format!("\"/p/{i}\"");
+            assert_eq!(
+                logged.iter().filter(|l| l.contains(&quoted)).count(),
+                1,
+                "/p/{i} on exactly one line:\n{text}"
+            );
+        }
     }
 }
