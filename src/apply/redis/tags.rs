@@ -144,7 +144,7 @@ async fn remove_atomically(inner: &Inner, lease: &Lease, found: &[Found]) -> Res
         let at = b.len();
         b.cmd("MULTI", set);
         let unlinks = b.unlinks(f.keys(), per);
-        b.cmd("SREM", set).arg(set).arg(members);
+        b.srem(set, members);
         b.cmd("EXEC", set);
         blocks.push((at, unlinks));
     }
@@ -203,7 +203,7 @@ async fn remove_in_order(inner: &Inner, lease: &Lease, found: &[Found]) -> Resul
 
     let mut srem = inner.writes();
     for f in found {
-        srem.cmd("SREM", &f.set).arg(&f.set).arg(&f.members);
+        srem.srem(&f.set, &f.members);
     }
     // Like an SREM in a transaction, its reply does not matter: a set replaced meanwhile by
     // another type (`WRONGTYPE`) was already read, and its members are already gone.

@@ -207,7 +207,7 @@ async fn send_to_primaries(
         .map(|(owner, (idxs, cmds))| {
             let node = map.nodes[owner].conn(index);
             async move {
-                let pipe = pipeline(cmds);
+                let pipe = pipeline(cmds.into_iter());
                 let r = values(&node, &pipe).await;
                 (node, idxs, pipe, r)
             }
@@ -241,7 +241,7 @@ async fn follow_redirects(
     for (addr, items) in by_node {
         let (_, slot, ask, _) = items[0];
         let node = redirected(topo, map, index, redirects, &addr, slot, ask).await?;
-        let mut pipe = pipeline([]);
+        let mut pipe = pipeline(std::iter::empty());
         for (_, _, ask, cmd) in &items {
             if *ask {
                 pipe.cmd("ASKING").ignore();
