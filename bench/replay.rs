@@ -11,7 +11,8 @@
 //!    DB 8 and prints our keys/s as a ratio of it.
 //!
 //! Only Redis DB 8 is ever written; DB 0 is never touched. `--generate-only FILE` writes the events
-//! and exits (to profile a replay by hand). The events, the prefill and the measurements are shared
+//! and exits, `--prefill-only` fills DB 8 as a run starts from and exits (to profile a replay by
+//! hand). The events, the prefill and the measurements are shared
 //! with bench/topology.rs (bench/common/).
 
 #[path = "common/mod.rs"]
@@ -165,12 +166,22 @@ fn redis_benchmark(cmd: &str) -> (f64, f64) {
 
 fn main() {
     let mut generate_only: Option<PathBuf> = None;
-    let w = Workload::from_args(|a, args| {
+    let mut prefill_only = false;
+    let w = Workload::from_args(|a, args| match a {
         // Only write the events (for profiling a replay by hand), then exit.
-        if a == "--generate-only" {
-            generate_only = args.next().map(PathBuf::from);
-        }
+        "--generate-only" => generate_only = args.next().map(PathBuf::from),
+        // Only fill DB 8 as a run starts from (for profiling a real replay by hand), then exit.
+        "--prefill-only" => prefill_only = true,
+        _ => {}
     });
+    if prefill_only {
+        let (cmds, secs) = prefill(w.products);
+        println!(
+            "prefilled DB {DB}: {cmds} commands, {} keys in {secs:.2}s",
+            dbsize()
+        );
+        return;
+    }
     if let Some(path) = generate_only {
         let counts = generate_events(&path, w.events, w.products).unwrap();
         println!(
