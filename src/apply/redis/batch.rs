@@ -39,8 +39,8 @@ impl Batch {
     /// Starts command `name` whose keys hash to the slot of `route`; add its arguments to the
     /// command returned.
     ///
-    /// Room is made for a few short arguments beside the key: a command's buffers grown one
-    /// argument at a time were a tenth of a unit's CPU.
+    /// Room is made for a few short arguments beside the key: buffers grown one argument at a
+    /// time (`realloc`) were 7% of a shipped-rules replay's instructions.
     pub fn cmd(&mut self, name: &str, route: impl AsRef<[u8]>) -> &mut Cmd {
         let route = route.as_ref();
         self.cmd_sized(name, route, 4, 2 * route.len() + 24)
