@@ -769,7 +769,7 @@ proptest! {
         time in nasty_string(),
         dlq_position in arb_position(),
     ) {
-        let record = Record { payload: payload.clone().into(), position: position.clone(), attempts, origin: origin.clone(), truncated: false, carried: None };
+        let record = Record { payload: payload.clone().into(), position: position.clone(), attempts, origin: origin.clone().map(Box::new), truncated: false, carried: None };
         let dlq = DlqRecord::new(&record, reason, &error, time);
         prop_assert_eq!(dlq.attempts, attempts + 1);
         prop_assert_eq!(dlq.payload.is_some(), std::str::from_utf8(&payload).is_ok());
@@ -785,7 +785,7 @@ proptest! {
         };
         prop_assert_eq!(&back.payload, &payload);
         prop_assert_eq!(back.attempts, attempts + 1);
-        prop_assert_eq!(back.origin.as_ref(), Some(origin.as_ref().unwrap_or(&position)));
+        prop_assert_eq!(back.origin.as_deref(), Some(origin.as_ref().unwrap_or(&position)));
         prop_assert_eq!(&back.position, &dlq_position);
 
         // Dead-lettered again: the origin is still the first position, attempts go on counting.
@@ -796,7 +796,7 @@ proptest! {
         };
         prop_assert_eq!(&back2.payload, &payload);
         prop_assert_eq!(back2.attempts, attempts + 2);
-        prop_assert_eq!(back2.origin.as_ref(), Some(origin.as_ref().unwrap_or(&position)));
+        prop_assert_eq!(back2.origin.as_deref(), Some(origin.as_ref().unwrap_or(&position)));
     }
 }
 

@@ -179,7 +179,7 @@ mod tests {
             },
         );
         record.attempts = 2;
-        record.origin = Some(Position::file_line("old.jsonl", 7));
+        record.origin = Some(Box::new(Position::file_line("old.jsonl", 7)));
         record.carried = Some(std::sync::Arc::new(Carried {
             source_arn: Some("arn:aws:sqs:eu-west-1:1:q".into()),
             ..Carried::default()

@@ -124,7 +124,7 @@ fn expand_dlq(value: Value, bytes: Bytes, position: Position, max_bytes: usize) 
                 payload: payload.into(),
                 position: position.clone(),
                 attempts: dlq.attempts,
-                origin: Some(dlq.origin.unwrap_or(dlq.source)),
+                origin: Some(Box::new(dlq.origin.unwrap_or(dlq.source))),
                 truncated: false,
                 carried: carried.map(Arc::new),
             })
@@ -353,7 +353,7 @@ mod tests {
             };
             assert_eq!(back.payload, payload);
             assert_eq!(back.attempts, 2);
-            assert_eq!(back.origin, Some(Position::file_line("x", 9)));
+            assert_eq!(back.origin.as_deref(), Some(&Position::file_line("x", 9)));
             assert_eq!(back.position, Position::file_line("dlq.jsonl", 1));
         }
     }

@@ -74,7 +74,7 @@ fn as_original(record: &mut Record) -> Letter {
         message_id: get("invalidator.source.message_id").map(str::to_owned),
     };
     if origin != Position::default() {
-        record.origin = Some(origin);
+        record.origin = Some(Box::new(origin));
     }
     if get("invalidator.truncated") == Some("true") {
         record.truncated = true;
