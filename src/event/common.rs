@@ -15,12 +15,12 @@ use super::fields::DataFields;
 /// `event_type`), `id` (or `event_id`), `time` (or `occurred_at` or `timestamp`), `source`, and
 /// `data`, nothing else. Only `data` is built as a JSON tree (of the kept fields); the envelope is
 /// never a map.
-struct Common<'a> {
-    kind: &'a str,
-    id: Option<&'a str>,
-    time: Option<&'a str>,
-    source: Option<&'a str>,
-    data: Value,
+pub(super) struct Common<'a> {
+    pub(super) kind: &'a str,
+    pub(super) id: Option<&'a str>,
+    pub(super) time: Option<&'a str>,
+    pub(super) source: Option<&'a str>,
+    pub(super) data: Value,
 }
 
 /// The names of [`Common`]'s fields; any other name is not the common shape.
@@ -101,9 +101,16 @@ pub(super) fn decode_common(
     fallback_id: &dyn Fn() -> String,
 ) -> Option<Event> {
     use serde::de::DeserializeSeed;
-    let mut de = serde_json::Deserializer::from_str(text);
-    let c = CommonSeed(fields).deserialize(&mut de).ok()?;
-    de.end().ok()?;
+    // Read by hand where it can be (most events), else by serde_json.
+    let c = match super::scan::common(text, fields) {
+        Some(c) => c,
+        None => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let c = CommonSeed(fields).deserialize(&mut de).ok()?;
+            de.end().ok()?;
+            c
+        }
+    };
     let valid =
         valid_type(c.kind) && c.id.is_none_or(valid_id) && c.source.is_none_or(valid_source);
     if !valid {

@@ -34,7 +34,7 @@ impl DataFields {
     /// Asked for every field of every event's `data`. Rules read a few fields: a scan by
     /// equality compares lengths first and calls `memcmp` only for a name of the same length,
     /// where a binary search called it for every comparison; a long list is searched.
-    fn keeps(&self, field: &str) -> bool {
+    pub(super) fn keeps(&self, field: &str) -> bool {
         match self {
             DataFields::All => true,
             DataFields::Only(f) if f.len() <= 8 => f.iter().any(|k| k == field),

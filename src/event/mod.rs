@@ -7,7 +7,7 @@
 //! for the dead-letter queue.
 //!
 //! - `decode`: one payload → one [`Event`] ([`decode_event`], [`decode_value`]); `common`, the
-//!   common shape read as borrowed fields;
+//!   common shape read as borrowed fields; `scan`, the same read by hand for most events;
 //! - `fields`: the fields of `data` the rules read ([`DataFields`]), the only ones decoded;
 //! - `expand`: one input unit (a line, a document) → the payloads it holds ([`expand_document`]);
 //! - `record`: [`Record`], [`Position`], [`Carried`], and the dead-letter format [`DlqRecord`];
@@ -19,6 +19,7 @@ pub(crate) mod decode;
 mod expand;
 mod fields;
 mod record;
+mod scan;
 
 pub use binary::binary_envelope;
 pub use decode::{
