@@ -365,34 +365,27 @@ fn render_data(
                 .iter()
                 .map(|i| render_data(i, scope, rules))
                 .collect::<Result<Vec<_>, _>>()?;
-            product(parts, l.max_fanout)?
-                .into_iter()
-                .map(Value::Array)
-                .collect()
+            product(parts, l.max_fanout, Value::Array)?
         }
         DataTemplate::Map(fields) => {
             let parts = fields
                 .iter()
                 .map(|(_, v)| render_data(v, scope, rules))
                 .collect::<Result<Vec<_>, _>>()?;
-            if parts.iter().all(|p| p.len() == 1) {
-                // No fan-out (the common case): one object of the values, no combinations made.
-                let values = parts.into_iter().flatten();
-                let object = fields.iter().map(|(k, _)| k.clone()).zip(values).collect();
-                return Ok(vec![Value::Object(object)]);
-            }
-            product(parts, l.max_fanout)?
-                .into_iter()
-                .map(|values| {
-                    Value::Object(fields.iter().map(|(k, _)| k.clone()).zip(values).collect())
-                })
-                .collect()
+            product(parts, l.max_fanout, |values| {
+                Value::Object(fields.iter().map(|(k, _)| k.clone()).zip(values).collect())
+            })?
         }
     })
 }
 
-/// The cartesian product of `parts`, at most `max` combinations.
-fn product(parts: Vec<Vec<Value>>, max: usize) -> Result<Vec<Vec<Value>>, RenderError> {
+/// The cartesian product of `parts`, at most `max` combinations, each made into one value by
+/// `make` (an array, an object).
+fn product(
+    parts: Vec<Vec<Value>>,
+    max: usize,
+    make: impl Fn(Vec<Value>) -> Value,
+) -> Result<Vec<Value>, RenderError> {
     let total = parts
         .iter()
         .fold(1u128, |acc, p| acc.saturating_mul(p.len() as u128));
@@ -406,7 +399,7 @@ fn product(parts: Vec<Vec<Value>>, max: usize) -> Result<Vec<Vec<Value>>, Render
     if total == 1 {
         // One combination (no `[]` fan-out: the common case): the values are moved, where the
         // general loop below copies the prefix and the value at every step.
-        return Ok(vec![parts.into_iter().flatten().collect()]);
+        return Ok(vec![make(parts.into_iter().flatten().collect())]);
     }
     let mut out: Vec<Vec<Value>> = vec![Vec::with_capacity(parts.len())];
     for part in parts {
@@ -421,7 +414,7 @@ fn product(parts: Vec<Vec<Value>>, max: usize) -> Result<Vec<Vec<Value>>, Render
             })
             .collect();
     }
-    Ok(out)
+    Ok(out.into_iter().map(make).collect())
 }
 
 #[cfg(test)]
@@ -442,14 +435,17 @@ mod tests {
     fn a_product_of_single_values_is_them_in_order_and_a_fan_out_every_combination() {
         let one = vec![vec![json!(1)], vec![json!("a")], vec![json!({"k": 2})]];
         assert_eq!(
-            product(one, 1).unwrap(),
-            [[json!(1), json!("a"), json!({"k": 2})]]
+            product(one, 1, Value::Array).unwrap(),
+            [json!([1, "a", {"k": 2}])]
         );
         let two = vec![vec![json!(1)], vec![json!("a"), json!("b")]];
         assert_eq!(
-            product(two, 2).unwrap(),
-            [[json!(1), json!("a")], [json!(1), json!("b")]]
+            product(two, 2, Value::Array).unwrap(),
+            [json!([1, "a"]), json!([1, "b"])]
         );
-        assert!(product(vec![vec![json!(1)]], 0).is_err(), "over the limit");
+        assert!(
+            product(vec![vec![json!(1)]], 0, Value::Array).is_err(),
+            "over the limit"
+        );
     }
 }
