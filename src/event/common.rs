@@ -24,23 +24,48 @@ pub(super) struct Common<'a> {
 }
 
 /// The names of [`Common`]'s fields; any other name is not the common shape.
-#[derive(serde::Deserialize)]
-#[serde(field_identifier)]
-enum CommonField {
-    #[serde(rename = "type", alias = "event_type")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CommonField {
     Kind,
-    #[serde(rename = "id", alias = "event_id")]
     Id,
-    #[serde(rename = "time", alias = "occurred_at", alias = "timestamp")]
     Time,
-    #[serde(rename = "source")]
     Source,
-    #[serde(rename = "data")]
     Data,
-    /// Any other name (a CloudEvent's `specversion`...): refused without serde's error message,
-    /// which lists the expected names.
-    #[serde(other)]
+    /// Any other name (a CloudEvent's `specversion`...).
     Other,
+}
+
+impl CommonField {
+    /// The field `name` is, under any of its aliases: the one list of names both readers of the
+    /// common shape (this one and `scan`) go by.
+    pub(super) fn named(name: &str) -> CommonField {
+        match name {
+            "type" | "event_type" => CommonField::Kind,
+            "id" | "event_id" => CommonField::Id,
+            "time" | "occurred_at" | "timestamp" => CommonField::Time,
+            "source" => CommonField::Source,
+            "data" => CommonField::Data,
+            _ => CommonField::Other,
+        }
+    }
+}
+
+/// A field name as serde_json reads it (unescaped), then [`CommonField::named`]; another name is
+/// refused later without serde's error message, which would list the expected names.
+impl<'de> serde::Deserialize<'de> for CommonField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = CommonField;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<CommonField, E> {
+                Ok(CommonField::named(v))
+            }
+        }
+        d.deserialize_identifier(Name)
+    }
 }
 
 /// Reads [`Common`] with `data` through [`DataFields::seed`]; fails (and the general path then

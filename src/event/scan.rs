@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Value};
 
-use super::common::Common;
+use super::common::{Common, CommonField};
 use super::fields::DataFields;
 
 /// Deepest nesting read here (serde_json's own limit is 128): deeper values are left to it.
@@ -32,13 +32,13 @@ pub(super) fn common<'a>(text: &'a str, fields: &DataFields) -> Option<Common<'a
     loop {
         let key = s.string()?;
         s.eat(b':')?;
-        let twice = match key {
-            "type" | "event_type" => kind.replace(s.string()?).is_some(),
-            "id" | "event_id" => id.replace(s.string_or_null()?).is_some(),
-            "time" | "occurred_at" | "timestamp" => time.replace(s.string_or_null()?).is_some(),
-            "source" => source.replace(s.string_or_null()?).is_some(),
-            "data" => data.replace(s.data(fields)?).is_some(),
-            _ => return None,
+        let twice = match CommonField::named(key) {
+            CommonField::Kind => kind.replace(s.string()?).is_some(),
+            CommonField::Id => id.replace(s.string_or_null()?).is_some(),
+            CommonField::Time => time.replace(s.string_or_null()?).is_some(),
+            CommonField::Source => source.replace(s.string_or_null()?).is_some(),
+            CommonField::Data => data.replace(s.data(fields)?).is_some(),
+            CommonField::Other => return None,
         };
         if twice {
             return None;
