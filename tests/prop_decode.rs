@@ -10,7 +10,8 @@
 //!   Lambda event (shapes from `tests/fixtures/`);
 //! - the common-shape decode answers as the general path, and so does the decode that keeps only
 //!   some fields of `data`, as the whole event pruned of the others, on generated, repeated and
-//!   mutated (byte-flipped) payloads;
+//!   mutated (byte-flipped) payloads, native and CloudEvents (their `specversion` first, as the
+//!   SDKs write them, and in name order);
 //! - payloads over `max_bytes` give `too_large`;
 //! - a `DlqRecord` written as a JSON line and read back with `expand_document` gives the byte-exact
 //!   payload, `attempts` incremented and the origin kept.
@@ -972,6 +973,59 @@ fn agree(bytes: &[u8], max: usize) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// `cloud` (a CloudEvent as a JSON object) written with its `specversion` first, as the
+/// CloudEvents SDKs write it (a `Value` writes its members in name order).
+fn specversion_first(cloud: &Value) -> Vec<u8> {
+    let Value::Object(o) = cloud else {
+        unreachable!("a CloudEvent is an object")
+    };
+    let mut members = vec![format!("\"specversion\":{}", o["specversion"])];
+    members.extend(
+        o.iter()
+            .filter(|(k, _)| *k != "specversion")
+            .map(|(k, v)| format!("{}:{v}", json!(k))),
+    );
+    format!("{{{}}}", members.join(",")).into_bytes()
+}
+
+/// A CloudEvent as text, its version (a readable one mostly) first, then members in any order,
+/// some twice: its attributes, the native names (extensions in a CloudEvent), the names that
+/// make it another shape, and extensions with any value.
+fn cloud_with_repeats() -> impl Strategy<Value = Vec<u8>> {
+    let version = prop_oneof![
+        6 => Just("\"1.0\"".to_owned()),
+        1 => prop::sample::select(vec!["\"1.1\"", "\"0.3\"", "1", "null", "\"1\\u002e0\""])
+            .prop_map(str::to_owned),
+    ];
+    let field = prop_oneof![
+        2 => event_type().prop_map(|v| format!("\"type\":{}", json!(v))),
+        1 => (
+            prop::sample::select(vec!["event_type", "event_id", "occurred_at", "timestamp", "id"]),
+            nasty_string(),
+        )
+            .prop_map(|(k, v)| format!("{k:?}:{}", json!(v))),
+        1 => rfc3339().prop_map(|v| format!("\"time\":{}", json!(v))),
+        1 => nasty_string().prop_map(|v| format!("\"source\":{}", json!(v))),
+        2 => arb_json().prop_map(|v| format!("\"data\":{v}")),
+        1 => (
+            prop::sample::select(vec![
+                "specversion", "data_base64", "Type", "Message", "TopicArn", "datacontenttype",
+                "subject", "Records",
+            ]),
+            prop_oneof![Just(json!("Notification")), Just(json!("eyJhIjoxfQ==")), arb_json()],
+        )
+            .prop_map(|(k, v)| format!("{k:?}:{v}")),
+        1 => (nasty_string(), arb_json()).prop_map(|(k, v)| format!("{}:{v}", json!(k))),
+        1 => Just("\"id\":null".to_owned()),
+        1 => Just("\"id\":7".to_owned()),
+    ];
+    (version, prop::collection::vec(field, 0..8)).prop_map(|(version, f)| {
+        let mut members = vec![format!("\"specversion\":{version}")];
+        members.extend(f);
+        format!("{{{}}}", members.join(",")).into_bytes()
+    })
+}
+
 /// A native event as text with its fields in a given order, some of them twice (under a name or
 /// an alias), the way no `Value` can write it.
 fn with_repeats() -> impl Strategy<Value = Vec<u8>> {
@@ -1010,6 +1064,8 @@ proptest! {
     fn the_common_shape_decodes_as_the_general_path_on_generated_events(ev in arb_event()) {
         agree(ev.native().to_string().as_bytes(), MAX)?;
         agree(ev.cloudevent(false).to_string().as_bytes(), MAX)?;
+        agree(&specversion_first(&ev.cloudevent(false)), MAX)?;
+        agree(&specversion_first(&ev.cloudevent(true)), MAX)?;
     }
 
     #[test]
@@ -1029,11 +1085,24 @@ proptest! {
     }
 
     #[test]
+    fn the_common_shape_decodes_as_the_general_path_on_cloudevents_with_repeated_fields(
+        bytes in cloud_with_repeats(),
+        max in prop_oneof![3 => Just(MAX), 1 => 0usize..200],
+    ) {
+        agree(&bytes, max)?;
+    }
+
+    #[test]
     fn the_common_shape_decodes_as_the_general_path_on_mutated_events(
         ev in arb_event(),
+        cloud in any::<bool>(),
         flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
     ) {
-        let mut bytes = ev.native().to_string().into_bytes();
+        let mut bytes = if cloud {
+            specversion_first(&ev.cloudevent(false))
+        } else {
+            ev.native().to_string().into_bytes()
+        };
         for (i, b) in flips {
             let i = i.index(bytes.len());
             bytes[i] = b;

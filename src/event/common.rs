@@ -31,7 +31,9 @@ pub(super) enum CommonField {
     Time,
     Source,
     Data,
-    /// Any other name (a CloudEvent's `specversion`...).
+    /// A CloudEvent's extension attribute (see [`CommonField::cloud`]): read and ignored.
+    Extension,
+    /// Any other name (a CloudEvent's `specversion`...): not the common shape.
     Other,
 }
 
@@ -46,6 +48,22 @@ impl CommonField {
             "source" => CommonField::Source,
             "data" => CommonField::Data,
             _ => CommonField::Other,
+        }
+    }
+
+    /// The field `name` is in a CloudEvent (structured JSON, `specversion` 1.x, as the general
+    /// path reads one): the attributes under their own names only, no aliases (a CloudEvent's
+    /// `event_type` is an extension); `data_base64`, a second `specversion` and the names of an
+    /// SNS notification are left to the general path.
+    pub(super) fn cloud(name: &str) -> CommonField {
+        match name {
+            "type" => CommonField::Kind,
+            "id" => CommonField::Id,
+            "time" => CommonField::Time,
+            "source" => CommonField::Source,
+            "data" => CommonField::Data,
+            "specversion" | "data_base64" | "Type" | "Message" | "TopicArn" => CommonField::Other,
+            _ => CommonField::Extension,
         }
     }
 }
@@ -98,7 +116,9 @@ impl<'de> serde::de::Visitor<'de> for CommonSeed<'_> {
                 CommonField::Time => time.replace(map.next_value::<Option<&str>>()?).is_some(),
                 CommonField::Source => source.replace(map.next_value::<Option<&str>>()?).is_some(),
                 CommonField::Data => data.replace(map.next_value_seed(self.0.seed())?).is_some(),
-                CommonField::Other => return Err(A::Error::custom("another shape")),
+                CommonField::Extension | CommonField::Other => {
+                    return Err(A::Error::custom("another shape"));
+                }
             };
             if twice {
                 return Err(A::Error::custom("a field given twice"));

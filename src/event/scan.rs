@@ -19,6 +19,11 @@ const MAX_DEPTH: u32 = 32;
 const MAX_DIGITS: usize = 18;
 
 /// Reads the common shape, keeping `fields` of `data`; `None` leaves the event to serde_json.
+///
+/// A CloudEvent (structured JSON) is read here when it names its `specversion` first, as the
+/// CloudEvents SDKs write it: its attributes under their own names only (no aliases), any other
+/// member an extension attribute, read and ignored, and no `data` an empty object. One that names
+/// its version later is left to the general path, which reads it in any order.
 pub(super) fn common<'a>(text: &'a str, fields: &DataFields) -> Option<Common<'a>> {
     if matches!(fields, DataFields::All) {
         return None;
@@ -29,15 +34,30 @@ pub(super) fn common<'a>(text: &'a str, fields: &DataFields) -> Option<Common<'a
     if s.peek()? == b'}' {
         return None; // no `type`: the general path names what is missing
     }
+    let mut key = s.member()?;
+    let cloud = key == "specversion";
+    if cloud {
+        if !s.string()?.starts_with("1.") {
+            return None; // the general path names the version it cannot read
+        }
+        if !s.next_member(b'}')? {
+            return None; // no `type`
+        }
+        key = s.member()?;
+    }
     loop {
-        let key = s.string()?;
-        s.eat(b':')?;
-        let twice = match CommonField::named(key) {
+        let field = if cloud {
+            CommonField::cloud(key)
+        } else {
+            CommonField::named(key)
+        };
+        let twice = match field {
             CommonField::Kind => kind.replace(s.string()?).is_some(),
             CommonField::Id => id.replace(s.string_or_null()?).is_some(),
             CommonField::Time => time.replace(s.string_or_null()?).is_some(),
             CommonField::Source => source.replace(s.string_or_null()?).is_some(),
             CommonField::Data => data.replace(s.data(fields)?).is_some(),
+            CommonField::Extension => s.skip(1).map(|()| false)?,
             CommonField::Other => return None,
         };
         if twice {
@@ -46,17 +66,23 @@ pub(super) fn common<'a>(text: &'a str, fields: &DataFields) -> Option<Common<'a
         if !s.next_member(b'}')? {
             break;
         }
+        key = s.member()?;
     }
     s.skip_ws();
     if s.at != text.len() {
         return None;
     }
+    let data = match data {
+        Some(data) => data,
+        None if cloud => Value::Object(Map::new()),
+        None => return None, // the whole object is the payload: the general path builds it
+    };
     Some(Common {
         kind: kind?,
         id: id.flatten(),
         time: time.flatten(),
         source: source.flatten(),
-        data: data?,
+        data,
     })
 }
 
@@ -84,6 +110,13 @@ impl<'a> Scan<'a> {
 
     fn eat(&mut self, byte: u8) -> Option<()> {
         (self.peek()? == byte).then(|| self.at += 1)
+    }
+
+    /// A member's name and its colon.
+    fn member(&mut self) -> Option<&'a str> {
+        let name = self.string()?;
+        self.eat(b':')?;
+        Some(name)
     }
 
     /// After a member of an object or an array: `Some(true)` on `,`, `Some(false)` on `close`.
@@ -157,8 +190,7 @@ impl<'a> Scan<'a> {
             return Some(Value::Object(out));
         }
         loop {
-            let key = self.string()?;
-            self.eat(b':')?;
+            let key = self.member()?;
             if fields.keeps(key) {
                 let value = self.kept()?;
                 out.insert(key.to_owned(), value);
@@ -214,8 +246,7 @@ impl<'a> Scan<'a> {
         }
         loop {
             if open == b'{' {
-                self.string()?;
-                self.eat(b':')?;
+                self.member()?;
             }
             self.skip(depth + 1)?;
             if !self.next_member(close)? {
@@ -278,6 +309,27 @@ mod tests {
     }
 
     #[test]
+    fn a_cloudevent_naming_its_version_first_is_read_here() {
+        let text = r#"{"specversion": "1.0", "id": "ce-1", "source": "/pricing", "type": "price.updated",
+            "event_type": "x", "datacontenttype": "application/json", "ext": {"a": [1, -2.5, null]},
+            "time": "2026-11-22T10:00:00Z", "data": {"product_id": 7, "sku": "A"}}"#;
+        let c = common(text, &keep(&["product_id"])).unwrap();
+        assert_eq!(
+            (c.kind, c.id, c.time, c.source),
+            (
+                "price.updated",
+                Some("ce-1"),
+                Some("2026-11-22T10:00:00Z"),
+                Some("/pricing")
+            )
+        );
+        assert_eq!(c.data, json!({"product_id": 7}));
+        // Without `data`, an empty object (a native event would be its own payload).
+        let c = common(r#"{"specversion":"1.x","type":"t"}"#, &keep(&["a"])).unwrap();
+        assert_eq!((c.kind, c.data), ("t", json!({})));
+    }
+
+    #[test]
     fn the_first_quote_backslash_or_control_character_is_found_at_every_place() {
         let slow = |b: &[u8]| b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
         for len in 0..40 {
@@ -319,6 +371,13 @@ mod tests {
             r#"{"type":"t","data":{"b":tru}}"#,
             "{\"type\":\"t\u{1}\",\"data\":{}}", // a control character
             r#"{}"#,
+            r#"{"specversion":"0.3","type":"t"}"#,
+            r#"{"specversion":1,"type":"t"}"#,
+            r#"{"specversion":"1.0"}"#,
+            r#"{"specversion":"1.0","type":"t","specversion":"1.0"}"#,
+            r#"{"specversion":"1.0","type":"t","data_base64":"e30="}"#,
+            r#"{"specversion":"1.0","type":"t","Type":"Notification"}"#,
+            r#"{"type":"t","specversion":"1.0","data":{}}"#, // the version not first
         ] {
             assert!(common(text, &all).is_none(), "{text}");
         }
