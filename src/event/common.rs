@@ -163,11 +163,11 @@ pub(super) fn decode_common(
     }
     let time = c.time.and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
     Some(finish(
-        std::sync::Arc::from(c.kind),
+        super::shared::event_type(c.kind),
         c.id.map(std::sync::Arc::from),
         time,
         // Straight into the shared string: no `String` made first.
-        c.source.map(std::sync::Arc::from),
+        c.source.map(super::shared::source),
         c.data,
         fallback_id,
     ))

@@ -244,7 +244,7 @@ fn take_type(obj: &mut Map<String, Value>, names: &[&str]) -> Result<Arc<str>, D
             field: "type",
             reason: format!("must be at most {MAX_TYPE_LEN} bytes without control characters"),
         }),
-        Value::String(s) => Ok(Arc::from(s.as_str())),
+        Value::String(s) => Ok(super::shared::event_type(s)),
         other => Err(DecodeError::InvalidField {
             field: "type",
             reason: format!("must be a string, found {}", kind_name(other)),
@@ -288,32 +288,20 @@ fn take_time(obj: &Map<String, Value>, names: &[&str]) -> Option<OffsetDateTime>
     }
 }
 
-fn take_optional_string(
-    obj: &Map<String, Value>,
-    field: &'static str,
-) -> Result<Option<String>, DecodeError> {
-    match obj.get(field) {
+/// `source`, at most [`MAX_SOURCE_LEN`] bytes, as the string its cascaded events share.
+fn take_source(obj: &Map<String, Value>) -> Result<Option<Arc<str>>, DecodeError> {
+    match obj.get("source") {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::String(s)) if !valid_source(s) => Err(DecodeError::InvalidField {
+            field: "source",
+            reason: format!("must be at most {MAX_SOURCE_LEN} bytes"),
+        }),
+        Some(Value::String(s)) => Ok(Some(super::shared::source(s))),
         Some(other) => Err(DecodeError::InvalidField {
-            field,
+            field: "source",
             reason: format!("must be a string, found {}", kind_name(other)),
         }),
     }
-}
-
-/// `source`, at most [`MAX_SOURCE_LEN`] bytes, as the string its cascaded events share.
-fn take_source(obj: &Map<String, Value>) -> Result<Option<Arc<str>>, DecodeError> {
-    let source = take_optional_string(obj, "source")?;
-    if let Some(s) = &source
-        && !valid_source(s)
-    {
-        return Err(DecodeError::InvalidField {
-            field: "source",
-            reason: format!("must be at most {MAX_SOURCE_LEN} bytes"),
-        });
-    }
-    Ok(source.map(Arc::from))
 }
 
 pub(crate) fn kind_name(value: &Value) -> &'static str {

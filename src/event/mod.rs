@@ -8,6 +8,7 @@
 //!
 //! - `decode`: one payload → one [`Event`] ([`decode_event`], [`decode_value`]); `common`, the
 //!   common shape read as borrowed fields; `scan`, the same read by hand for most events;
+//! - `shared`: the strings of event types and sources that repeat, made once a thread;
 //! - `fields`: the fields of `data` the rules read ([`DataFields`]), the only ones decoded;
 //! - `expand`: one input unit (a line, a document) → the payloads it holds ([`expand_document`]);
 //! - `record`: [`Record`], [`Position`], [`Carried`], and the dead-letter format [`DlqRecord`];
@@ -20,6 +21,7 @@ mod expand;
 mod fields;
 mod record;
 mod scan;
+mod shared;
 
 pub use binary::binary_envelope;
 pub use decode::{
