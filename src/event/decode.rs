@@ -24,12 +24,23 @@ const MAX_SOURCE_LEN: usize = 1024;
 
 /// A valid event type: not empty, at most [`MAX_TYPE_LEN`] bytes, no control character.
 pub(super) fn valid_type(s: &str) -> bool {
-    !s.is_empty() && s.len() <= MAX_TYPE_LEN && !s.chars().any(char::is_control)
+    !s.is_empty() && s.len() <= MAX_TYPE_LEN && !has_control(s)
 }
 
 /// A valid event id: not empty, at most [`MAX_ID_LEN`] bytes, no control character.
 pub(super) fn valid_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control)
+    !s.is_empty() && s.len() <= MAX_ID_LEN && !has_control(s)
+}
+
+/// Whether `s` has a control character ([`char::is_control`]: U+0000-U+001F, U+007F-U+009F),
+/// read as bytes for the usual text: the first range and U+007F are those bytes themselves, and
+/// U+0080-U+009F are written 0xC2 0x80-0x9F, so text without any of those bytes, or 0xC2, has
+/// none; text with 0xC2 is read as characters.
+fn has_control(s: &str) -> bool {
+    let suspect = s
+        .bytes()
+        .fold(false, |any, b| any | (b < 0x20) | (b == 0x7f) | (b == 0xc2));
+    suspect && s.chars().any(char::is_control)
 }
 
 /// A valid `source`: at most [`MAX_SOURCE_LEN`] bytes.
@@ -375,6 +386,20 @@ mod tests {
     fn unreadable_time_is_dropped_not_fatal() {
         let e = decode(r#"{"type":"a","time":"yesterday"}"#).unwrap();
         assert_eq!(e.time, None);
+    }
+
+    #[test]
+    fn control_characters_are_found_as_bytes_as_they_are_as_characters() {
+        for c in (0..=0x10_ffff).filter_map(char::from_u32) {
+            for s in [
+                format!("{c}"),
+                format!("ab{c}"),
+                format!("{c}\u{a0}x"),
+                format!("\u{c2}{c}"),
+            ] {
+                assert_eq!(has_control(&s), s.chars().any(char::is_control), "{s:?}");
+            }
+        }
     }
 
     #[test]
