@@ -183,12 +183,17 @@ fn decode_native(
     Ok(finish(kind, id, time, source, data, fallback_id))
 }
 
+/// A CloudEvents `specversion` this decoder reads (1.x); both readers of a CloudEvent ask here.
+pub(super) fn readable_specversion(v: &str) -> bool {
+    v.starts_with("1.")
+}
+
 fn decode_cloudevent(
     mut obj: Map<String, Value>,
     fallback_id: &dyn Fn() -> String,
 ) -> Result<Event, DecodeError> {
     match obj.get("specversion").and_then(Value::as_str) {
-        Some(v) if v.starts_with("1.") => {}
+        Some(v) if readable_specversion(v) => {}
         other => {
             return Err(DecodeError::InvalidField {
                 field: "specversion",

@@ -37,7 +37,7 @@ pub(super) fn common<'a>(text: &'a str, fields: &DataFields) -> Option<Common<'a
     let mut key = s.member()?;
     let cloud = key == "specversion";
     if cloud {
-        if !s.string()?.starts_with("1.") {
+        if !super::decode::readable_specversion(s.string()?) {
             return None; // the general path names the version it cannot read
         }
         if !s.next_member(b'}')? {
