@@ -63,21 +63,15 @@ fn one_event(bytes: &[u8], max_bytes: usize) -> bool {
         .iter()
         .find(|b| !b.is_ascii_whitespace())
         .is_some_and(|b| *b == b'{');
-    starts_object
-        && bytes.len() <= max_bytes
-        && NOT_ONE_EVENT.iter().all(|f| f.find(bytes).is_none())
+    starts_object && bytes.len() <= max_bytes && NOT_ONE_EVENT.find(bytes).is_none()
 }
 
-/// What [`one_event`] looks for, each searcher built once (building one per line was 3% of a
-/// replay's CPU).
-static NOT_ONE_EVENT: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 3]> =
+/// What [`one_event`] looks for, all in one pass over the bytes (SIMD where the CPU has it: one
+/// `memmem` pass per pattern was 4.4% of a plain replay's instructions, this is 3.0%); built once.
+static NOT_ONE_EVENT: std::sync::LazyLock<aho_corasick::packed::Searcher> =
     std::sync::LazyLock::new(|| {
-        use memchr::memmem::Finder;
-        [
-            Finder::new(b"\\u"),
-            Finder::new(b"\"Records\""),
-            Finder::new(DLQ_KEY),
-        ]
+        aho_corasick::packed::Searcher::new([&b"\\u"[..], b"\"Records\"", DLQ_KEY])
+            .expect("three short patterns are well within the packed searcher's limits")
     });
 
 /// The key of a dead-letter record, quoted.
@@ -415,6 +409,10 @@ mod tests {
         );
         assert!(one(r#"{"type":"a","data":{}}"#));
         assert!(!one(r#"{"Rec\u006frds":[]}"#), "an escape: the general way");
+        assert!(
+            !one(r#"{"type":"a","data":{"invalidator_dlq":1}}"#),
+            "the dead-letter key anywhere: the general way"
+        );
         assert!(!one(r#"[{"type":"a"}]"#));
     }
 

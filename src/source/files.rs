@@ -9,10 +9,13 @@
 //! 1-based and count every line.
 
 use std::collections::VecDeque;
-use std::io::{self, BufRead, Cursor, Read};
+use std::io::{self, BufRead};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
+use bytes::{Buf, Bytes};
+
+use super::lines::LineReader;
 use crate::event::{DecodeError, Expanded, Position, Record, expand_document};
 
 /// The UTF-8 byte order mark, skipped at the start of an input.
@@ -79,15 +82,13 @@ enum Mode {
 
 /// Reads one input (a file or stdin) as [`Input`]s.
 pub struct InputReader {
-    reader: Box<dyn BufRead + Send>,
+    lines: LineReader,
     /// Shared by the positions of its records.
     name: Arc<str>,
     line: u64,
     max_bytes: usize,
     mode: Mode,
     pending: VecDeque<Input>,
-    /// Bytes consumed so far, for progress.
-    consumed: Arc<AtomicU64>,
 }
 
 impl InputReader {
@@ -98,13 +99,12 @@ impl InputReader {
         consumed: Arc<AtomicU64>,
     ) -> Self {
         InputReader {
-            reader,
+            lines: LineReader::new(reader, consumed),
             name: name.into(),
             line: 0,
             max_bytes,
             mode: Mode::Start,
             pending: VecDeque::new(),
-            consumed,
         }
     }
 
@@ -114,56 +114,23 @@ impl InputReader {
 
     /// Reads one line of at most [`max_line`] bytes (without its newline). `None` at the end. A
     /// longer line is consumed to its end; its first bytes are returned with `true`.
-    fn read_line(&mut self) -> io::Result<Option<(Vec<u8>, bool)>> {
-        let mut buf = Vec::new();
-        let mut too_long = false;
-        let mut any = false;
-        loop {
-            let available = match self.reader.fill_buf() {
-                Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if available.is_empty() {
-                break;
-            }
-            any = true;
-            let (chunk, done) = match memchr::memchr(b'\n', available) {
-                Some(i) => (&available[..i], Some(i + 1)),
-                None => (available, None),
-            };
-            if !too_long {
-                let limit = max_line(self.max_bytes);
-                let room = limit + 1 - buf.len().min(limit + 1);
-                buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                if buf.len() > limit {
-                    too_long = true;
-                    buf.truncate(limit);
-                }
-            }
-            let used = done.unwrap_or(available.len());
-            self.reader.consume(used);
-            self.consumed.fetch_add(used as u64, Ordering::Relaxed);
-            if done.is_some() {
-                break;
-            }
-        }
-        if !any {
+    fn read_line(&mut self) -> io::Result<Option<(Bytes, bool)>> {
+        let Some((mut line, too_long)) = self.lines.next_line(max_line(self.max_bytes))? else {
             return Ok(None);
-        }
+        };
         self.line += 1;
-        if buf.last() == Some(&b'\r') && !too_long {
-            buf.pop();
+        if line.last() == Some(&b'\r') && !too_long {
+            line.truncate(line.len() - 1);
         }
         // A byte order mark (files saved by some Windows tools) marks the encoding, not the event.
-        if self.line == 1 && buf.starts_with(BOM) {
-            buf.drain(..BOM.len());
+        if self.line == 1 && line.starts_with(BOM) {
+            line.advance(BOM.len());
         }
-        Ok(Some((buf, too_long)))
+        Ok(Some((line, too_long)))
     }
 
     /// Turns one line into records.
-    fn line_records(&mut self, line: Vec<u8>, too_long: bool) {
+    fn line_records(&mut self, line: Bytes, too_long: bool) {
         let pos = self.pos_at(self.line);
         if too_long {
             let mut record = Record::new(line, pos);
@@ -209,14 +176,11 @@ impl InputReader {
             return Ok(());
         }
         // The first line is not a whole JSON value but opens one: try the whole input as a document.
-        let mut doc = first;
+        let mut doc = first.to_vec();
         doc.push(b'\n');
-        let mut rest = Vec::new();
-        let limit = MAX_DOCUMENT_BYTES.saturating_sub(doc.len()) as u64;
-        (&mut self.reader).take(limit + 1).read_to_end(&mut rest)?;
-        self.consumed
-            .fetch_add(rest.len() as u64, Ordering::Relaxed);
-        let small_enough = rest.len() as u64 <= limit;
+        let limit = MAX_DOCUMENT_BYTES.saturating_sub(doc.len());
+        let rest = self.lines.rest(limit)?;
+        let small_enough = rest.len() <= limit;
         doc.extend_from_slice(&rest);
         if small_enough && serde_json::from_slice::<serde::de::IgnoredAny>(&doc).is_ok() {
             self.pending.extend(
@@ -227,11 +191,8 @@ impl InputReader {
             self.mode = Mode::Done;
             return Ok(());
         }
-        // Not a document: JSON Lines after all (the first line is broken). Re-read what we buffered.
-        // Bytes re-read from the buffer are counted again; take them off first.
-        self.consumed.fetch_sub(doc.len() as u64, Ordering::Relaxed);
-        let old = std::mem::replace(&mut self.reader, Box::new(io::empty()));
-        self.reader = Box::new(Cursor::new(doc).chain(old));
+        // Not a document: JSON Lines after all (the first line is broken). Read it again.
+        self.lines.unread(doc);
         self.line = first_line - 1;
         self.mode = Mode::Lines;
         Ok(())
@@ -269,6 +230,8 @@ impl Iterator for InputReader {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Cursor;
+
     use super::*;
 
     fn read(input: &str, max: usize) -> Vec<Expanded> {
