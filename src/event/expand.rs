@@ -36,11 +36,23 @@ pub fn expand_document(
     position: Position,
     max_bytes: usize,
 ) -> Vec<Expanded> {
-    let bytes: Bytes = bytes.into();
+    let mut out = Vec::new();
+    expand_into(bytes.into(), position, max_bytes, &mut out);
+    out
+}
+
+/// [`expand_document`], appending to `out`: a line of one event costs no vector of its own.
+pub fn expand_into(bytes: Bytes, position: Position, max_bytes: usize, out: &mut Vec<Expanded>) {
     if one_event(&bytes, max_bytes) {
         // Decoded from its bytes by the unit ([`super::decode_event`]), without a JSON tree here.
-        return vec![Expanded::Raw(Record::new(bytes, position))];
+        out.push(Expanded::Raw(Record::new(bytes, position)));
+    } else {
+        out.extend(expand_parsed(bytes, position, max_bytes));
     }
+}
+
+/// [`expand_document`] of what may be more than one event: parsed, then taken apart by its shape.
+fn expand_parsed(bytes: Bytes, position: Position, max_bytes: usize) -> Vec<Expanded> {
     let value: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(e) => {

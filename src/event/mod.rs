@@ -27,7 +27,7 @@ pub use binary::binary_envelope;
 pub use decode::{
     DecodeError, decode_event, decode_event_keeping, decode_value, decode_value_keeping,
 };
-pub use expand::{Expanded, expand_document};
+pub use expand::{Expanded, expand_document, expand_into};
 pub use fields::DataFields;
 pub use record::{Carried, DlqRecord, Position, Record};
 

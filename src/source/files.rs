@@ -16,7 +16,7 @@ use std::sync::atomic::AtomicU64;
 use bytes::{Buf, Bytes};
 
 use super::lines::LineReader;
-use crate::event::{DecodeError, Expanded, Position, Record, expand_document};
+use crate::event::{DecodeError, Expanded, Position, Record, expand_document, expand_into};
 
 /// The UTF-8 byte order mark, skipped at the start of an input.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -53,11 +53,11 @@ impl Input {
         }
     }
 
-    /// The records this item holds.
-    pub fn expand(self, max_bytes: usize) -> Vec<Expanded> {
+    /// Appends the records this item holds to `out`.
+    pub fn expand_into(self, max_bytes: usize, out: &mut Vec<Expanded>) {
         match self {
-            Input::Ready(e) => vec![e],
-            Input::Line(r) => expand_document(r.payload, r.position, max_bytes),
+            Input::Ready(e) => out.push(e),
+            Input::Line(r) => expand_into(r.payload, r.position, max_bytes, out),
         }
     }
 }
@@ -66,10 +66,7 @@ impl Input {
 pub fn expand_all(inputs: Vec<Input>, max_bytes: usize) -> Vec<Expanded> {
     let mut out = Vec::with_capacity(inputs.len());
     for i in inputs {
-        match i {
-            Input::Ready(e) => out.push(e),
-            line => out.extend(line.expand(max_bytes)),
-        }
+        i.expand_into(max_bytes, &mut out);
     }
     out
 }

@@ -176,9 +176,20 @@ mod tests {
     fn lines_across_reads_and_blocks_are_the_plain_split() {
         // Lines of every length up to past two blocks, some blank, the last without a newline.
         let mut text = Vec::new();
-        for (i, len) in [0, 1, 70, 0, BLOCK - 1, BLOCK, BLOCK + 1, 3, 2 * BLOCK + 5, 9]
-            .iter()
-            .enumerate()
+        for (i, len) in [
+            0,
+            1,
+            70,
+            0,
+            BLOCK - 1,
+            BLOCK,
+            BLOCK + 1,
+            3,
+            2 * BLOCK + 5,
+            9,
+        ]
+        .iter()
+        .enumerate()
         {
             text.extend((0..*len).map(|j| b'a' + ((i + j) % 26) as u8));
             text.push(b'\n');
@@ -200,7 +211,10 @@ mod tests {
         let text = "{\"type\":\"a\"}\n".repeat(20_000);
         let got = lines(text.as_bytes(), 1 << 16, 1 << 20);
         assert_eq!(got.len(), 20_000);
-        assert!(got.iter().all(|(l, long)| l == b"{\"type\":\"a\"}" && !long));
+        assert!(
+            got.iter()
+                .all(|(l, long)| l == b"{\"type\":\"a\"}" && !long)
+        );
     }
 
     #[test]
@@ -208,7 +222,10 @@ mod tests {
         let text = b"{\"a\":\n1}\nnext\n".to_vec();
         let consumed = Arc::new(AtomicU64::new(0));
         let mut r = LineReader::new(
-            Box::new(io::BufReader::with_capacity(4, io::Cursor::new(text.clone()))),
+            Box::new(io::BufReader::with_capacity(
+                4,
+                io::Cursor::new(text.clone()),
+            )),
             consumed.clone(),
         );
         let (first, _) = r.next_line(100).unwrap().unwrap();
@@ -234,10 +251,16 @@ mod tests {
     fn rest_stops_one_byte_past_its_limit() {
         let consumed = Arc::new(AtomicU64::new(0));
         let mut r = LineReader::new(
-            Box::new(io::BufReader::with_capacity(3, io::Cursor::new(vec![b'x'; 50]))),
+            Box::new(io::BufReader::with_capacity(
+                3,
+                io::Cursor::new(vec![b'x'; 50]),
+            )),
             consumed,
         );
-        assert_eq!(r.next_line(5).unwrap().unwrap(), (Bytes::from("xxxxx"), true));
+        assert_eq!(
+            r.next_line(5).unwrap().unwrap(),
+            (Bytes::from("xxxxx"), true)
+        );
         assert_eq!(r.rest(10).unwrap(), b"");
     }
 }

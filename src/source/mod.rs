@@ -2,6 +2,6 @@
 //! acknowledges them only after the engine applied or dead-lettered them.
 
 pub mod files;
-mod lines;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+mod lines;
