@@ -21,10 +21,7 @@ pub fn explain(
     json: bool,
     out: &mut dyn Write,
 ) -> io::Result<u8> {
-    let position = Position {
-        file: Some("explain".into()),
-        ..Position::default()
-    };
+    let position = Position::named("explain");
     let inputs = expand_document(text, position, config.limits.max_event_bytes);
     let mut code = 0;
     // The event is shown whole, not only the fields of `data` the rules read.

@@ -18,7 +18,7 @@
 
 use base64::Engine as _;
 use invalidator::event::{
-    DataFields, DecodeError, DlqRecord, Expanded, Position, Record, decode_event,
+    DataFields, DecodeError, DlqRecord, Expanded, Position, PositionFields, Record, decode_event,
     decode_event_keeping, decode_value, expand_document,
 };
 use proptest::prelude::*;
@@ -497,16 +497,16 @@ fn arb_position() -> impl Strategy<Value = Position> {
         prop::option::of(any::<i64>()),
         prop::option::of(nasty_string()),
     )
-        .prop_map(
-            |(file, line, topic, partition, offset, message_id)| Position {
+        .prop_map(|(file, line, topic, partition, offset, message_id)| {
+            Position::from(PositionFields {
                 file: file.map(Into::into),
                 line,
                 topic: topic.map(Into::into),
                 partition,
                 offset,
                 message_id,
-            },
-        )
+            })
+        })
 }
 
 fn arb_payload() -> impl Strategy<Value = Vec<u8>> {
@@ -694,7 +694,7 @@ proptest! {
         let decoded = expand_and_decode(sqs_document(&bodies));
         prop_assert_eq!(decoded.len(), evs.len());
         for ((ev, enveloped, sqs_id, sns_id), (record, e)) in evs.iter().zip(&decoded) {
-            prop_assert_eq!(record.position.message_id.as_deref(), Some(sqs_id.as_str()));
+            prop_assert_eq!(record.position.message_id(), Some(sqs_id.as_str()));
             ev.check(e, if *enveloped { sns_id } else { sqs_id })?;
         }
     }
@@ -713,7 +713,7 @@ proptest! {
         let decoded = expand_and_decode(sns_document(&messages));
         prop_assert_eq!(decoded.len(), evs.len());
         for ((ev, _, id), (record, e)) in evs.iter().zip(&decoded) {
-            prop_assert_eq!(record.position.message_id.as_deref(), Some(id.as_str()));
+            prop_assert_eq!(record.position.message_id(), Some(id.as_str()));
             ev.check(e, id)?;
         }
     }

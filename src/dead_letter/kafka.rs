@@ -111,7 +111,7 @@ impl DeadLetterSink for KafkaDeadLetters {
         let topics: Vec<String> = letters
             .iter()
             .map(|l| {
-                let source = l.record.position.topic.as_deref().unwrap_or_default();
+                let source = l.record.position.topic().map_or("", |t| t);
                 self.config.dlq_topic_for(source)
             })
             .collect();

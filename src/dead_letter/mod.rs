@@ -99,7 +99,7 @@ impl<'a> DeadLetter<'a> {
             ("invalidator.event_type", self.event_type.map(Cow::from)),
             (
                 "invalidator.source.message_id",
-                p.message_id.as_deref().map(Cow::from),
+                p.message_id().map(Cow::from),
             ),
             (
                 "invalidator.source.arn",
@@ -107,20 +107,20 @@ impl<'a> DeadLetter<'a> {
             ),
             (
                 "invalidator.source.topic",
-                p.topic.as_deref().map(Cow::from),
+                p.topic().map(|t| Cow::from(&**t)),
             ),
             (
                 "invalidator.source.partition",
-                p.partition.map(|n| n.to_string().into()),
+                p.partition().map(|n| n.to_string().into()),
             ),
             (
                 "invalidator.source.offset",
-                p.offset.map(|n| n.to_string().into()),
+                p.offset().map(|n| n.to_string().into()),
             ),
-            ("invalidator.source.file", p.file.as_deref().map(Cow::from)),
+            ("invalidator.source.file", p.file().map(|f| Cow::from(&**f))),
             (
                 "invalidator.source.line",
-                p.line.map(|n| n.to_string().into()),
+                p.line().map(|n| n.to_string().into()),
             ),
             (
                 "invalidator.origin",
@@ -169,15 +169,7 @@ mod tests {
 
     #[test]
     fn every_sink_gets_the_same_fields() {
-        let mut record = Record::new(
-            b"{bad".to_vec(),
-            Position {
-                topic: Some("events".into()),
-                partition: Some(2),
-                offset: Some(41),
-                ..Position::default()
-            },
-        );
+        let mut record = Record::new(b"{bad".to_vec(), Position::kafka("events", 2, 41));
         record.attempts = 2;
         record.origin = Some(Box::new(Position::file_line("old.jsonl", 7)));
         record.carried = Some(std::sync::Arc::new(Carried {

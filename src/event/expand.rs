@@ -171,10 +171,7 @@ fn expand_array(
                 // Parsed once already: this does not happen; re-serialize rather than lose it.
                 None => serde_json::to_vec(&item).unwrap_or_default(),
             });
-            let pos = Position {
-                message_id: Some(format!("[{i}]")),
-                ..position.clone()
-            };
+            let pos = position.with_message_id(&format!("[{i}]"));
             if bytes.len() > max_bytes {
                 return vec![too_large(bytes, pos, max_bytes)];
             }
@@ -288,10 +285,10 @@ mod tests {
             panic!("{out:?}")
         };
         assert_eq!(
-            r.position.message_id.as_deref(),
+            r.position.message_id(),
             Some("059f36b4-87a3-44ab-83d2-661975830a7d")
         );
-        assert_eq!(r.position.file.as_deref(), Some("in.jsonl"));
+        assert_eq!(r.position.file().map(|f| &**f), Some("in.jsonl"));
     }
 
     #[test]
@@ -451,6 +448,6 @@ mod tests {
         let Expanded::Parsed { record, .. } = &out[1] else {
             panic!()
         };
-        assert_eq!(record.position.message_id.as_deref(), Some("[1]"));
+        assert_eq!(record.position.message_id(), Some("[1]"));
     }
 }

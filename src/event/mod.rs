@@ -29,7 +29,7 @@ pub use decode::{
 };
 pub use expand::{Expanded, expand_document, expand_into};
 pub use fields::DataFields;
-pub use record::{Carried, DlqRecord, Position, Record};
+pub use record::{Carried, DlqRecord, Position, PositionFields, Record};
 
 use std::sync::Arc;
 

@@ -250,7 +250,7 @@ mod tests {
             .iter()
             .map(|e| match e {
                 Expanded::Parsed { record, value } => (
-                    record.position.line.unwrap(),
+                    record.position.line().unwrap(),
                     outcome(crate::event::decode_value(
                         value.clone(),
                         1 << 20,
@@ -258,7 +258,7 @@ mod tests {
                     )),
                 ),
                 Expanded::Raw(record) => (
-                    record.position.line.unwrap(),
+                    record.position.line().unwrap(),
                     outcome(crate::event::decode_event(
                         &record.payload,
                         1 << 20,
@@ -266,7 +266,7 @@ mod tests {
                     )),
                 ),
                 Expanded::Failed { record, error } => {
-                    (record.position.line.unwrap(), error.reason())
+                    (record.position.line().unwrap(), error.reason())
                 }
             })
             .collect()

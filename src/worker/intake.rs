@@ -86,7 +86,7 @@ fn offsets_of(inputs: &[Input]) -> Offsets {
         {
             Some(g) => g.offsets.push(i.offset()),
             None => groups.push(PartitionOffsets {
-                topic: i.record.position.topic.clone().unwrap_or_default(),
+                topic: i.record.position.topic().cloned().unwrap_or_default(),
                 partition,
                 offsets: vec![i.offset()],
             }),

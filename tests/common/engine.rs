@@ -62,11 +62,7 @@ pub fn inputs(lines: &[String]) -> Vec<Expanded> {
         .flat_map(|(n, l)| {
             expand_document(
                 l.clone().into_bytes(),
-                Position {
-                    file: Some("test".into()),
-                    line: Some(n as u64 + 1),
-                    ..Position::default()
-                },
+                Position::file_line("test", n as u64 + 1),
                 1 << 20,
             )
         })

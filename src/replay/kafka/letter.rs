@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rdkafka::message::BorrowedMessage;
 
-use crate::event::{DecodeError, Expanded, Position, Record};
+use crate::event::{DecodeError, Expanded, Position, PositionFields, Record};
 use crate::source::kafka::{Input, TopicNames};
 
 /// The record for the engine; a dead letter as its original ([`as_original`]).
@@ -65,14 +65,14 @@ fn as_original(record: &mut Record) -> Letter {
     record.attempts = get("invalidator.attempts")
         .and_then(|a| a.parse().ok())
         .unwrap_or(1);
-    let origin = Position {
+    let origin = Position::from(PositionFields {
         topic: get("invalidator.source.topic").map(Into::into),
         partition: get("invalidator.source.partition").and_then(|p| p.parse().ok()),
         offset: get("invalidator.source.offset").and_then(|o| o.parse().ok()),
         file: get("invalidator.source.file").map(Into::into),
         line: get("invalidator.source.line").and_then(|l| l.parse().ok()),
         message_id: get("invalidator.source.message_id").map(str::to_owned),
-    };
+    });
     if origin != Position::default() {
         record.origin = Some(Box::new(origin));
     }

@@ -195,12 +195,7 @@ impl Input {
         max_bytes: usize,
     ) -> Input {
         let headers = headers_of(m);
-        let position = Position {
-            topic: Some(topics.get(m.topic())),
-            partition: Some(m.partition()),
-            offset: Some(m.offset()),
-            ..Position::default()
-        };
+        let position = Position::kafka(topics.get(m.topic()), m.partition(), m.offset());
         let payload = bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default());
         let binary = binary_envelope(&headers, &payload, max_bytes);
         let mut record = Record::new(payload, position);
@@ -233,15 +228,15 @@ impl Input {
     }
 
     pub fn topic(&self) -> &str {
-        self.record.position.topic.as_deref().unwrap_or_default()
+        self.record.position.topic().map_or("", |t| t)
     }
 
     pub fn partition(&self) -> i32 {
-        self.record.position.partition.unwrap_or_default()
+        self.record.position.partition().unwrap_or_default()
     }
 
     pub fn offset(&self) -> i64 {
-        self.record.position.offset.unwrap_or_default()
+        self.record.position.offset().unwrap_or_default()
     }
 }
 
