@@ -326,7 +326,12 @@ mod tests {
                 if self.refuse.contains(&&*body) {
                     failed.push((i, "refused".into()));
                 } else {
-                    let id = l.record.position.message_id.clone().unwrap_or_default();
+                    let id = l
+                        .record
+                        .position
+                        .message_id()
+                        .unwrap_or_default()
+                        .to_owned();
                     self.kept.lock().unwrap().push(id);
                 }
             }

@@ -75,7 +75,7 @@ impl SqsDeadLetters {
         if self.fifo {
             let carried = l.record.carried.as_deref();
             let group = carried.and_then(|c| c.group_id.clone());
-            let id = l.record.position.message_id.as_deref().unwrap_or_default();
+            let id = l.record.position.message_id().unwrap_or_default();
             e = e
                 .message_group_id(group.unwrap_or_else(|| "invalidator-dlq".into()))
                 .message_deduplication_id(cut(id, 128));

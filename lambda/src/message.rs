@@ -25,10 +25,7 @@ impl Message {
     /// The message as a record: its body byte for byte, where it came from, and its ARN and FIFO
     /// group (for the dead-letter queue).
     pub fn record(&self) -> Record {
-        let position = Position {
-            message_id: Some(self.id.clone()),
-            ..Position::default()
-        };
+        let position = Position::message(&self.id);
         let body = self.body.clone().unwrap_or_default();
         let mut record = Record::new(body.into_bytes(), position);
         record.attempts = self.previous_attempts;
