@@ -14,7 +14,8 @@ use serde_json::value::RawValue;
 
 use super::DecodeError;
 use super::binary::binary_envelope;
-use super::record::{DLQ_MARKER, DlqKafka, DlqRecord, Position, Record};
+use super::position::Position;
+use super::record::{DLQ_MARKER, DlqKafka, DlqRecord, Record};
 
 /// What one input line or document turned into.
 #[derive(Debug)]

@@ -11,7 +11,8 @@
 //! - `shared`: the strings of event types and sources that repeat, made once a thread;
 //! - `fields`: the fields of `data` the rules read ([`DataFields`]), the only ones decoded;
 //! - `expand`: one input unit (a line, a document) → the payloads it holds ([`expand_document`]);
-//! - `record`: [`Record`], [`Position`], [`Carried`], and the dead-letter format [`DlqRecord`];
+//! - `record`: [`Record`], [`Carried`], and the dead-letter format [`DlqRecord`];
+//! - `position`: where a record came from ([`Position`], compact; [`PositionFields`], as written);
 //! - `binary`: a CloudEvents binary-mode event from Kafka headers ([`binary_envelope`]).
 
 mod binary;
@@ -19,6 +20,7 @@ mod common;
 pub(crate) mod decode;
 mod expand;
 mod fields;
+mod position;
 mod record;
 mod scan;
 mod shared;
@@ -29,7 +31,8 @@ pub use decode::{
 };
 pub use expand::{Expanded, expand_document, expand_into};
 pub use fields::DataFields;
-pub use record::{Carried, DlqRecord, Position, PositionFields, Record};
+pub use position::{Position, PositionFields};
+pub use record::{Carried, DlqRecord, Record};
 
 use std::sync::Arc;
 
