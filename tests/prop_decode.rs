@@ -949,7 +949,7 @@ fn line(bytes: &[u8], max: usize) -> Vec<Result<invalidator::event::Event, Decod
         .map(|item| match item {
             Expanded::Parsed { value, .. } => decode_value(value, max, &fallback),
             Expanded::Raw(record) => decode_event(&record.payload, max, &fallback),
-            Expanded::Failed { error, .. } => Err(error),
+            Expanded::Failed { error, .. } => Err(*error),
         })
         .collect()
 }

@@ -45,10 +45,10 @@ impl Invalidate {
     fn input(m: &Message) -> Expanded {
         match &m.body {
             Some(_) => Expanded::Raw(m.record()),
-            None => Expanded::Failed {
-                record: m.record(),
-                error: DecodeError::InvalidEnvelope(format!("message {} has no body", m.id)),
-            },
+            None => Expanded::failed(
+                m.record(),
+                DecodeError::InvalidEnvelope(format!("message {} has no body", m.id)),
+            ),
         }
     }
 

@@ -107,7 +107,7 @@ fn decode(
                 decode_event_keeping(&record.payload, max_bytes, fields, &|| fallback(&record));
             (record, decoded)
         }
-        Expanded::Failed { record, error } => (record, Err(error)),
+        Expanded::Failed { record, error } => (record, Err(*error)),
     }
 }
 

@@ -132,13 +132,13 @@ impl InputReader {
         if too_long {
             let mut record = Record::new(line, pos);
             record.truncated = true;
-            self.pending.push_back(Input::Ready(Expanded::Failed {
-                error: DecodeError::TooLarge {
+            self.pending.push_back(Input::Ready(Expanded::failed(
+                record,
+                DecodeError::TooLarge {
                     size: max_line(self.max_bytes) + 1,
                     limit: self.max_bytes,
                 },
-                record,
-            }));
+            )));
             return;
         }
         if line.iter().all(u8::is_ascii_whitespace) {

@@ -17,13 +17,13 @@ pub(super) fn original(
     let mut input = Input::from_message(m, topics, max_bytes);
     match as_original(&mut input.record) {
         Letter::No | Letter::Whole => input.into_expanded(),
-        Letter::Cut(size) => Expanded::Failed {
-            error: DecodeError::TooLarge {
+        Letter::Cut(size) => Expanded::failed(
+            input.record,
+            DecodeError::TooLarge {
                 size,
                 limit: max_bytes,
             },
-            record: input.record,
-        },
+        ),
     }
 }
 

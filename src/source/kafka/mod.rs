@@ -223,7 +223,7 @@ impl Input {
         match self.binary {
             None => Expanded::Raw(record),
             Some(Ok(value)) => Expanded::Parsed { value, record },
-            Some(Err(error)) => Expanded::Failed { record, error },
+            Some(Err(error)) => Expanded::failed(record, error),
         }
     }
 
