@@ -70,19 +70,17 @@ impl LineReader {
         self.pending.clear();
         self.searched = 0;
         loop {
-            let available = match self.reader.fill_buf() {
-                Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if available.is_empty() {
-                return Ok(());
+            let (used, done) =
+                with_available(&mut *self.reader, |available| {
+                    match memchr::memchr(b'\n', available) {
+                        Some(i) => (i + 1, true),
+                        None => (available.len(), false),
+                    }
+                })?;
+            if used == 0 {
+                return Ok(()); // the end of the input
             }
-            let (used, done) = match memchr::memchr(b'\n', available) {
-                Some(i) => (i + 1, true),
-                None => (available.len(), false),
-            };
-            self.take(used);
+            self.consume(used);
             if done {
                 return Ok(());
             }
@@ -97,20 +95,18 @@ impl LineReader {
             self.pending.reserve(BLOCK.max(self.pending.len()));
         }
         let room = self.pending.capacity() - self.pending.len();
-        let available = loop {
-            match self.reader.fill_buf() {
-                Ok(b) => break b,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        };
-        let n = available.len().min(room);
-        self.pending.extend_from_slice(&available[..n]);
-        self.take(n);
+        let pending = &mut self.pending;
+        let n = with_available(&mut *self.reader, |available| {
+            let n = available.len().min(room);
+            pending.extend_from_slice(&available[..n]);
+            n
+        })?;
+        self.consume(n);
         Ok(n > 0)
     }
 
-    fn take(&mut self, n: usize) {
+    /// Marks `n` bytes of the reader's buffer as taken, and counts them.
+    fn consume(&mut self, n: usize) {
         self.reader.consume(n);
         self.consumed.fetch_add(n as u64, Ordering::Relaxed);
     }
@@ -140,6 +136,18 @@ impl LineReader {
             .fetch_sub(bytes.len() as u64, Ordering::Relaxed);
         let rest = std::mem::replace(&mut self.reader, Box::new(io::empty()));
         self.reader = Box::new(io::Cursor::new(bytes).chain(rest));
+    }
+}
+
+/// `f` of what `reader` has buffered (empty at the end of the input), read again after an
+/// interrupted read.
+fn with_available<T>(reader: &mut dyn BufRead, f: impl FnOnce(&[u8]) -> T) -> io::Result<T> {
+    loop {
+        match reader.fill_buf() {
+            Ok(available) => return Ok(f(available)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 
