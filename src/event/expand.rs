@@ -202,13 +202,11 @@ fn expand_array(
 
 /// A payload over `limit` bytes.
 fn too_large(bytes: Bytes, position: Position, limit: usize) -> Expanded {
-    Expanded::Failed {
-        error: Box::new(DecodeError::TooLarge {
-            size: bytes.len(),
-            limit,
-        }),
-        record: Record::new(bytes, position),
-    }
+    let error = DecodeError::TooLarge {
+        size: bytes.len(),
+        limit,
+    };
+    Expanded::failed(Record::new(bytes, position), error)
 }
 
 /// The records of a Lambda SNS or SQS event document. `Records` that is not a list is a broken
