@@ -207,44 +207,46 @@ impl RuleSet {
     /// Renders the Redis and CDN actions of one rule for one event.
     fn actions(&self, rule: &Rule, event: &Event) -> Result<Vec<Action>, RenderError> {
         let scope = Scope { event, item: None };
-        let l = &self.limits;
-        let mut buf = Vec::new();
-        let mut actions = Vec::new();
+        let (safe, fanout) = (&self.limits.safe, self.limits.max_fanout);
+        // One action per template unless a `[]` fans out: sized for that, most rules allocate
+        // once.
+        let templates = rule.delete.len()
+            + rule.tags.len()
+            + rule.expire.len()
+            + rule.purge.iter().map(|p| p.paths.len()).sum::<usize>();
+        let mut actions = Vec::with_capacity(templates);
         for t in &rule.delete {
-            buf.clear();
-            t.render(scope, &l.safe, l.max_fanout, &mut buf)?;
-            for key in buf.drain(..) {
-                actions.push(if t.is_pattern() {
+            let pattern = t.is_pattern();
+            t.render_each(scope, safe, fanout, |key| {
+                actions.push(if pattern {
                     Action::DeletePattern {
                         pattern: pattern_of(&key),
                     }
                 } else {
                     Action::Delete { key }
-                });
-            }
+                })
+            })?;
         }
         for t in &rule.tags {
-            buf.clear();
-            t.render(scope, &l.safe, l.max_fanout, &mut buf)?;
-            actions.extend(buf.drain(..).map(|tag| Action::Tag { tag }));
+            t.render_each(scope, safe, fanout, |tag| actions.push(Action::Tag { tag }))?;
         }
         for e in &rule.expire {
-            buf.clear();
-            e.key.render(scope, &l.safe, l.max_fanout, &mut buf)?;
-            actions.extend(buf.drain(..).map(|key| Action::Expire {
-                key,
-                ttl: e.ttl,
-                jitter: e.jitter,
-            }));
+            e.key.render_each(scope, safe, fanout, |key| {
+                actions.push(Action::Expire {
+                    key,
+                    ttl: e.ttl,
+                    jitter: e.jitter,
+                })
+            })?;
         }
         for p in &rule.purge {
             for t in &p.paths {
-                buf.clear();
-                t.render(scope, &l.safe, l.max_fanout, &mut buf)?;
-                actions.extend(buf.drain(..).map(|path| Action::Purge {
-                    target: p.target.clone(),
-                    path,
-                }));
+                t.render_each(scope, safe, fanout, |path| {
+                    actions.push(Action::Purge {
+                        target: p.target.clone(),
+                        path,
+                    })
+                })?;
             }
         }
         Ok(actions)

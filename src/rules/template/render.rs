@@ -18,13 +18,28 @@ impl Template {
         max_fanout: usize,
         out: &mut Vec<String>,
     ) -> Result<(), RenderError> {
+        self.render_each(scope, safe, max_fanout, |s| out.push(s))
+    }
+
+    /// [`Template::render`], each output handed to `emit` as it is made: a template without `[]`
+    /// (most of them) makes its one string and no list.
+    pub fn render_each(
+        &self,
+        scope: Scope<'_>,
+        safe: &SafeValues,
+        max_fanout: usize,
+        mut emit: impl FnMut(String),
+    ) -> Result<(), RenderError> {
         if max_fanout >= 1
             && let Some(one) = self.render_single(scope, safe)?
         {
-            out.push(one);
+            emit(one);
             return Ok(());
         }
-        self.render_all(scope, safe, max_fanout, out)
+        let mut all = Vec::new();
+        self.render_all(scope, safe, max_fanout, &mut all)?;
+        all.into_iter().for_each(emit);
+        Ok(())
     }
 
     /// The general path of [`Template::render`]: every placeholder's values, then their product.
