@@ -103,6 +103,16 @@ impl Redelete {
     }
 }
 
+/// The hasher of a plan's sets and maps. Their keys come from events, yet foldhash (seeded at
+/// random per process and per map) serves where SipHash cost 2% of a plain replay's CPU: a plan
+/// lives for one unit, holds at most the unit's actions, and is only ever iterated in insertion
+/// order, so no hash order is ever seen outside to be learned from.
+pub type PlanHasher = foldhash::fast::RandomState;
+/// A map of a plan (insertion order, [`PlanHasher`]).
+pub type PlanMap<K, V> = IndexMap<K, V, PlanHasher>;
+/// A set of a plan (insertion order, [`PlanHasher`]).
+pub type PlanSet<K> = IndexSet<K, PlanHasher>;
+
 /// Index of an event inside its unit of work.
 pub type Origin = u32;
 
@@ -111,12 +121,12 @@ pub type Origin = u32;
 pub struct Plan {
     /// Keys are bytes: a rewind after a failover deletes again what a tag set or a `SCAN` held.
     #[serde(serialize_with = "keys_as_text")]
-    pub deletes: IndexSet<Vec<u8>>,
-    pub patterns: IndexSet<String>,
-    pub tags: IndexMap<String, Vec<Origin>>,
-    pub expires: IndexMap<String, Expire>,
+    pub deletes: PlanSet<Vec<u8>>,
+    pub patterns: PlanSet<String>,
+    pub tags: PlanMap<String, Vec<Origin>>,
+    pub expires: PlanMap<String, Expire>,
     /// target → path → events.
-    pub purges: IndexMap<String, IndexMap<String, Vec<Origin>>>,
+    pub purges: PlanMap<String, PlanMap<String, Vec<Origin>>>,
     /// delay → what to delete again then.
     pub redeletes: BTreeMap<DurationKey, Redelete>,
 }
@@ -149,7 +159,7 @@ pub fn key_text(key: &[u8]) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
-fn keys_as_text<S: serde::Serializer>(keys: &IndexSet<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+fn keys_as_text<S: serde::Serializer>(keys: &PlanSet<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(keys.iter().map(|k| key_text(k)))
 }
 
@@ -201,7 +211,11 @@ impl Plan {
             Action::Purge { target, path } => {
                 let t = match self.purges.get_index_of(target.as_str()) {
                     Some(t) => t,
-                    None => self.purges.insert_full(target.clone(), IndexMap::new()).0,
+                    None => {
+                        self.purges
+                            .insert_full(target.clone(), PlanMap::default())
+                            .0
+                    }
                 };
                 let paths = &mut self.purges[t];
                 match paths.get_mut(path.as_str()) {
@@ -248,7 +262,7 @@ impl Plan {
             + self.patterns.len()
             + self.tags.len()
             + self.expires.len()
-            + self.purges.values().map(IndexMap::len).sum::<usize>()
+            + self.purges.values().map(PlanMap::len).sum::<usize>()
     }
 }
 

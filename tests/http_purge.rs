@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use indexmap::IndexMap;
 use invalidator::apply::cdn::{CdnError, CdnTargets};
 use invalidator::config::Config;
+use invalidator::plan::PlanMap;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Match, Mock, MockServer, ResponseTemplate};
 
@@ -20,8 +20,8 @@ fn target(urls: Vec<String>, retry_for: Duration) -> CdnTargets {
     CdnTargets::from_config(&config, None).unwrap()
 }
 
-fn purges(paths: &[(&str, Vec<u32>)]) -> IndexMap<String, IndexMap<String, Vec<u32>>> {
-    let mut m = IndexMap::new();
+fn purges(paths: &[(&str, Vec<u32>)]) -> PlanMap<String, PlanMap<String, Vec<u32>>> {
+    let mut m = PlanMap::default();
     m.insert(
         "edge".to_string(),
         paths

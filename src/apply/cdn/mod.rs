@@ -12,12 +12,10 @@ pub mod http;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::config::CdnConfig;
+use crate::plan::{Origin, PlanMap};
 use aws_config::SdkConfig;
 use futures::future::try_join_all;
-use indexmap::IndexMap;
-
-use crate::config::CdnConfig;
-use crate::plan::Origin;
 
 /// Most paths a `log` target writes on one line: a unit's purges are a few lines, each of them
 /// short enough for a log pipeline.
@@ -222,7 +220,7 @@ impl CdnTargets {
     /// Purges every path of `purges` (target → path → events), every target concurrently.
     pub async fn purge(
         &self,
-        purges: &IndexMap<String, IndexMap<String, Vec<Origin>>>,
+        purges: &PlanMap<String, PlanMap<String, Vec<Origin>>>,
     ) -> Result<PurgeReport, CdnError> {
         let parts = try_join_all(
             purges
@@ -242,7 +240,7 @@ impl CdnTargets {
     async fn purge_target(
         &self,
         name: &str,
-        paths: &IndexMap<String, Vec<Origin>>,
+        paths: &PlanMap<String, Vec<Origin>>,
     ) -> Result<PurgeReport, CdnError> {
         let mut report = PurgeReport::default();
         let outcome = match self.targets.get(name) {
@@ -343,9 +341,9 @@ mod tests {
     fn a_log_target_writes_a_line_per_hundred_paths_and_counts_each_path() {
         let config = BTreeMap::from([("edge".to_owned(), CdnConfig::Log {})]);
         let targets = CdnTargets::from_config(&config, None).unwrap();
-        let paths: IndexMap<String, Vec<Origin>> =
+        let paths: PlanMap<String, Vec<Origin>> =
             (0..250).map(|i| (format!("/p/{i}"), vec![i])).collect();
-        let purges = IndexMap::from([("edge".to_owned(), paths)]);
+        let purges: PlanMap<_, _> = [("edge".to_owned(), paths)].into_iter().collect();
 
         let lines = Lines::default();
         let sink = lines.clone();
