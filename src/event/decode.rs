@@ -104,7 +104,7 @@ pub fn decode_event_keeping(
         });
     }
     // Checked once here, the text is not checked again string by string while parsing.
-    let text = std::str::from_utf8(bytes).ok();
+    let text = simdutf8::basic::from_utf8(bytes).ok();
     if let Some(event) = text.and_then(|t| decode_common(t, fields, fallback_id)) {
         return Ok(event);
     }
