@@ -544,7 +544,8 @@ fn check_whole_object_payload(
     let e = decode(&serde_json::to_vec(&obj).unwrap()).unwrap();
     prop_assert_eq!(&*e.kind, ev.kind.as_str());
     prop_assert_eq!(e.id.to_string(), ev.expected_id(FALLBACK));
-    let data = e.data.as_object().expect("the payload is the object");
+    let data = e.data.to_value();
+    let data = data.as_object().expect("the payload is the object");
     // Every field of the object is in the payload, unchanged.
     for (k, v) in &original {
         prop_assert_eq!(data.get(k), Some(v), "field {}", k);
@@ -961,7 +962,7 @@ fn agree(bytes: &[u8], max: usize) -> Result<(), TestCaseError> {
     for keep in [vec![], vec!["", "a", "b"], vec!["product_id", "sku"]] {
         let fields = DataFields::only(keep.into_iter().map(str::to_owned));
         let pruned = whole.clone().map(|mut e| {
-            e.data = fields.prune(e.data);
+            e.data = fields.keep(e.data.to_value());
             e
         });
         prop_assert_eq!(decode_event_keeping(bytes, max, &fields, &fallback), pruned);

@@ -13,7 +13,7 @@
 //!   input and nothing else;
 //! - `Template::compile` never panics, and what it accepts obeys the literal confinement rules.
 
-use invalidator::event::Event;
+use invalidator::event::{DataFields, Event};
 use invalidator::rules::template::{SafeValues, Scope, Template, TemplateKind, glob_escape};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -69,7 +69,7 @@ fn event(data: Value, id: String, kind: String, source: Option<String>) -> Event
         kind: kind.into(),
         time: None,
         source: source.map(Into::into),
-        data,
+        data: data.into(),
     }
 }
 
@@ -275,6 +275,37 @@ proptest! {
         let t = Template::compile(&src, kind, true).unwrap_or_else(|e| panic!("{src:?}: {e:?}"));
         let ev = event(data, id, kind_str, source);
         check_confined(&t, &ev, item.as_deref(), &SafeValues::default(), &|c| SAFE.contains(c), 128)?;
+    }
+
+    /// Data as decoding keeps it (the fields the rules read, a few more, a few fewer) renders as
+    /// the whole data does: the same outputs, the same values, the same errors.
+    #[test]
+    fn kept_fields_render_as_the_whole_data(
+        (kind, src) in arb_template(),
+        mut data in hostile_data(),
+        extra in prop::sample::subsequence(vec!["v", "a", "l", "items", "n", "zz"], 0..6),
+        null in any::<bool>(),
+        item in prop::option::of(hostile_string()),
+    ) {
+        let t = Template::compile(&src, kind, true).unwrap_or_else(|e| panic!("{src:?}: {e:?}"));
+        if null {
+            // A field given as null reads as no field at all.
+            data["v"] = Value::Null;
+        }
+        let whole = event(data.clone(), "e".into(), "t".into(), None);
+        // Every field the template reads is kept; others kept or not.
+        let names = VARS.iter().filter_map(|v| v.split(['.', '[']).next()).chain(extra);
+        let mut kept = whole.clone();
+        kept.data = DataFields::only(names.map(str::to_owned)).keep(data);
+        let is_kept = matches!(kept.data, invalidator::event::Data::Kept { .. });
+        prop_assert!(is_kept, "an object's fields are kept");
+        let (safe, item) = (SafeValues::default(), item.as_deref());
+        let render = |e: &Event| t.render_one(Scope { event: e, item }, &safe, 64);
+        prop_assert_eq!(render(&kept), render(&whole));
+        if t.single_var() {
+            let value = |e: &Event| t.render_value(Scope { event: e, item }, &safe);
+            prop_assert_eq!(value(&kept), value(&whole));
+        }
     }
 
     /// A permissive configured pattern cannot let the hard-forbidden characters (or `.`/`..`) in.

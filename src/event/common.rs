@@ -3,11 +3,11 @@
 //! from most producers, decoded without building the envelope as a map. Anything else is left to
 //! the general path in `decode`.
 
-use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::Event;
+use super::data::Data;
 use super::decode::{finish, valid_id, valid_source, valid_type};
 use super::fields::DataFields;
 
@@ -20,7 +20,7 @@ pub(super) struct Common<'a> {
     pub(super) id: Option<&'a str>,
     pub(super) time: Option<&'a str>,
     pub(super) source: Option<&'a str>,
-    pub(super) data: Value,
+    pub(super) data: Data,
 }
 
 /// The names of [`Common`]'s fields; any other name is not the common shape.
@@ -129,7 +129,7 @@ impl<'de> serde::de::Visitor<'de> for CommonSeed<'_> {
             id: id.flatten(),
             time: time.flatten(),
             source: source.flatten(),
-            data: data.ok_or_else(|| A::Error::missing_field("data"))?,
+            data: data.ok_or_else(|| A::Error::missing_field("data"))?.into(),
         })
     }
 }

@@ -12,6 +12,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::Event;
 use super::common::decode_common;
+use super::data::Data;
 use super::fields::DataFields;
 
 /// Longest accepted event type.
@@ -89,7 +90,7 @@ pub fn decode_event(
 }
 
 /// [`decode_event`], keeping only `fields` of `data` (what the rules read): the event is the one
-/// [`decode_event`] gives with its `data` passed through [`DataFields::prune`], and every payload
+/// [`decode_event`] gives with its `data` passed through [`DataFields::keep`], and every payload
 /// refused there is refused here with the same error.
 pub fn decode_event_keeping(
     bytes: &[u8],
@@ -156,7 +157,10 @@ pub fn decode_value_keeping(
     } else {
         decode_native(obj, fallback_id)?
     };
-    event.data = fields.prune(event.data);
+    event.data = match event.data {
+        Data::Whole(data) => fields.keep(data),
+        kept => kept,
+    };
     Ok(event)
 }
 
@@ -180,7 +184,7 @@ fn decode_native(
         // The whole object is the payload, as the producer wrote it.
         None => Value::Object(obj),
     };
-    Ok(finish(kind, id, time, source, data, fallback_id))
+    Ok(finish(kind, id, time, source, data.into(), fallback_id))
 }
 
 /// A CloudEvents `specversion` this decoder reads (1.x); both readers of a CloudEvent ask here.
@@ -227,7 +231,7 @@ fn decode_cloudevent(
     } else {
         Value::Object(Map::new())
     };
-    Ok(finish(kind, id, time, source, data, fallback_id))
+    Ok(finish(kind, id, time, source, data.into(), fallback_id))
 }
 
 pub(super) fn finish(
@@ -235,7 +239,7 @@ pub(super) fn finish(
     id: Option<Arc<str>>,
     time: Option<OffsetDateTime>,
     source: Option<Arc<str>>,
-    data: Value,
+    data: Data,
     fallback_id: &dyn Fn() -> String,
 ) -> Event {
     let id_given = id.is_some();

@@ -13,6 +13,8 @@ use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
+use super::data::Data;
+
 /// The top-level fields of `data` that an event keeps once decoded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum DataFields {
@@ -31,29 +33,41 @@ impl DataFields {
         DataFields::Only(v.into())
     }
 
-    /// Asked for every field of every event's `data`. Rules read a few fields: a scan by
-    /// equality compares lengths first and calls `memcmp` only for a name of the same length,
-    /// where a binary search called it for every comparison; a long list is searched.
+    /// Asked for every field of every event's `data` ([`place`]).
     pub(super) fn keeps(&self, field: &str) -> bool {
         match self {
             DataFields::All => true,
-            DataFields::Only(f) if f.len() <= 8 => f.iter().any(|k| k == field),
-            DataFields::Only(f) => f.binary_search_by(|k| k.as_str().cmp(field)).is_ok(),
+            DataFields::Only(names) => place(names, field).is_some(),
         }
     }
 
-    /// `data` decoded in full, reduced to the kept fields (the decode of an already parsed payload).
-    pub fn prune(&self, mut data: Value) -> Value {
-        if let (DataFields::Only(_), Value::Object(map)) = (self, &mut data) {
-            map.retain(|k, _| self.keeps(k));
+    /// `data` decoded in full (an already parsed payload), reduced to the kept fields: an
+    /// object's as [`Data::Kept`], anything else whole.
+    pub fn keep(&self, data: Value) -> Data {
+        match (self, data) {
+            (DataFields::Only(names), Value::Object(mut map)) => Data::Kept {
+                names: names.clone(),
+                values: names.iter().map(|n| map.remove(n)).collect(),
+            },
+            (_, data) => Data::Whole(data),
         }
-        data
     }
 
-    /// Decodes `data` as [`Value::deserialize`] would, then [`DataFields::prune`], without building
+    /// Decodes `data` as [`Value::deserialize`] would, then [`DataFields::keep`], without building
     /// what is dropped: the same value, and the same errors on the same input.
     pub fn seed(&self) -> DataSeed<'_> {
         DataSeed(self)
+    }
+}
+
+/// Where `field` is in `names` (sorted): scanned by equality in a short list, which compares
+/// lengths first and calls `memcmp` only for a name of the same length (a binary search called it
+/// for every comparison); searched in a long one.
+pub(super) fn place(names: &[String], field: &str) -> Option<usize> {
+    if names.len() <= 8 {
+        names.iter().position(|k| k == field)
+    } else {
+        names.binary_search_by(|k| k.as_str().cmp(field)).ok()
     }
 }
 
@@ -246,7 +260,7 @@ mod tests {
 
     fn full(fields: &DataFields, text: &str) -> Result<Value, String> {
         serde_json::from_str::<Value>(text)
-            .map(|v| fields.prune(v))
+            .map(|v| fields.keep(v).to_value())
             .map_err(|e| e.to_string())
     }
 

@@ -10,6 +10,7 @@
 //!   common shape read as borrowed fields; `scan`, the same read by hand for most events;
 //! - `shared`: the strings of event types and sources that repeat, made once a thread;
 //! - `fields`: the fields of `data` the rules read ([`DataFields`]), the only ones decoded;
+//! - `data`: an event's `data` ([`Data`]): the kept fields of an object, or a value whole;
 //! - `expand`: one input unit (a line, a document) → the payloads it holds ([`expand_document`]);
 //! - `record`: [`Record`], [`Carried`], and the dead-letter format [`DlqRecord`];
 //! - `position`: where a record came from ([`Position`], compact; [`PositionFields`], as written);
@@ -17,6 +18,7 @@
 
 mod binary;
 mod common;
+mod data;
 pub(crate) mod decode;
 mod expand;
 mod fields;
@@ -26,6 +28,7 @@ mod scan;
 mod shared;
 
 pub use binary::binary_envelope;
+pub use data::Data;
 pub use decode::{
     DecodeError, decode_event, decode_event_keeping, decode_value, decode_value_keeping,
 };
@@ -59,7 +62,7 @@ pub struct Event {
     /// Shared with the events it cascades to: a child costs a pointer, not a copy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<Arc<str>>,
-    pub data: Value,
+    pub data: Data,
 }
 
 impl Event {
@@ -71,7 +74,7 @@ impl Event {
             kind,
             time: parent.time,
             source: parent.source.clone(),
-            data,
+            data: data.into(),
         }
     }
 }
@@ -88,7 +91,7 @@ mod tests {
             kind: "category.changed".into(),
             time: None,
             source: Some("s".repeat(1024).into()),
-            data: Value::Null,
+            data: Value::Null.into(),
         };
         // A fan-out of 1,000 children holds one source, not 1,000 copies of it.
         let children: Vec<Event> = (0..1000)

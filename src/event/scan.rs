@@ -6,10 +6,13 @@
 //! decides, as it always did. Where this reader answers it answers as that one would: the property
 //! tests of tests/prop_decode.rs hold every decode path equal to the general one.
 
-use serde_json::{Map, Value};
+use std::sync::Arc;
+
+use serde_json::Value;
 
 use super::common::{Common, CommonField};
-use super::fields::DataFields;
+use super::data::Data;
+use super::fields::{DataFields, place};
 
 /// Deepest nesting read here (serde_json's own limit is 128): deeper values are left to it.
 const MAX_DEPTH: u32 = 32;
@@ -25,9 +28,9 @@ const MAX_DIGITS: usize = 18;
 /// member an extension attribute, read and ignored, and no `data` an empty object. One that names
 /// its version later is left to the general path, which reads it in any order.
 pub(super) fn common<'a>(text: &'a str, fields: &DataFields) -> Option<Common<'a>> {
-    if matches!(fields, DataFields::All) {
+    let DataFields::Only(names) = fields else {
         return None;
-    }
+    };
     let mut s = Scan { text, at: 0 };
     let (mut kind, mut id, mut time, mut source, mut data) = (None, None, None, None, None);
     s.eat(b'{')?;
@@ -56,7 +59,7 @@ pub(super) fn common<'a>(text: &'a str, fields: &DataFields) -> Option<Common<'a
             CommonField::Id => id.replace(s.string_or_null()?).is_some(),
             CommonField::Time => time.replace(s.string_or_null()?).is_some(),
             CommonField::Source => source.replace(s.string_or_null()?).is_some(),
-            CommonField::Data => data.replace(s.data(fields)?).is_some(),
+            CommonField::Data => data.replace(s.data(names)?).is_some(),
             CommonField::Extension => s.skip(1).map(|()| false)?,
             CommonField::Other => return None,
         };
@@ -74,7 +77,7 @@ pub(super) fn common<'a>(text: &'a str, fields: &DataFields) -> Option<Common<'a
     }
     let data = match data {
         Some(data) => data,
-        None if cloud => Value::Object(Map::new()),
+        None if cloud => Data::default(),
         None => return None, // the whole object is the payload: the general path builds it
     };
     Some(Common {
@@ -181,24 +184,27 @@ impl<'a> Scan<'a> {
         Some(&self.text[start..at])
     }
 
-    /// `data`: an object, of which the kept fields are built and the others only read.
-    fn data(&mut self, fields: &DataFields) -> Option<Value> {
+    /// `data`: an object, of which the fields in `names` are built (the last of a name given
+    /// twice, as a `serde_json::Map` keeps it) and the others only read.
+    fn data(&mut self, names: &Arc<[String]>) -> Option<Data> {
         self.eat(b'{')?;
-        let mut out = Map::new();
+        let mut values = vec![None; names.len()].into_boxed_slice();
+        let kept = |values| Data::Kept {
+            names: names.clone(),
+            values,
+        };
         if self.peek()? == b'}' {
             self.at += 1;
-            return Some(Value::Object(out));
+            return Some(kept(values));
         }
         loop {
             let key = self.member()?;
-            if fields.keeps(key) {
-                let value = self.kept()?;
-                out.insert(key.to_owned(), value);
-            } else {
-                self.skip(2)?;
+            match place(names, key) {
+                Some(at) => values[at] = Some(self.kept()?),
+                None => self.skip(2)?,
             }
             if !self.next_member(b'}')? {
-                return Some(Value::Object(out));
+                return Some(kept(values));
             }
         }
     }
@@ -369,7 +375,7 @@ mod tests {
         assert_eq!(c.data, json!({"product_id": 7}));
         // Without `data`, an empty object (a native event would be its own payload).
         let c = common(r#"{"specversion":"1.x","type":"t"}"#, &keep(&["a"])).unwrap();
-        assert_eq!((c.kind, c.data), ("t", json!({})));
+        assert_eq!((c.kind, c.data.to_value()), ("t", json!({})));
     }
 
     #[test]

@@ -150,7 +150,7 @@ pub fn plan_of(yaml: &str, kind: &str, data: serde_json::Value) -> Plan {
         kind: kind.into(),
         time: None,
         source: None,
-        data,
+        data: rules.data_fields().keep(data),
     };
     let ep = rules.plan_event(&event, &NoMembers).unwrap();
     let mut plan = Plan::default();

@@ -319,7 +319,7 @@ mod tests {
             kind: "price.updated".into(),
             time: Some(time::macros::datetime!(2026-11-23 10:00 UTC)),
             source: Some("pricing".into()),
-            data: serde_json::json!({}),
+            data: serde_json::json!({}).into(),
         }
     }
 

@@ -13,7 +13,7 @@ use cel::common::ast::{EntryExpr, Expr};
 use cel::objects::{Key, Map};
 use cel::{Context, Env, Program, Value};
 
-use crate::event::Event;
+use crate::event::{Data, Event};
 
 /// A compiled condition.
 pub struct Condition {
@@ -92,14 +92,15 @@ impl Condition {
     fn eval_cel(&self, event: &Event) -> Result<bool, String> {
         let mut ctx = Context::with_env(self.env.clone());
         let data = match (&self.data_fields, &event.data) {
-            (Some(fields), serde_json::Value::Object(obj)) => {
+            (Some(fields), data) if data.is_object() => {
                 let map = fields
                     .iter()
-                    .filter_map(|f| Some((Key::from(f.as_str()), to_cel(obj.get(f)?))))
+                    .filter_map(|f| Some((Key::from(f.as_str()), to_cel(data.get(f)?))))
                     .collect();
                 Value::Map(Map { map: Arc::new(map) })
             }
-            (_, data) => to_cel(data),
+            (_, Data::Whole(data)) => to_cel(data),
+            (_, kept) => to_cel(&kept.to_value()),
         };
         ctx.add_variable_from_value("data", data);
         if self.uses_event {
@@ -242,7 +243,7 @@ mod tests {
             kind: "price.updated".into(),
             time: None,
             source: Some("pricing".into()),
-            data,
+            data: data.into(),
         }
     }
 

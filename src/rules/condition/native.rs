@@ -108,10 +108,7 @@ impl Native {
                 false => b.eval(event),
             },
             Native::Not(a) => a.eval(event).map(|b| !b),
-            Native::Has(f) => match &event.data {
-                Json::Object(m) => Some(m.contains_key(f)),
-                _ => None,
-            },
+            Native::Has(f) => event.data.is_object().then(|| event.data.get(f).is_some()),
             Native::Truth(o) => match o.value(event)? {
                 Scalar::Bool(b) => Some(b),
                 _ => None,
@@ -146,10 +143,8 @@ fn operand(e: &Expr) -> Option<Operand> {
 impl Operand {
     fn value<'e>(&'e self, event: &'e Event) -> Option<Scalar<'e>> {
         Some(match self {
-            Operand::Data(f) => match &event.data {
-                Json::Object(m) => scalar(m.get(f)?)?,
-                _ => return None,
-            },
+            // Data that is not an object has no field.
+            Operand::Data(f) => scalar(event.data.get(f)?)?,
             Operand::EventId => Scalar::Str((*event.id).into()),
             Operand::EventType => Scalar::Str((*event.kind).into()),
             Operand::EventSource => match event.source.as_deref() {
@@ -213,7 +208,7 @@ mod tests {
     use serde_json::json;
 
     use super::super::Condition;
-    use crate::event::Event;
+    use crate::event::{DataFields, Event};
 
     const OPERANDS: &[&str] = &[
         "data.a",
@@ -292,7 +287,12 @@ mod tests {
             kind: "pending".into(),
             time: None,
             source: [None, Some("x"), Some("moderation")][rng.random_range(0..3)].map(Arc::from),
-            data,
+            // As decoded with the fields the rules read kept, or whole.
+            data: if rng.random_bool(0.5) {
+                DataFields::only(["a", "b", "c", "d"].map(String::from)).keep(data)
+            } else {
+                data.into()
+            },
         }
     }
 

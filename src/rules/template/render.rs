@@ -7,6 +7,8 @@
 
 use serde_json::Value;
 
+use crate::event::Data;
+
 use super::{RenderError, Root, SafeValues, Scope, Segment, Step, Template, Var};
 
 impl Template {
@@ -96,7 +98,7 @@ impl Template {
             match self.envelope(var, scope, safe) {
                 Some(v) => s.push_str(v?),
                 None => {
-                    let v = walk(&scope.event.data, &var.path)
+                    let v = walk_data(&scope.event.data, &var.path)
                         .map_err(|m| self.template_error(var, m))?;
                     self.push_checked(var, v, safe, &mut s)?;
                 }
@@ -129,7 +131,7 @@ impl Template {
         let mut leaves = Vec::new();
         let owned;
         match &var.root {
-            Root::Data => collect(&scope.event.data, &var.path, &mut leaves)
+            Root::Data => collect_data(&scope.event.data, &var.path, &mut leaves)
                 .map_err(|m| self.template_error(var, m))?,
             _ => {
                 owned = Value::String(self.resolve(var, scope, safe)?.remove(0));
@@ -155,7 +157,7 @@ impl Template {
             return Ok(vec![v?.to_owned()]);
         }
         let mut leaves = Vec::new();
-        collect(&scope.event.data, &var.path, &mut leaves)
+        collect_data(&scope.event.data, &var.path, &mut leaves)
             .map_err(|m| self.template_error(var, m))?;
         leaves
             .into_iter()
@@ -271,6 +273,36 @@ fn collect<'v>(value: &'v Value, path: &[Step], out: &mut Vec<&'v Value>) -> Res
     }
 }
 
+/// The value the first step of a data path (a field name: the parser begins every data path with
+/// one) reads from the event's data, and the steps after it.
+fn first_step<'v, 'p>(data: &'v Data, path: &'p [Step]) -> Result<(&'v Value, &'p [Step]), String> {
+    match (data, path) {
+        (Data::Whole(v), _) => Ok((v, path)),
+        (kept, [Step::Key(k), rest @ ..]) => match kept.get(k) {
+            Some(v) if !v.is_null() => Ok((v, rest)),
+            _ => Err(no_field(k)),
+        },
+        // Kept fields are an object, which has no index (and no path begins without a name).
+        (_, _) => Err("`[]` needs a list, found an object".into()),
+    }
+}
+
+/// [`walk`] from the event's data.
+fn walk_data<'v>(data: &'v Data, path: &[Step]) -> Result<&'v Value, String> {
+    let (value, rest) = first_step(data, path)?;
+    walk(value, rest)
+}
+
+/// [`collect`] from the event's data.
+fn collect_data<'v>(data: &'v Data, path: &[Step], out: &mut Vec<&'v Value>) -> Result<(), String> {
+    let (value, rest) = first_step(data, path)?;
+    collect(value, rest, out)
+}
+
+fn no_field(name: &str) -> String {
+    format!("no field `{name}` in the event data")
+}
+
 /// Walks a `path` without `[]` from `value` to its one leaf.
 fn walk<'v>(value: &'v Value, path: &[Step]) -> Result<&'v Value, String> {
     path.iter().try_fold(value, |v, step| one_step(step, v))
@@ -281,7 +313,7 @@ fn one_step<'v>(step: &Step, value: &'v Value) -> Result<&'v Value, String> {
     match (step, value) {
         (Step::Key(k), Value::Object(map)) => match map.get(k) {
             Some(v) if !v.is_null() => Ok(v),
-            _ => Err(format!("no field `{k}` in the event data")),
+            _ => Err(no_field(k)),
         },
         (Step::Key(k), other) => Err(format!(
             "cannot read `{k}` from {}",

@@ -3,15 +3,20 @@
 use serde_json::{Value, json};
 
 use super::*;
+use crate::event::DataFields;
 
+/// An event whose data is kept as decoding keeps it (an object's fields, here all of them).
 fn event(data: Value) -> Event {
+    let names = data
+        .as_object()
+        .map(|m| m.keys().cloned().collect::<Vec<_>>());
     Event {
         id: "ev-1".into(),
         id_given: true,
         kind: "price.updated".into(),
         time: None,
         source: Some("pricing".into()),
-        data,
+        data: DataFields::only(names.unwrap_or_default()).keep(data),
     }
 }
 
