@@ -67,14 +67,14 @@ pub struct Expire {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Redelete {
     #[serde(serialize_with = "names_only")]
-    pub keys: IndexMap<String, Arc<str>>,
+    pub keys: IndexMap<String, &'static str>,
     #[serde(serialize_with = "names_only")]
-    pub tags: IndexMap<String, Arc<str>>,
+    pub tags: IndexMap<String, &'static str>,
 }
 
 /// `explain` shows the keys and tags of a redelete as a list; the rule is the hit's own.
 fn names_only<S: serde::Serializer>(
-    m: &IndexMap<String, Arc<str>>,
+    m: &IndexMap<String, &'static str>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     s.collect_seq(m.keys())
@@ -229,15 +229,15 @@ impl Plan {
     }
 
     /// Schedules the deletes and tags of `actions`, asked for by `rule`, again after `after`.
-    pub fn add_redelete(&mut self, after: Duration, rule: &Arc<str>, actions: &[Action]) {
+    pub fn add_redelete(&mut self, after: Duration, rule: &'static str, actions: &[Action]) {
         let r = self.redeletes.entry(DurationKey(after)).or_default();
         for a in actions {
             match a {
                 Action::Delete { key } if !r.keys.contains_key(key) => {
-                    r.keys.insert(key.clone(), rule.clone());
+                    r.keys.insert(key.clone(), rule);
                 }
                 Action::Tag { tag } if !r.tags.contains_key(tag) => {
-                    r.tags.insert(tag.clone(), rule.clone());
+                    r.tags.insert(tag.clone(), rule);
                 }
                 _ => {}
             }
@@ -275,9 +275,9 @@ fn push_origin(v: &mut Vec<Origin>, origin: Origin) {
 /// What one rule did for one event (explain output, and the unit of coalescing).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RuleHit {
-    pub rule: Arc<str>,
+    pub rule: &'static str,
     /// `file:line:column` of the rule.
-    pub at: Arc<str>,
+    pub at: &'static str,
     pub event_id: Arc<str>,
     pub event_type: Arc<str>,
     /// 0 for the event itself, 1.. for cascaded events.
@@ -346,7 +346,7 @@ impl EventPlan {
                 plan.add(origin, action);
             }
             if let Some(after) = hit.redelete_after {
-                plan.add_redelete(after, &hit.rule, &hit.actions);
+                plan.add_redelete(after, hit.rule, &hit.actions);
             }
         }
     }
@@ -470,10 +470,10 @@ mod tests {
     #[test]
     fn redelete_keeps_only_keys_and_tags() {
         let mut plan = Plan::default();
-        let rule: Arc<str> = "r".into();
+        let rule = "r";
         plan.add_redelete(
             Duration::from_millis(500),
-            &rule,
+            rule,
             &[
                 Action::Delete { key: "k".into() },
                 Action::DeletePattern {
@@ -484,7 +484,7 @@ mod tests {
         );
         plan.add_redelete(
             Duration::from_secs(1),
-            &rule,
+            rule,
             &[Action::Purge {
                 target: "c".into(),
                 path: "/".into(),
@@ -497,14 +497,14 @@ mod tests {
 
     #[test]
     fn redeletes_keep_the_first_rule_and_count_what_waits() {
-        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let (a, b) = ("a", "b");
         let key = |k: &str| Action::Delete { key: k.into() };
         let mut plan = Plan::default();
         let after = Duration::from_millis(100);
-        plan.add_redelete(after, &a, &[key("k1"), key("k2")]);
-        plan.add_redelete(after, &b, &[key("k2"), key("k3")]);
+        plan.add_redelete(after, a, &[key("k1"), key("k2")]);
+        plan.add_redelete(after, b, &[key("k2"), key("k3")]);
         let r = &plan.redeletes[&DurationKey(after)];
-        let rules: Vec<(&str, &str)> = r.keys.iter().map(|(k, v)| (k.as_str(), &**v)).collect();
+        let rules: Vec<(&str, &str)> = r.keys.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         assert_eq!(rules, [("k1", "a"), ("k2", "a"), ("k3", "b")]);
 
         let mut waiting = Redeletes::default();

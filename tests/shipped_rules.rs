@@ -108,7 +108,7 @@ fn summary(plan: &EventPlan) -> Vec<(String, String, u32, bool)> {
 fn hit<'a>(plan: &'a EventPlan, rule: &str) -> &'a RuleHit {
     plan.hits
         .iter()
-        .find(|h| &*h.rule == rule)
+        .find(|h| h.rule == rule)
         .unwrap_or_else(|| panic!("no hit of `{rule}` in {:#?}", plan.hits))
 }
 
@@ -149,7 +149,7 @@ fn shipped_rules_compile_with_the_catalog_cdn() {
             "ttl.yaml"
         ]
     );
-    let names: Vec<&str> = rules.rules.iter().map(|r| &*r.name).collect();
+    let names: Vec<&str> = rules.rules.iter().map(|r| r.name).collect();
     assert_eq!(
         names,
         [
@@ -169,7 +169,7 @@ fn shipped_rules_compile_with_the_catalog_cdn() {
     let price = rules
         .rules
         .iter()
-        .find(|r| &*r.name == "price-changed")
+        .find(|r| r.name == "price-changed")
         .unwrap();
     assert!(
         price.at.ends_with("price.yaml:36:5"),

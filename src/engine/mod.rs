@@ -198,12 +198,12 @@ impl Engine {
     /// Deletes the keys and tags of a due `redelete_after` once more, one plan per rule, so that
     /// what each rule's redeletes find (stale refills caught) is counted under it.
     pub async fn redelete(&self, r: &Redelete) -> Result<ApplyReport, EngineError> {
-        let mut plans: BTreeMap<&Arc<str>, Plan> = BTreeMap::new();
-        for (k, rule) in &r.keys {
+        let mut plans: BTreeMap<&str, Plan> = BTreeMap::new();
+        for (k, &rule) in &r.keys {
             let plan = plans.entry(rule).or_default();
             plan.deletes.insert(k.clone().into_bytes());
         }
-        for (t, rule) in &r.tags {
+        for (t, &rule) in &r.tags {
             plans
                 .entry(rule)
                 .or_default()

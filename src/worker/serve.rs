@@ -26,7 +26,7 @@ pub async fn serve(config: Config, rules: RuleSet) -> Result<RunReport, String> 
             .rules
             .iter()
             .filter(|r| r.redelete_after.is_some())
-            .map(|r| &*r.name),
+            .map(|r| r.name),
     );
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await

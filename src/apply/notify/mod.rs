@@ -310,7 +310,6 @@ impl Notifier {
 mod tests {
     use super::*;
     use crate::plan::RuleHit;
-    use std::sync::Arc;
 
     fn event() -> Event {
         Event {
@@ -325,8 +324,8 @@ mod tests {
 
     fn hit(condition: bool, actions: Vec<Action>) -> RuleHit {
         RuleHit {
-            rule: Arc::from("r"),
-            at: Arc::from("f:1:1"),
+            rule: "r",
+            at: "f:1:1",
             event_id: "e-1".into(),
             event_type: "price.updated".into(),
             depth: 0,

@@ -137,8 +137,8 @@ fn compile_rule(
         return None;
     }
     Some(Rule {
-        name: name.into(),
-        at: at.into(),
+        name: name.leak(),
+        at: at.leak(),
         on,
         when,
         delete: actions.delete,

@@ -133,8 +133,8 @@ impl RuleSet {
                 Vec::new()
             };
             out.hits.push(RuleHit {
-                rule: rule.name.clone(),
-                at: rule.at.clone(),
+                rule: rule.name,
+                at: rule.at,
                 event_id: event.id.clone(),
                 event_type: event.kind.clone(),
                 depth,
@@ -311,7 +311,7 @@ impl RuleSet {
                 item: item.as_deref(),
             };
             for data in render_data(&cascade.data, scope, self)? {
-                let id = child_id(&event.id, &rule.name, n, children.len());
+                let id = child_id(&event.id, rule.name, n, children.len());
                 children.push(Event::derived(id, cascade.emit.clone(), event, data));
                 if children.len() > l.max_fanout {
                     return Err(RenderError::FanoutExceeded {

@@ -213,7 +213,7 @@ rules:
         let whole = rules.plan_event(&event, &all).unwrap();
         assert!(whole.needs.is_empty() && whole.pending.is_empty());
         // Not vacuous: every level is there, in depth-first order, and so are both notes.
-        let rows: Vec<(&str, u32)> = whole.hits.iter().map(|h| (&*h.rule, h.depth)).collect();
+        let rows: Vec<(&str, u32)> = whole.hits.iter().map(|h| (h.rule, h.depth)).collect();
         assert_eq!(
             rows[..4],
             [("product", 0), ("category", 1), ("page", 2), ("product", 3)]
