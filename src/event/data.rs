@@ -6,8 +6,6 @@
 //! plain event's 10,700. Here a kept object is one allocation of a value per kept name, the names
 //! shared by every event. It reads, compares and serializes as the object it stands for.
 
-use std::sync::Arc;
-
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
@@ -18,7 +16,7 @@ pub enum Data {
     /// kept fields of [`super::DataFields`]) were kept: `values[i]` is the value of `names[i]`, or
     /// `None` where the object has no such field.
     Kept {
-        names: Arc<[String]>,
+        names: &'static [String],
         values: Box<[Option<Value>]>,
     },
     /// Any other data, whole: data that is not an object, an object kept whole, the data of a
@@ -154,7 +152,11 @@ mod tests {
 
     fn kept(names: &[&str], values: Vec<Option<Value>>) -> Data {
         Data::Kept {
-            names: names.iter().map(|n| (*n).to_owned()).collect(),
+            names: names
+                .iter()
+                .map(|n| (*n).to_owned())
+                .collect::<Vec<_>>()
+                .leak(),
             values: values.into(),
         }
     }

@@ -7,7 +7,6 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
 
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -22,15 +21,18 @@ pub enum DataFields {
     #[default]
     All,
     /// Only these (sorted) fields of an object; data that is not an object is kept whole.
-    Only(Arc<[String]>),
+    Only(&'static [String]),
 }
 
 impl DataFields {
+    /// The fields a rule set reads. Leaked, like its rules' names: a rule set is compiled once
+    /// per process and lives as long as it, and every event's kept data names its fields with a
+    /// pointer, not a shared count that the cores decoding and dropping events would all write.
     pub fn only<I: IntoIterator<Item = String>>(fields: I) -> DataFields {
         let mut v: Vec<String> = fields.into_iter().collect();
         v.sort();
         v.dedup();
-        DataFields::Only(v.into())
+        DataFields::Only(v.leak())
     }
 
     /// Asked for every field of every event's `data` ([`place`]).
@@ -46,7 +48,7 @@ impl DataFields {
     pub fn keep(&self, data: Value) -> Data {
         match (self, data) {
             (DataFields::Only(names), Value::Object(mut map)) => Data::Kept {
-                names: names.clone(),
+                names,
                 values: names.iter().map(|n| map.remove(n)).collect(),
             },
             (_, data) => Data::Whole(data),

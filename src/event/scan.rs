@@ -6,8 +6,6 @@
 //! decides, as it always did. Where this reader answers it answers as that one would: the property
 //! tests of tests/prop_decode.rs hold every decode path equal to the general one.
 
-use std::sync::Arc;
-
 use serde_json::Value;
 
 use super::common::{Common, CommonField};
@@ -186,13 +184,10 @@ impl<'a> Scan<'a> {
 
     /// `data`: an object, of which the fields in `names` are built (the last of a name given
     /// twice, as a `serde_json::Map` keeps it) and the others only read.
-    fn data(&mut self, names: &Arc<[String]>) -> Option<Data> {
+    fn data(&mut self, names: &'static [String]) -> Option<Data> {
         self.eat(b'{')?;
         let mut values = vec![None; names.len()].into_boxed_slice();
-        let kept = |values| Data::Kept {
-            names: names.clone(),
-            values,
-        };
+        let kept = |values| Data::Kept { names, values };
         if self.peek()? == b'}' {
             self.at += 1;
             return Some(kept(values));
