@@ -1,4 +1,4 @@
-//! Kafka worker benchmark: `cargo bench --bench worker -- [--events N] [--rate R] [--seconds S]`.
+//! Kafka worker benchmark: `cargo bench --bench worker -- [--events N] [--rate R] [--seconds S] [--skip-build]`.
 //!
 //! Needs a Kafka-protocol broker on `KAFKA_BROKERS` (default 127.0.0.1:19092: `scripts/tansu.sh`
 //! starts Tansu there) and Redis on 127.0.0.1:6379. Only Redis DB 7 is written.
@@ -105,15 +105,18 @@ fn main() {
     // (p99 about 270 ms at librdkafka's default of 500 here), so the floor and our worker are both
     // measured with the same, lower value.
     let mut fetch_wait_ms: u64 = 10;
+    // Measure the `target/release/invalidator` in place (another build's, copied there) as it is.
+    let mut skip_build = false;
     each_arg(|a, args| match a {
         "--events" => n = args.number("--events N"),
         "--rate" => rate = args.number("--rate R"),
         "--seconds" => seconds = args.number("--seconds S"),
         "--latency-only" => drain = false,
         "--fetch-wait-ms" => fetch_wait_ms = args.number("--fetch-wait-ms MS"),
+        "--skip-build" => skip_build = true,
         _ => {}
     });
-    let bin = build_release(false);
+    let bin = build_release(skip_build);
     let tmp = tempfile::Builder::new()
         .prefix("invalidator-wbench-")
         .tempdir()
