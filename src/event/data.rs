@@ -2,9 +2,10 @@
 //! order of the shared list of their names; any other data as the JSON value it is.
 //!
 //! An object of kept fields was a `serde_json::Map`, a B-tree: each event allocated a 640-byte
-//! node and a string per field name, and walked the tree to drop them, about 900 instructions of a
-//! plain event's 10,700. Here a kept object is one allocation of a value per kept name, the names
-//! shared by every event. It reads, compares and serializes as the object it stands for.
+//! node and a string per field name, and walked the tree to drop them (the drop alone was 505
+//! instructions of a plain event's 10,730). Here a kept object is one allocation of a value per
+//! kept name, the names shared by every event: 350 instructions an event fewer in all. It reads,
+//! compares and serializes as the object it stands for.
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};

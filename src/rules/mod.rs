@@ -141,8 +141,8 @@ pub struct CascadeSpec {
 /// Its name and place are `'static`: a rule set is compiled once per process (rules are not
 /// reloaded) and lives as long as it, so they are leaked at compile time, a few bytes a rule, and
 /// every rule hit names its rule with a pointer. As shared strings they cost two reference counts
-/// a hit, written by both cores for every event (the cache line bouncing between them): 5% of a
-/// plain replay's CPU.
+/// a hit, written by both cores for every event (the cache line bouncing between them): about 3%
+/// of a plain replay's CPU.
 #[derive(Debug)]
 pub struct Rule {
     pub name: &'static str,
