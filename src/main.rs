@@ -121,16 +121,32 @@ enum RulesCommand {
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options, read before `_RJEM_MALLOC_CONF` (which wins): one arena instead of four per
-/// core. The process allocates on a few threads (tokio's workers and the replay reader), each with
-/// its own thread cache in front of the arena; more arenas only held more memory. A replay of
-/// 1,000,000 events with the shipped rules peaked at 59.8–66.0 MiB with jemalloc's default and
-/// 50.9–53.6 MiB with one arena, at the same CPU per event (measured before the failover rewind,
-/// which holds 30 s of keys by default, existed). On a host with many cores,
-/// `_RJEM_MALLOC_CONF=narenas:4` gives more back.
+/// jemalloc's options, read before `MALLOC_CONF` (which wins): one arena instead of four per
+/// core. The process allocates on a few threads (tokio's workers, the replay reader, librdkafka's),
+/// each with its own thread cache in front of the arena; more arenas only held more memory. A
+/// replay of 1,000,000 events with the shipped rules peaked at 59.8–66.0 MiB with jemalloc's
+/// default and 50.9–53.6 MiB with one arena, at the same CPU per event (measured before the
+/// failover rewind, which holds 30 s of keys by default, existed). On a host with many cores,
+/// `MALLOC_CONF=narenas:4` gives more back. Where jemalloc keeps its prefix (Cargo.toml), the
+/// symbol and the variable are `_rjem_malloc_conf` and `_RJEM_MALLOC_CONF`.
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[allow(non_upper_case_globals)]
-#[unsafe(export_name = "_rjem_malloc_conf")]
+#[cfg_attr(
+    any(
+        target_vendor = "apple",
+        target_os = "android",
+        target_os = "dragonfly"
+    ),
+    unsafe(export_name = "_rjem_malloc_conf")
+)]
+#[cfg_attr(
+    not(any(
+        target_vendor = "apple",
+        target_os = "android",
+        target_os = "dragonfly"
+    )),
+    unsafe(export_name = "malloc_conf")
+)]
 pub static malloc_conf: &[u8; 10] = b"narenas:1\0";
 
 /// An error with its exit status.
