@@ -29,11 +29,12 @@ use tokio::task::JoinHandle;
 
 use crate::apply::redis::ApplyReport;
 use crate::dead_letter::DeadLetterSink;
-use crate::engine::{Engine, EngineError, UnitResult};
+use crate::engine::{Engine, EngineError};
 use crate::event::Expanded;
 use crate::health::Health;
 use crate::plan::{Redelete, Redeletes};
 use in_flight::{InFlight, joined};
+pub use unit::UnitReport;
 use unit::{Turn, UnitRunner};
 
 /// A source and its acknowledger.
@@ -142,7 +143,7 @@ pub struct Settings {
 pub struct Done {
     /// The records it held.
     pub events: u64,
-    pub result: Result<UnitResult, Failure>,
+    pub result: Result<UnitReport, Failure>,
 }
 
 /// Why a unit was not applied (only with [`Outages::GiveUp`]).
@@ -268,7 +269,7 @@ impl<S: DeadLetterSink + 'static, T: Send + 'static> Run<S, T> {
         if let Ok(unit) = &done.result
             && !self.redeletes_stopped
         {
-            self.redeletes.schedule(Instant::now(), &unit.plan);
+            self.redeletes.schedule(Instant::now(), &unit.redeletes);
         }
         adapter.ack(token, done)
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use indexmap::IndexMap;
 use serde::Serialize;
 
-use super::Plan;
+use super::DurationKey;
 
 /// Keys and tags to delete once more after a delay (`redelete_after`), each with the rule that
 /// asked for it first (what the redelete finds is counted under that rule).
@@ -59,8 +59,8 @@ pub struct Redeletes {
 }
 
 impl Redeletes {
-    pub fn schedule(&mut self, now: Instant, plan: &Plan) {
-        for (after, r) in &plan.redeletes {
+    pub fn schedule(&mut self, now: Instant, redeletes: &BTreeMap<DurationKey, Redelete>) {
+        for (after, r) in redeletes {
             let slot = self.due.entry(now + after.0).or_default();
             self.pending += slot.absorb(r.clone());
         }
@@ -94,7 +94,7 @@ impl Redeletes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Action, DurationKey};
+    use crate::plan::{Action, Plan};
 
     #[test]
     fn redeletes_keep_the_first_rule_and_count_what_waits() {
@@ -110,9 +110,9 @@ mod tests {
 
         let mut waiting = Redeletes::default();
         let now = Instant::now();
-        waiting.schedule(now, &plan);
+        waiting.schedule(now, &plan.redeletes);
         // The same keys again at the same time wait once.
-        waiting.schedule(now, &plan);
+        waiting.schedule(now, &plan.redeletes);
         assert_eq!(waiting.pending, 3);
         let due = waiting.take_due(now + after).unwrap();
         assert_eq!(waiting.pending, 0);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use crate::apply::cdn::CdnStats;
 use crate::apply::cdn::cloudfront::FREE_PATHS_PER_MONTH;
 use crate::apply::redis::RedisStats;
-use crate::engine::{Outcome, UnitResult};
+use crate::driver::UnitReport;
 
 /// The summary printed at the end.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -44,15 +44,11 @@ pub struct Summary {
 
 impl Summary {
     /// Counts one unit's outcomes and effects.
-    pub fn add(&mut self, unit: &UnitResult) {
-        for item in &unit.items {
-            match &item.outcome {
-                Outcome::Applied => self.applied += 1,
-                Outcome::Skipped => self.skipped += 1,
-                Outcome::Duplicate => self.duplicate += 1,
-                Outcome::DeadLettered { .. } => self.dead_lettered += 1,
-            }
-        }
+    pub fn add(&mut self, unit: &UnitReport) {
+        self.applied += unit.applied;
+        self.skipped += unit.skipped;
+        self.duplicate += unit.duplicate;
+        self.dead_lettered += unit.dead_lettered;
         self.keys_removed += unit.redis.keys_removed;
         self.expires_set += unit.redis.expires_set;
         self.tags_invalidated += unit.redis.tags_invalidated;
@@ -60,7 +56,7 @@ impl Summary {
         self.paths_logged += unit.cdn.logged;
         self.notices_sent += unit.notices.sent;
         self.notices_dropped += unit.notices.dropped;
-        self.actions_planned += unit.plan.len() as u64;
+        self.actions_planned += unit.actions;
     }
 
     pub fn print(&self, out: &mut dyn Write, dry_run: bool) -> io::Result<()> {
