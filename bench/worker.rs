@@ -1,4 +1,5 @@
-//! Kafka worker benchmark: `cargo bench --bench worker -- [--events N] [--rate R] [--seconds S] [--skip-build]`.
+//! Kafka worker benchmark: `cargo bench --bench worker -- [--events N] [--rate R] [--seconds S]
+//! [--skip-build] [--drain-only | --latency-only]`.
 //!
 //! Needs a Kafka-protocol broker on `KAFKA_BROKERS` (default 127.0.0.1:19092: `scripts/tansu.sh`
 //! starts Tansu there) and Redis on 127.0.0.1:6379. Only Redis DB 7 is written.
@@ -100,7 +101,7 @@ fn main() {
     let mut n: u64 = 1_000_000;
     let mut rate: u64 = 5_000;
     let mut seconds: u64 = 10;
-    let mut drain = true;
+    let (mut drain, mut latency) = (true, true);
     // `fetch.wait.max.ms` of every consumer of the latency part. Tansu answers a waiting fetch late
     // (p99 about 270 ms at librdkafka's default of 500 here), so the floor and our worker are both
     // measured with the same, lower value.
@@ -112,6 +113,7 @@ fn main() {
         "--rate" => rate = args.number("--rate R"),
         "--seconds" => seconds = args.number("--seconds S"),
         "--latency-only" => drain = false,
+        "--drain-only" => latency = false,
         "--fetch-wait-ms" => fetch_wait_ms = args.number("--fetch-wait-ms MS"),
         "--skip-build" => skip_build = true,
         _ => {}
@@ -126,10 +128,12 @@ fn main() {
     if drain {
         drain_bench(&bin, tmp.path(), n);
     }
-    let steady = (rate, seconds, fetch_wait_ms);
-    println!("latency at {rate} events/s for {seconds}s, fetch.wait.max.ms = {fetch_wait_ms}:");
-    latency_bench(&bin, tmp.path(), steady, true);
-    latency_bench(&bin, tmp.path(), steady, false);
+    if latency {
+        let steady = (rate, seconds, fetch_wait_ms);
+        println!("latency at {rate} events/s for {seconds}s, fetch.wait.max.ms = {fetch_wait_ms}:");
+        latency_bench(&bin, tmp.path(), steady, true);
+        latency_bench(&bin, tmp.path(), steady, false);
+    }
     redis_cli(&["FLUSHDB"]);
 }
 
