@@ -380,6 +380,44 @@ fn a_second_worker_takes_over_the_partitions_of_one_that_stops() {
     );
 }
 
+/// A worker joins while another consumes a stream: the rebalance revokes partitions whose messages
+/// sit in the busy worker's batch and units. Every event is applied, and the group's commits reach
+/// the end of every partition: no watermark of a revoked partition holds an offset back, and no
+/// message taken in before the revocation is tracked after it.
+#[test]
+fn a_worker_joining_mid_stream_takes_partitions_over_and_everything_is_committed() {
+    let s = Stream::prices(4);
+    let mut c = conn();
+    let a = s.start("a", "batch_size = 10\nmax_in_flight = 1\n");
+    a.expect_within(secs(60), "the first worker joined", || a.ready());
+    let mut b: Option<Worker> = None;
+    let mut n = 0;
+    // Events keep coming while the second worker joins, and a while after.
+    let mut after_join = 0;
+    while after_join < 5 {
+        s.seed_and_produce(&mut c, n..n + 400);
+        n += 400;
+        std::thread::sleep(Duration::from_millis(100));
+        match &b {
+            None if n >= 2000 => b = Some(s.start("b", "batch_size = 10\n")),
+            Some(b) if b.ready() => after_join += 1,
+            _ => {}
+        }
+        assert!(n < 400_000, "the second worker never joined");
+    }
+    let b = b.expect("started");
+    s.expect_drained_by(&a, &mut c, secs(120), "every event applied by the two");
+    let (by_a, by_b) = (
+        a.metric("invalidator_events_total{"),
+        b.metric("invalidator_events_total{"),
+    );
+    assert!(by_a + by_b >= n as f64, "a={by_a} b={by_b} of {n}");
+    assert!(
+        by_b > 0.0,
+        "the second worker took partitions over: b={by_b}"
+    );
+}
+
 #[test]
 fn a_redis_outage_pauses_dead_letters_nothing_and_resumes() {
     let s = Stream::prices(2);

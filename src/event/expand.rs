@@ -378,7 +378,7 @@ mod tests {
             ("empty".into(), None),
         ];
         rec.carried = Some(Arc::new(crate::event::Carried {
-            key: Some(b"sku-A1".to_vec()),
+            key: Some(bytes::Bytes::from_static(b"sku-A1")),
             headers: headers.clone(),
             ..Default::default()
         }));

@@ -37,8 +37,9 @@ pub struct Record {
 /// What a source carried beside a record's payload.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Carried {
-    /// The Kafka message key.
-    pub key: Option<Vec<u8>>,
+    /// The Kafka message key (the worker keeps it in the payload's buffer: one allocation a
+    /// message for both).
+    pub key: Option<Bytes>,
     /// The Kafka headers, as they came.
     pub headers: Vec<(String, Option<Vec<u8>>)>,
     /// The SQS queue or SNS topic ARN.
@@ -168,7 +169,12 @@ impl DlqKafka {
             ));
         }
         Ok(Carried {
-            key: self.key.as_ref().map(DlqBytes::bytes).transpose()?,
+            key: self
+                .key
+                .as_ref()
+                .map(DlqBytes::bytes)
+                .transpose()?
+                .map(Bytes::from),
             headers,
             ..Carried::default()
         })

@@ -12,7 +12,10 @@
 //!   are paused; the consumer keeps polling (to stay in the group and see rebalances), and what
 //!   librdkafka had already fetched is kept in the batch.
 //! - A unit done marks its offsets done; an offset is stored (librdkafka commits what was stored)
-//!   when every message before it on its partition is done ([`Watermarks`]).
+//!   when every message before it on its partition is done ([`Watermarks`]). The intake owns the
+//!   watermarks: the messages a poll brings are begun by runs of one partition, and the
+//!   partitions a rebalance revokes or assigns are forgotten after the messages polled before it
+//!   were begun (the rebalance callbacks run inside our own poll; [`Shared::forgotten`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -58,7 +61,7 @@ fn held(input: &Input) -> usize {
             .iter()
             .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
             .sum();
-        c.key.as_ref().map_or(0, Vec::len) + headers
+        c.key.as_ref().map_or(0, |k| k.len()) + headers
     });
     input.record.payload.len() + carried
 }
@@ -82,7 +85,7 @@ fn offsets_of(inputs: &[Input]) -> Offsets {
         let (topic, partition) = (i.topic(), i.partition());
         match groups
             .iter_mut()
-            .find(|g| g.partition == partition && *g.topic == *topic)
+            .find(|g| g.partition == partition && same_name(&g.topic, topic))
         {
             Some(g) => g.offsets.push(i.offset()),
             None => groups.push(PartitionOffsets {
@@ -95,6 +98,17 @@ fn offsets_of(inputs: &[Input]) -> Offsets {
     groups
 }
 
+/// Two topic names: usually the same shared name ([`TopicNames`]), told by its address.
+fn same_name(a: &str, b: &str) -> bool {
+    std::ptr::eq(a, b) || a == b
+}
+
+impl Input {
+    fn same_partition(&self, other: &Input) -> bool {
+        self.partition() == other.partition() && same_name(self.topic(), other.topic())
+    }
+}
+
 pub(super) struct Intake {
     pub consumer: Arc<KafkaConsumer>,
     pub topics: TopicNames,
@@ -102,7 +116,10 @@ pub(super) struct Intake {
     pub health: Arc<Health>,
     pub config: KafkaConfig,
     pub max_event_bytes: usize,
+    pub watermarks: Watermarks,
     pub batch: Vec<Input>,
+    /// The messages of the batch begun in the watermarks: `batch[..begun]`.
+    pub begun: usize,
     /// The bytes the batch holds ([`held`]).
     pub batch_bytes: usize,
     pub batch_started: Option<Instant>,
@@ -115,6 +132,7 @@ impl Intake {
     /// Takes the batch as a unit: at most `batch_size` messages, closed once it holds
     /// `unit_bytes`.
     fn unit(&mut self) -> (Messages, Offsets) {
+        self.begin_taken();
         let (mut n, mut bytes) = (0, 0);
         let (most, close_at) = (self.config.batch_size.get(), self.config.unit_bytes());
         while n < self.batch.len() && n < most && bytes < close_at {
@@ -122,6 +140,7 @@ impl Intake {
             n += 1;
         }
         let inputs: Vec<Input> = self.batch.drain(..n).collect();
+        self.begun -= n;
         self.batch_bytes -= bytes;
         self.batch_started = (!self.batch.is_empty()).then(Instant::now);
         self.units += 1;
@@ -141,6 +160,7 @@ impl Intake {
 
     /// Pauses or resumes fetching, following the outage state and the redeletes waiting.
     fn follow_pressure(&mut self, room: Room) {
+        self.forget_rebalanced();
         if self.shared.joined.load(Ordering::Relaxed) {
             self.health.set_joined(true);
         }
@@ -159,10 +179,10 @@ impl Intake {
         while let Some(m) = next {
             match m {
                 Ok(m) => {
+                    // A rebalance during the poll that brought `m` came after the messages
+                    // before it: they are begun, then its partitions forgotten, then `m` taken.
+                    self.forget_rebalanced();
                     let input = Input::from_message(&m, &mut self.topics, self.max_event_bytes);
-                    let mut w = self.shared.watermarks.lock().expect("watermarks lock");
-                    w.begin(input.topic(), input.partition(), input.offset());
-                    drop(w);
                     if self.batch.is_empty() {
                         self.batch_started = Some(Instant::now());
                     }
@@ -176,6 +196,33 @@ impl Intake {
             } else {
                 None
             };
+        }
+        self.begin_taken();
+    }
+
+    /// Begins the messages taken in and not begun yet, by runs of one partition.
+    fn begin_taken(&mut self) {
+        let mut rest = &self.batch[self.begun..];
+        while let Some(first) = rest.first() {
+            let run = rest.iter().take_while(|i| i.same_partition(first)).count();
+            let offsets = rest[..run].iter().map(Input::offset);
+            self.watermarks
+                .begin_all(first.topic(), first.partition(), offsets);
+            rest = &rest[run..];
+        }
+        self.begun = self.batch.len();
+    }
+
+    /// Forgets the partitions that rebalances revoked or assigned anew, once the messages taken
+    /// in before them are begun.
+    fn forget_rebalanced(&mut self) {
+        let forgotten = self.shared.forgotten();
+        if forgotten.is_empty() {
+            return;
+        }
+        self.begin_taken();
+        for (topic, partition) in forgotten {
+            self.watermarks.forget(&topic, partition);
         }
     }
 }
@@ -220,7 +267,8 @@ impl Adapter for Intake {
     }
 
     fn ack(&mut self, offsets: Offsets, _done: Done) -> Result<(), Self::Error> {
-        store(&self.consumer, &self.shared.watermarks, &offsets);
+        self.forget_rebalanced();
+        store(&self.consumer, &mut self.watermarks, &offsets);
         Ok(())
     }
 
@@ -233,15 +281,11 @@ impl Adapter for Intake {
 }
 
 /// Marks a unit's messages done and stores the offsets that moved.
-fn store(consumer: &KafkaConsumer, watermarks: &std::sync::Mutex<Watermarks>, offsets: &Offsets) {
-    let mut w = watermarks.lock().expect("watermarks lock");
-    let mut moved: Vec<(&str, i32, i64)> = Vec::new();
-    for g in offsets {
-        if let Some(next) = w.finish_all(&g.topic, g.partition, &g.offsets) {
-            moved.push((&g.topic, g.partition, next));
-        }
-    }
-    drop(w);
+fn store(consumer: &KafkaConsumer, watermarks: &mut Watermarks, offsets: &Offsets) {
+    let moved = offsets.iter().filter_map(|g| {
+        let next = watermarks.finish_all(&g.topic, g.partition, &g.offsets)?;
+        Some((&*g.topic, g.partition, next))
+    });
     for (topic, partition, next) in moved {
         // `rd_kafka_offsets_store` stores the offset as given: the next message to read.
         let mut tpl = TopicPartitionList::new();

@@ -98,7 +98,7 @@ mod tests {
     fn letter(headers: Vec<(String, Option<Vec<u8>>)>) -> Record {
         let mut r = Record::new(b"{\"type\":\"x\"}".to_vec(), Position::default());
         r.carried = Some(Arc::new(Carried {
-            key: Some(b"sku-1".to_vec()),
+            key: Some(bytes::Bytes::from_static(b"sku-1")),
             headers,
             ..Carried::default()
         }));

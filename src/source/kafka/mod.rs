@@ -36,11 +36,38 @@ use crate::telemetry;
 /// State shared between the consumer's callbacks (rebalances, statistics) and the worker.
 #[derive(Default)]
 pub struct Shared {
-    pub watermarks: Mutex<Watermarks>,
+    /// Partitions revoked or assigned anew since the worker last looked ([`Shared::forgotten`]).
+    forgets: Mutex<Vec<(String, i32)>>,
+    /// `forgets` is not empty.
+    forgetting: AtomicBool,
     /// Set by every rebalance; the worker re-applies its pause state and clears it.
     pub rebalanced: AtomicBool,
     /// The group assigned us partitions (or an empty set) at least once.
     pub joined: AtomicBool,
+}
+
+impl Shared {
+    /// The partitions of `tpl` start again from their committed offsets: their [`Watermarks`]
+    /// are to be forgotten. The callbacks run inside the worker's own poll, between two messages;
+    /// the worker owns the watermarks and forgets them there, after it began the messages polled
+    /// before (so a message taken in before a revocation is never begun after it).
+    fn forget(&self, tpl: &TopicPartitionList) {
+        let mut forgets = self.forgets.lock().expect("forgets lock");
+        forgets.extend(
+            tpl.elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition())),
+        );
+        self.forgetting.store(true, Ordering::Release);
+    }
+
+    /// The partitions to forget since the last call; one atomic load when there are none.
+    pub fn forgotten(&self) -> Vec<(String, i32)> {
+        if !self.forgetting.swap(false, Ordering::Acquire) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.forgets.lock().expect("forgets lock"))
+    }
 }
 
 /// The consumer's context: commits before a revocation, forgets revoked partitions, exports lag.
@@ -78,9 +105,8 @@ impl ConsumerContext for WorkerContext {
             {
                 tracing::debug!(error = %e, "commit before revocation");
             }
-            let mut w = self.shared.watermarks.lock().expect("watermarks lock");
+            self.shared.forget(tpl);
             for e in tpl.elements() {
-                w.forget(e.topic(), e.partition());
                 // Its lag is the new owner's now: a last value left here would count twice in
                 // a topic's sum (and the statistics no longer report it).
                 telemetry::consumer_lag(e.topic(), e.partition(), 0);
@@ -93,11 +119,7 @@ impl ConsumerContext for WorkerContext {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 // A partition starts again from its committed offset: forget what we tracked.
-                let mut w = self.shared.watermarks.lock().expect("watermarks lock");
-                for e in tpl.elements() {
-                    w.forget(e.topic(), e.partition());
-                }
-                drop(w);
+                self.shared.forget(tpl);
                 self.shared.joined.store(true, Ordering::SeqCst);
                 tracing::info!(partitions = %describe(tpl), "partitions assigned");
             }
@@ -177,6 +199,20 @@ pub struct Input {
 pub struct TopicNames(Vec<Arc<str>>);
 
 impl TopicNames {
+    /// The topic of `m`, shared. Its name is compared as bytes with the names known first:
+    /// rdkafka's `Message::topic` checks the name's UTF-8 on every call.
+    pub fn of(&mut self, m: &BorrowedMessage<'_>) -> Arc<str> {
+        // SAFETY: `m.ptr()` is the message `m` borrows, alive for this call; librdkafka gives every
+        // message its topic handle, whose name is a NUL-terminated string that outlives it.
+        let name = unsafe {
+            std::ffi::CStr::from_ptr(rdkafka::bindings::rd_kafka_topic_name((*m.ptr()).rkt))
+        };
+        match self.0.iter().find(|t| t.as_bytes() == name.to_bytes()) {
+            Some(t) => t.clone(),
+            None => self.get(m.topic()),
+        }
+    }
+
     /// `name`, shared. A consumer reads a handful of topics: a scan beats hashing.
     pub fn get(&mut self, name: &str) -> Arc<str> {
         if let Some(t) = self.0.iter().find(|t| &***t == name) {
@@ -195,11 +231,10 @@ impl Input {
         max_bytes: usize,
     ) -> Input {
         let headers = headers_of(m);
-        let position = Position::kafka(topics.get(m.topic()), m.partition(), m.offset());
-        let payload = bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default());
+        let position = Position::kafka(topics.of(m), m.partition(), m.offset());
+        let (payload, key) = payload_and_key(m);
         let binary = binary_envelope(&headers, &payload, max_bytes);
         let mut record = Record::new(payload, position);
-        let key = m.key().map(<[u8]>::to_vec);
         if key.is_some() || !headers.is_empty() {
             record.carried = Some(Arc::new(Carried {
                 key,
@@ -238,6 +273,22 @@ impl Input {
     pub fn offset(&self) -> i64 {
         self.record.position.offset().unwrap_or_default()
     }
+}
+
+/// Copies of `m`'s payload and key, in one buffer when it has a key.
+fn payload_and_key(m: &BorrowedMessage<'_>) -> (bytes::Bytes, Option<bytes::Bytes>) {
+    let payload = m.payload().unwrap_or_default();
+    let Some(key) = m.key() else {
+        return (bytes::Bytes::copy_from_slice(payload), None);
+    };
+    let mut both = Vec::with_capacity(payload.len() + key.len());
+    both.extend_from_slice(payload);
+    both.extend_from_slice(key);
+    let both = bytes::Bytes::from(both);
+    (
+        both.slice(..payload.len()),
+        Some(both.slice(payload.len()..)),
+    )
 }
 
 /// The headers of `m`. rdkafka's `Headers::iter` panics on a header name that is not UTF-8 (it

@@ -7,30 +7,33 @@ use std::collections::{HashMap, VecDeque};
 ///
 /// A partition's messages come in offset order, so each keeps a queue of (offset, done) sorted by
 /// offset: taking one in appends, finishing one is a binary search, and the done prefix is popped
-/// from the front. Topics are looked up by `&str`: nothing is allocated per message.
+/// from the front. Topics are looked up by `&str`: nothing is allocated per message. Messages are
+/// begun and finished by runs of one partition: one lookup a run, not one a message.
 #[derive(Debug, Default)]
 pub struct Watermarks {
     topics: HashMap<String, HashMap<i32, VecDeque<(i64, bool)>>>,
 }
 
 impl Watermarks {
-    /// A message was taken in.
-    pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
+    /// A run of messages of one partition was taken in, in this order.
+    pub fn begin_all(&mut self, topic: &str, partition: i32, offsets: impl Iterator<Item = i64>) {
         let partitions = match self.topics.get_mut(topic) {
             Some(p) => p,
             None => self.topics.entry(topic.to_owned()).or_default(),
         };
         let track = partitions.entry(partition).or_default();
-        match track.back() {
-            Some(&(last, _)) if last >= offset => {
-                // Out of order (a seek back): keep the queue sorted, once per offset, and an
-                // offset taken in again is not done until its new copy is.
-                match track.binary_search_by_key(&offset, |&(o, _)| o) {
-                    Ok(at) => track[at].1 = false,
-                    Err(at) => track.insert(at, (offset, false)),
+        for offset in offsets {
+            match track.back() {
+                Some(&(last, _)) if last >= offset => {
+                    // Out of order (a seek back): keep the queue sorted, once per offset, and an
+                    // offset taken in again is not done until its new copy is.
+                    match track.binary_search_by_key(&offset, |&(o, _)| o) {
+                        Ok(at) => track[at].1 = false,
+                        Err(at) => track.insert(at, (offset, false)),
+                    }
                 }
+                _ => track.push_back((offset, false)),
             }
-            _ => track.push_back((offset, false)),
         }
     }
 
@@ -83,6 +86,11 @@ mod tests {
     use super::*;
 
     impl Watermarks {
+        /// One message taken in.
+        fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
+            self.begin_all(topic, partition, std::iter::once(offset));
+        }
+
         /// One message done.
         fn finish(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
             self.finish_all(topic, partition, &[offset])
@@ -128,11 +136,11 @@ mod tests {
         assert_eq!(w.pending(), 0);
     }
 
-    /// Units of offsets in any order (ascending runs, runs with gaps, reversed, unknown offsets)
-    /// finish as the same offsets one by one would: the walk from the entry before finds what the
-    /// search finds.
+    /// Runs of offsets taken in at once, and units of offsets in any order (ascending runs, runs
+    /// with gaps, reversed, unknown offsets) finished at once, do what the same offsets one by one
+    /// would: the walk from the entry before finds what the search finds.
     #[test]
-    fn finishing_a_unit_at_once_matches_finishing_its_offsets_one_by_one() {
+    fn runs_at_once_match_their_offsets_one_by_one() {
         use rand::rngs::StdRng;
         use rand::{Rng, SeedableRng};
         let mut rng = StdRng::seed_from_u64(16);
@@ -145,10 +153,16 @@ mod tests {
                     0 => next(60) as i64,
                     _ => taken.last().map_or(0, |l| l + 1 + next(2) as i64),
                 };
-                units.begin("t", 0, o);
                 one_by_one.begin("t", 0, o);
                 taken.push(o);
             }
+            let mut begun = 0;
+            while begun < taken.len() {
+                let n = (1 + next(8) as usize).min(taken.len() - begun);
+                units.begin_all("t", 0, taken[begun..begun + n].iter().copied());
+                begun += n;
+            }
+            assert_eq!(units.pending(), one_by_one.pending(), "{taken:?}");
             while !taken.is_empty() {
                 let n = (1 + next(6) as usize).min(taken.len());
                 let mut unit: Vec<i64> = taken.drain(..n).collect();
