@@ -61,9 +61,12 @@ impl Shared {
         self.forgetting.store(true, Ordering::Release);
     }
 
-    /// The partitions to forget since the last call; one atomic load when there are none.
+    /// The partitions to forget since the last call; one atomic load when there are none (the
+    /// worker asks before every message it takes in).
     pub fn forgotten(&self) -> Vec<(String, i32)> {
-        if !self.forgetting.swap(false, Ordering::Acquire) {
+        if !self.forgetting.load(Ordering::Relaxed)
+            || !self.forgetting.swap(false, Ordering::Acquire)
+        {
             return Vec::new();
         }
         std::mem::take(&mut *self.forgets.lock().expect("forgets lock"))
