@@ -13,9 +13,10 @@
 //!   librdkafka had already fetched is kept in the batch.
 //! - A unit done marks its offsets done; an offset is stored (librdkafka commits what was stored)
 //!   when every message before it on its partition is done ([`Watermarks`]). The intake owns the
-//!   watermarks: the messages a poll brings are begun by runs of one partition, and the
-//!   partitions a rebalance revokes or assigns are forgotten after the messages polled before it
-//!   were begun (the rebalance callbacks run inside our own poll; [`Shared::forgotten`]).
+//!   watermarks: the batch's messages are begun by runs of one partition when a unit is cut from
+//!   it, or earlier when a rebalance revokes or assigns partitions: those are forgotten after the
+//!   messages polled before it were begun (the rebalance callbacks run inside our own poll;
+//!   [`Shared::forgotten`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -197,7 +198,6 @@ impl Intake {
                 None
             };
         }
-        self.begin_taken();
     }
 
     /// Begins the messages taken in and not begun yet, by runs of one partition.
