@@ -15,7 +15,11 @@
 //!    - `invalidator replay` of the same events from a file, with the same rules, on the keys
 //!      prefilled again: the worker's drain is held to it (issue 16: at least 0.8 of it);
 //!    - CPU per event of the three: the worker's against the replay's plus the bare consumer's
-//!      (what the Kafka client alone costs per message, which replay does not pay).
+//!      (what the Kafka client alone costs per message, which replay does not pay);
+//!    - how busy the machine's cores were during the worker's drain and the replay (`/proc/stat`),
+//!      with Redis's and the broker's CPU, and from them the drain / replay ratio that a worker of
+//!      no overhead of its own (replay's CPU plus the bare consumer's, an event) could reach with
+//!      every core busy: on a machine that runs Redis and the broker too, the ceiling of the ratio.
 //! 2. Latency: a fresh topic and a running worker; events are produced at a steady R events/s (default
 //!    5,000) for S seconds (default 10), each deleting its own key. Redis keyspace notifications
 //!    (`__keyevent@7__:del`) tell when each key was removed; latency = removal − produce call.
@@ -39,9 +43,9 @@ use common::kafka::{
     PARTITIONS, Producer, bare_consumer, create_topic, local_broker_pid, producer, send,
 };
 use common::measure::{
-    build_release, config_toml, cpu_seconds, mib, replay_command, run_child, verdict,
+    MachineCpu, build_release, config_toml, cpu_seconds, mib, replay_command, run_child, verdict,
 };
-use common::redis::Pipes;
+use common::redis::{Pipes, redis_cpu};
 use common::worker::Worker;
 
 const DB: &str = "7";
@@ -177,6 +181,7 @@ fn drain_bench(bin: &Path, tmp: &Path, n: u64) {
         ours.rate / bare,
         ours.cpu
     );
+    println!("  from its first to its last key removed: {}", ours.machine);
     match ours.broker_cpu {
         Some(b) => println!(
             "the broker's CPU from the worker's start to its last event: {b:.2} s (same cores)"
@@ -194,6 +199,24 @@ fn drain_bench(bin: &Path, tmp: &Path, n: u64) {
         verdict(ours.rate / replayed >= 0.8)
     );
     let per = |cpu: f64| cpu / n as f64 * 1e6;
+    // What a worker of no overhead of its own (the replay's CPU plus the bare consumer's, an
+    // event) could drain on this machine's cores beside Redis and the broker, were all of them
+    // busy: the drain ratio such a machine allows.
+    let redis_per = ours.machine.redis / ours.machine.events.max(1) as f64;
+    let broker_per = ours.broker_cpu.unwrap_or(0.0) / n as f64;
+    let least = (replay_cpu + bare_cpu) / n as f64 + redis_per + broker_per;
+    let ceiling = ours.machine.cores as f64 / least;
+    println!(
+        "a worker of no own overhead, all {} cores busy: at most {ceiling:.0} events/s \
+         (replay {:.2} + bare consumer {:.2} + Redis {:.2} + broker {:.2} us CPU an event), \
+         drain / replay at most {:.2}",
+        ours.machine.cores,
+        per(replay_cpu),
+        per(bare_cpu),
+        redis_per * 1e6,
+        broker_per * 1e6,
+        ceiling / replayed
+    );
     println!(
         "CPU per event: worker {:.2} us, replay {:.2} us, bare consumer {:.2} us; \
          worker / (replay + bare consumer) {:.2}",
@@ -214,6 +237,43 @@ struct Drain {
     rss_kib: u64,
     /// The CPU seconds a broker of this machine spent from the worker's start to its last event.
     broker_cpu: Option<f64>,
+    /// From the first to the last key removed: the machine's cores busy and stolen on average,
+    /// and Redis's CPU seconds.
+    machine: Busy,
+}
+
+/// What the machine did during a run of `events`: cores busy and stolen on average, Redis's CPU
+/// seconds.
+struct Busy {
+    busy: f64,
+    steal: f64,
+    cores: usize,
+    redis: f64,
+    events: u64,
+}
+
+impl Busy {
+    fn since(machine: MachineCpu, redis_before: f64, events: u64) -> Busy {
+        let (busy, steal, cores) = machine.since();
+        let redis = redis_cpu(&["-n", DB]) - redis_before;
+        Busy {
+            busy,
+            steal,
+            cores,
+            redis,
+            events,
+        }
+    }
+}
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "machine {:.2} of {} cores busy ({:.2} stolen), Redis {:.2} s CPU",
+            self.busy, self.cores, self.steal, self.redis
+        )
+    }
 }
 
 /// `invalidator run` with `properties` drains the `n` events of `topic` in a new group.
@@ -229,11 +289,13 @@ fn worker_drain(bin: &Path, tmp: &Path, topic: &str, n: u64, properties: &str) -
         .expect("connect to Redis");
     let mut left = || redis::cmd("DBSIZE").query::<u64>(&mut redis).unwrap_or(n);
     let mut first: Option<(Instant, u64)> = None;
+    let mut machine = (MachineCpu::now(), 0.0);
     let until = Instant::now() + Duration::from_secs(1800);
     loop {
         let removed = n - left().min(n);
         if removed > 0 && first.is_none() {
             first = Some((Instant::now(), removed));
+            machine = (MachineCpu::now(), redis_cpu(&["-n", DB]));
         }
         if removed == n || Instant::now() > until {
             break;
@@ -242,6 +304,7 @@ fn worker_drain(bin: &Path, tmp: &Path, topic: &str, n: u64, properties: &str) -
     }
     let (at, count) = first.expect("the worker removed keys");
     let elapsed = at.elapsed().as_secs_f64();
+    let machine = Busy::since(machine.0, machine.1, n - count);
     // The last unit counts its events a moment after its keys went.
     let counted = Instant::now() + Duration::from_secs(10);
     let mut done = worker.events_done();
@@ -258,6 +321,7 @@ fn worker_drain(bin: &Path, tmp: &Path, topic: &str, n: u64, properties: &str) -
         cpu,
         rss_kib,
         broker_cpu,
+        machine,
     }
 }
 
@@ -276,11 +340,13 @@ fn replay_same(bin: &Path, tmp: &Path, topic: &str, n: u64) -> (f64, f64) {
     let redis = format!("url = \"redis://127.0.0.1:6379/{DB}\"");
     std::fs::write(&config, config_toml(&redis)).unwrap();
     let rules = tmp.join(format!("rules-{topic}"));
+    let machine = (MachineCpu::now(), redis_cpu(&["-n", DB]));
     let run = run_child(
         replay_command(bin, &config, &rules, &events, false),
         "replay",
         tmp,
     );
+    let machine = Busy::since(machine.0, machine.1, n);
     assert_eq!(run.exit, 0, "the replay ran");
     let replayed = n as f64 / run.wall;
     println!(
@@ -288,6 +354,7 @@ fn replay_same(bin: &Path, tmp: &Path, topic: &str, n: u64) -> (f64, f64) {
         run.cpu,
         mib(run.maxrss_kib)
     );
+    println!("  over its run: {machine}");
     (replayed, run.cpu)
 }
 

@@ -196,6 +196,49 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / hz
 }
 
+/// The machine's CPU time so far (`/proc/stat`'s first line), to tell whether a run was bound by
+/// the machine's cores: busy is user + nice + system + irq + softirq; steal is what the hypervisor
+/// gave to others.
+#[derive(Clone, Copy)]
+pub struct MachineCpu {
+    at: Instant,
+    busy: f64,
+    steal: f64,
+}
+
+impl MachineCpu {
+    pub fn now() -> MachineCpu {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let ticks: Vec<f64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .map(|t| t.parse().unwrap_or(0.0))
+            .collect();
+        let tick = |i: usize| ticks.get(i).copied().unwrap_or(0.0);
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        MachineCpu {
+            at: Instant::now(),
+            busy: (tick(0) + tick(1) + tick(2) + tick(5) + tick(6)) / hz,
+            steal: tick(7) / hz,
+        }
+    }
+
+    /// Cores busy and cores stolen on average since `self`, and the machine's cores.
+    pub fn since(&self) -> (f64, f64, usize) {
+        let now = MachineCpu::now();
+        let wall = now.at.duration_since(self.at).as_secs_f64().max(1e-9);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (
+            (now.busy - self.busy) / wall,
+            (now.steal - self.steal) / wall,
+            cores,
+        )
+    }
+}
+
 /// Peak RSS of the running process `pid` (`VmHWM` of /proc/PID/status), KiB; 0 if unknown.
 pub fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
