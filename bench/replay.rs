@@ -8,7 +8,12 @@
 //!    runs `invalidator replay` as a child and records wall time, events/s, keys removed/s and the
 //!    child's peak RSS (`wait4`);
 //! 4. measures the physical limit with `redis-benchmark -P 64 ... UNLINK/DEL key:__rand_int__` on
-//!    DB 8 and prints our keys/s as a ratio of it.
+//!    DB 8 and prints our keys/s as a ratio of it;
+//! 5. sends the very keys the plain rules plan for the events (deduplicated within each unit of
+//!    1,000 events, as a replay's plan is; checked against the plain dry run's count) as `UNLINK`s
+//!    of 100 keys through `redis-cli --pipe`, on the keyspace prefilled as for the replay (checked:
+//!    it removes what the plain replay removed), and prints the plain replay's keys/s as a ratio of
+//!    the pipe's: the issue's own yardstick ("the same keys as UNLINK x100").
 //!
 //! Only Redis DB 8 is ever written; DB 0 is never touched. `--generate-only FILE` writes the events
 //! and exits, `--prefill-only` fills DB 8 as a run starts from and exits (to profile a replay by
@@ -197,6 +202,7 @@ fn main() {
     let config = tmp.path().join("invalidator.toml");
     std::fs::write(&config, config_toml(&format!("url = \"{REDIS_URL}\""))).unwrap();
     let runs = run_all(&bin, &config, &events, w.products, tmp.path());
+    let same = same_keys_pipe(&events, &runs, w.products);
     redis_cli(&["FLUSHDB"]);
 
     println!("\nphysical limit (redis-benchmark, DB {DB}, 1,000,000 keys prefilled):");
@@ -211,6 +217,121 @@ fn main() {
     );
     println!();
     targets(&runs, unlink, unlink_removed);
+    let plain = runs.iter().find(|r| r.label == "plain").expect("plain run");
+    let ratio = same.wall / plain.wall;
+    println!(
+        "target [plain] keys/s >= 0.5 x the same keys' UNLINK x{PIPE_KEYS} pipe (the issue's yardstick; \
+         {:.0} keys/s there, {:.0} here): {ratio:.2}x -> {}",
+        same.keys as f64 / same.wall,
+        same.keys as f64 / plain.wall,
+        verdict(ratio >= 0.5)
+    );
+}
+
+/// Keys per `UNLINK` of [`same_keys_pipe`], as the issue measured it.
+const PIPE_KEYS: usize = 100;
+
+/// What `redis-cli --pipe` did with the plain replay's keys.
+struct SamePipe {
+    keys: usize,
+    wall: f64,
+}
+
+/// The issue's own yardstick: the very keys the plain rules plan for the events ([`plain_keys`]),
+/// sent as `UNLINK`s of [`PIPE_KEYS`] keys through `redis-cli --pipe` on the same prefilled
+/// keyspace. Checks that they are the keys the plain dry run planned and that they remove what the
+/// plain replay removed.
+fn same_keys_pipe(events: &Path, runs: &[Run], products: u64) -> SamePipe {
+    let unit = 1000; // `[replay] batch_size`'s default: a plan deduplicates keys within a unit.
+    let keys = plain_keys(events, unit);
+    let planned = runs
+        .iter()
+        .find(|r| r.label == "plain-dry-run")
+        .and_then(|r| field(&r.summary, "actions planned:"));
+    assert_eq!(
+        Some(keys.len() as u64),
+        planned,
+        "the pipe's keys are the plain rules' planned deletes"
+    );
+    let (_, fill) = prefill(products);
+    println!(
+        "\nthe same keys (the plain rules' {} planned deletes) as UNLINK x{PIPE_KEYS} through \
+         redis-cli --pipe, DB {DB} prefilled as for the replay ({fill:.2}s):",
+        keys.len()
+    );
+    let before = dbsize();
+    let redis_before = redis_cpu();
+    let (_, wall) = pipe(|send| {
+        let mut sent = 0;
+        for chunk in keys.chunks(PIPE_KEYS) {
+            let mut args = Vec::with_capacity(chunk.len() + 1);
+            args.push("UNLINK");
+            args.extend(chunk.iter().map(String::as_str));
+            send(&args)?;
+            sent += 1;
+        }
+        Ok(sent)
+    });
+    let removed = before as i64 - dbsize() as i64;
+    let plain = runs.iter().find(|r| r.label == "plain").expect("plain run");
+    println!(
+        "  {:.2}s: {:.0} keys/s, {removed} removed ({:.0}/s), Redis CPU {:.2}s (the plain replay: \
+         {:.2}s, {} removed, Redis CPU {:.2}s)",
+        wall,
+        keys.len() as f64 / wall,
+        removed as f64 / wall,
+        redis_cpu() - redis_before,
+        plain.wall,
+        plain.dbsize_delta,
+        plain.redis_cpu
+    );
+    assert_eq!(
+        removed, plain.dbsize_delta,
+        "the pipe removes what the plain replay removed"
+    );
+    SamePipe {
+        keys: keys.len(),
+        wall,
+    }
+}
+
+/// The keys bench/rules-plain names for each event of `events`, in order, each once within a unit
+/// of `unit` events (as a replay's plan holds them).
+fn plain_keys(events: &Path, unit: usize) -> Vec<String> {
+    use serde_json::Value;
+    let text = std::fs::read_to_string(events).expect("the events");
+    let mut keys = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (n, line) in text.lines().enumerate() {
+        if n % unit == 0 {
+            seen.clear();
+        }
+        let v: Value = serde_json::from_str(line).expect("a generated event");
+        let kind = v.get("type").or_else(|| v.get("event_type"));
+        let d = &v["data"];
+        let named: Vec<String> = match kind.and_then(Value::as_str) {
+            Some("price.updated") => vec![format!("price:{}", d["product_id"])],
+            Some("inventory.changed") => vec![format!("inventory:{}", d["product_id"])],
+            Some("product.updated") => vec![format!("product:{}", d["product_id"])],
+            Some("promotion.changed") => d["sections"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(|s| format!("promo:{s}"))
+                .collect(),
+            Some("review.updated") => {
+                vec![format!("review:{}", d["review_id"].as_str().unwrap_or(""))]
+            }
+            other => panic!("no plain rule for {other:?}"),
+        };
+        for k in named {
+            if seen.insert(k.clone()) {
+                keys.push(k);
+            }
+        }
+    }
+    keys
 }
 
 /// The plain and the shipped rules, real and `--dry-run`, each after a fresh prefill.
