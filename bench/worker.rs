@@ -43,9 +43,9 @@ use common::kafka::{
     PARTITIONS, Producer, bare_consumer, create_topic, local_broker_pid, producer, send,
 };
 use common::measure::{
-    MachineCpu, build_release, config_toml, cpu_seconds, mib, replay_command, run_child, verdict,
+    Busy, build_release, config_toml, cpu_seconds, mib, replay_command, run_child, verdict,
 };
-use common::redis::{Pipes, redis_cpu};
+use common::redis::Pipes;
 use common::worker::Worker;
 
 const DB: &str = "7";
@@ -198,10 +198,14 @@ fn drain_bench(bin: &Path, tmp: &Path, n: u64) {
         ours.rate / replayed,
         verdict(ours.rate / replayed >= 0.8)
     );
+    cpu_per_event(&ours, (replayed, replay_cpu), bare_cpu, n);
+}
+
+/// The CPU per event of the worker, the replay and the bare consumer, and the drain / replay
+/// ratio a worker of no overhead of its own (the replay's CPU plus the bare consumer's, an event)
+/// could reach on this machine's cores beside Redis and the broker, were all of them busy.
+fn cpu_per_event(ours: &Drain, (replayed, replay_cpu): (f64, f64), bare_cpu: f64, n: u64) {
     let per = |cpu: f64| cpu / n as f64 * 1e6;
-    // What a worker of no overhead of its own (the replay's CPU plus the bare consumer's, an
-    // event) could drain on this machine's cores beside Redis and the broker, were all of them
-    // busy: the drain ratio such a machine allows.
     let redis_per = ours.machine.redis / ours.machine.events.max(1) as f64;
     let broker_per = ours.broker_cpu.unwrap_or(0.0) / n as f64;
     let least = (replay_cpu + bare_cpu) / n as f64 + redis_per + broker_per;
@@ -242,40 +246,6 @@ struct Drain {
     machine: Busy,
 }
 
-/// What the machine did during a run of `events`: cores busy and stolen on average, Redis's CPU
-/// seconds.
-struct Busy {
-    busy: f64,
-    steal: f64,
-    cores: usize,
-    redis: f64,
-    events: u64,
-}
-
-impl Busy {
-    fn since(machine: MachineCpu, redis_before: f64, events: u64) -> Busy {
-        let (busy, steal, cores) = machine.since();
-        let redis = redis_cpu(&["-n", DB]) - redis_before;
-        Busy {
-            busy,
-            steal,
-            cores,
-            redis,
-            events,
-        }
-    }
-}
-
-impl std::fmt::Display for Busy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "machine {:.2} of {} cores busy ({:.2} stolen), Redis {:.2} s CPU",
-            self.busy, self.cores, self.steal, self.redis
-        )
-    }
-}
-
 /// `invalidator run` with `properties` drains the `n` events of `topic` in a new group.
 fn worker_drain(bin: &Path, tmp: &Path, topic: &str, n: u64, properties: &str) -> Drain {
     let broker = local_broker_pid();
@@ -289,13 +259,13 @@ fn worker_drain(bin: &Path, tmp: &Path, topic: &str, n: u64, properties: &str) -
         .expect("connect to Redis");
     let mut left = || redis::cmd("DBSIZE").query::<u64>(&mut redis).unwrap_or(n);
     let mut first: Option<(Instant, u64)> = None;
-    let mut machine = (MachineCpu::now(), 0.0);
+    let mut machine = Busy::start(&["-n", DB]);
     let until = Instant::now() + Duration::from_secs(1800);
     loop {
         let removed = n - left().min(n);
         if removed > 0 && first.is_none() {
             first = Some((Instant::now(), removed));
-            machine = (MachineCpu::now(), redis_cpu(&["-n", DB]));
+            machine = Busy::start(&["-n", DB]);
         }
         if removed == n || Instant::now() > until {
             break;
@@ -304,7 +274,7 @@ fn worker_drain(bin: &Path, tmp: &Path, topic: &str, n: u64, properties: &str) -
     }
     let (at, count) = first.expect("the worker removed keys");
     let elapsed = at.elapsed().as_secs_f64();
-    let machine = Busy::since(machine.0, machine.1, n - count);
+    let machine = machine.since(n - count);
     // The last unit counts its events a moment after its keys went.
     let counted = Instant::now() + Duration::from_secs(10);
     let mut done = worker.events_done();
@@ -340,13 +310,13 @@ fn replay_same(bin: &Path, tmp: &Path, topic: &str, n: u64) -> (f64, f64) {
     let redis = format!("url = \"redis://127.0.0.1:6379/{DB}\"");
     std::fs::write(&config, config_toml(&redis)).unwrap();
     let rules = tmp.join(format!("rules-{topic}"));
-    let machine = (MachineCpu::now(), redis_cpu(&["-n", DB]));
+    let machine = Busy::start(&["-n", DB]);
     let run = run_child(
         replay_command(bin, &config, &rules, &events, false),
         "replay",
         tmp,
     );
-    let machine = Busy::since(machine.0, machine.1, n);
+    let machine = machine.since(n);
     assert_eq!(run.exit, 0, "the replay ran");
     let replayed = n as f64 / run.wall;
     println!(

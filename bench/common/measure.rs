@@ -196,47 +196,80 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / hz
 }
 
-/// The machine's CPU time so far (`/proc/stat`'s first line), to tell whether a run was bound by
-/// the machine's cores: busy is user + nice + system + irq + softirq; steal is what the hypervisor
-/// gave to others.
-#[derive(Clone, Copy)]
-pub struct MachineCpu {
-    at: Instant,
-    busy: f64,
-    steal: f64,
+/// What the machine did during a run: its cores busy and stolen on average (`/proc/stat`'s
+/// first line: busy is user + nice + system + irq + softirq, steal what the hypervisor gave to
+/// others), and the CPU seconds of the Redis server a `redis-cli` target reaches.
+pub struct Busy {
+    pub busy: f64,
+    pub steal: f64,
+    pub cores: usize,
+    pub redis: f64,
+    /// The events of the run, to read `redis` per event.
+    pub events: u64,
 }
 
-impl MachineCpu {
-    pub fn now() -> MachineCpu {
-        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let ticks: Vec<f64> = stat
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .skip(1)
-            .map(|t| t.parse().unwrap_or(0.0))
-            .collect();
-        let tick = |i: usize| ticks.get(i).copied().unwrap_or(0.0);
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        MachineCpu {
+/// Where a [`Busy`] starts counting.
+pub struct BusyFrom {
+    at: Instant,
+    ticks: (f64, f64),
+    redis: f64,
+    target: Vec<String>,
+}
+
+impl Busy {
+    pub fn start(redis_target: &[&str]) -> BusyFrom {
+        BusyFrom {
             at: Instant::now(),
-            busy: (tick(0) + tick(1) + tick(2) + tick(5) + tick(6)) / hz,
-            steal: tick(7) / hz,
+            ticks: machine_ticks(),
+            redis: super::redis::redis_cpu(redis_target),
+            target: redis_target.iter().map(|t| t.to_string()).collect(),
         }
     }
+}
 
-    /// Cores busy and cores stolen on average since `self`, and the machine's cores.
-    pub fn since(&self) -> (f64, f64, usize) {
-        let now = MachineCpu::now();
-        let wall = now.at.duration_since(self.at).as_secs_f64().max(1e-9);
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (
-            (now.busy - self.busy) / wall,
-            (now.steal - self.steal) / wall,
-            cores,
+impl BusyFrom {
+    /// What the machine did since `self`, over a run of `events`.
+    pub fn since(&self, events: u64) -> Busy {
+        let (busy, steal) = machine_ticks();
+        let wall = self.at.elapsed().as_secs_f64().max(1e-9);
+        let target: Vec<&str> = self.target.iter().map(String::as_str).collect();
+        Busy {
+            busy: (busy - self.ticks.0) / wall,
+            steal: (steal - self.ticks.1) / wall,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            redis: super::redis::redis_cpu(&target) - self.redis,
+            events,
+        }
+    }
+}
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "machine {:.2} of {} cores busy ({:.2} stolen), Redis {:.2} s CPU",
+            self.busy, self.cores, self.steal, self.redis
         )
     }
+}
+
+/// The machine's busy and stolen CPU seconds so far.
+fn machine_ticks() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().unwrap_or(0.0))
+        .collect();
+    let tick = |i: usize| ticks.get(i).copied().unwrap_or(0.0);
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (
+        (tick(0) + tick(1) + tick(2) + tick(5) + tick(6)) / hz,
+        tick(7) / hz,
+    )
 }
 
 /// Peak RSS of the running process `pid` (`VmHWM` of /proc/PID/status), KiB; 0 if unknown.
