@@ -43,7 +43,8 @@ use common::kafka::{
     PARTITIONS, Producer, bare_consumer, create_topic, local_broker_pid, producer, send,
 };
 use common::measure::{
-    Busy, build_release, config_toml, cpu_seconds, mib, replay_command, run_child, verdict,
+    Busy, BusyFrom, build_release, config_toml, cpu_seconds, mib, replay_command, run_child,
+    verdict,
 };
 use common::redis::Pipes;
 use common::worker::Worker;
@@ -258,21 +259,20 @@ fn worker_drain(bin: &Path, tmp: &Path, topic: &str, n: u64, properties: &str) -
         .and_then(|c| c.get_connection())
         .expect("connect to Redis");
     let mut left = || redis::cmd("DBSIZE").query::<u64>(&mut redis).unwrap_or(n);
-    let mut first: Option<(Instant, u64)> = None;
-    let mut machine = Busy::start(&["-n", DB]);
+    // When the first key went, how many had, and the machine's counts from then on.
+    let mut first: Option<(Instant, u64, BusyFrom)> = None;
     let until = Instant::now() + Duration::from_secs(1800);
     loop {
         let removed = n - left().min(n);
         if removed > 0 && first.is_none() {
-            first = Some((Instant::now(), removed));
-            machine = Busy::start(&["-n", DB]);
+            first = Some((Instant::now(), removed, Busy::start(&["-n", DB])));
         }
         if removed == n || Instant::now() > until {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (at, count) = first.expect("the worker removed keys");
+    let (at, count, machine) = first.expect("the worker removed keys");
     let elapsed = at.elapsed().as_secs_f64();
     let machine = machine.since(n - count);
     // The last unit counts its events a moment after its keys went.

@@ -213,16 +213,16 @@ pub struct BusyFrom {
     at: Instant,
     ticks: (f64, f64),
     redis: f64,
-    target: Vec<String>,
+    target: &'static [&'static str],
 }
 
 impl Busy {
-    pub fn start(redis_target: &[&str]) -> BusyFrom {
+    pub fn start(redis_target: &'static [&'static str]) -> BusyFrom {
         BusyFrom {
             at: Instant::now(),
             ticks: machine_ticks(),
             redis: super::redis::redis_cpu(redis_target),
-            target: redis_target.iter().map(|t| t.to_string()).collect(),
+            target: redis_target,
         }
     }
 }
@@ -232,12 +232,11 @@ impl BusyFrom {
     pub fn since(&self, events: u64) -> Busy {
         let (busy, steal) = machine_ticks();
         let wall = self.at.elapsed().as_secs_f64().max(1e-9);
-        let target: Vec<&str> = self.target.iter().map(String::as_str).collect();
         Busy {
             busy: (busy - self.ticks.0) / wall,
             steal: (steal - self.ticks.1) / wall,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            redis: super::redis::redis_cpu(&target) - self.redis,
+            redis: super::redis::redis_cpu(self.target) - self.redis,
             events,
         }
     }
